@@ -1,0 +1,67 @@
+# The two commands a newcomer types: `make run` and `make test` (see README.md).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+WORLD  := build/tiny/.built
+# Extra pip arguments for torch, e.g. TORCH_PIP_ARGS="--index-url <a CPU-only index>".
+TORCH_PIP_ARGS ?=
+
+# Offline and quiet: the tiny world never reaches a model hub.
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export HF_HUB_DISABLE_TELEMETRY := 1
+export TOKENIZERS_PARALLELISM := false
+export PYTHONHASHSEED := 0
+export MPLBACKEND := Agg
+
+.PHONY: setup world run test lint unit notebooks sync strip bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0 $(TORCH_PIP_ARGS)
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+world: $(WORLD)
+
+$(WORLD): $(STAMP) $(wildcard lmcls_helpers/data.py lmcls_helpers/world.py)
+	$(BIN)/python -m lmcls_helpers.world
+
+run: world
+	mkdir -p build/executed
+	$(BIN)/jupyter nbconvert --to notebook --execute --ExecutePreprocessor.timeout=600 \
+		--output-dir build/executed notebooks/*.ipynb
+	@echo
+	@$(BIN)/python -m lmcls_helpers.results
+	@echo
+	@echo "Executed notebooks: $(CURDIR)/build/executed/"
+	@echo "Figures:            $(CURDIR)/build/figures/"
+	@echo "Results (JSON):     $(CURDIR)/build/results/"
+
+lint: $(STAMP)
+	$(BIN)/ruff check lmcls_helpers tests benchmarks nbs_src
+	$(BIN)/codespell README.md nbs_src lmcls_helpers
+
+# One pytest run: unit tests, the pairing/cleanliness checks, and every notebook via nbmake.
+test: world lint
+	$(BIN)/python -m pytest tests notebooks --nbmake --nbmake-timeout=600 --durations=10
+
+unit: world
+	$(BIN)/python -m pytest tests
+
+notebooks: world
+	$(BIN)/python -m pytest notebooks --nbmake --nbmake-timeout=600 --durations=10
+
+# After editing nbs_src/*.py: regenerate the paired notebooks (outputs stay stripped).
+sync: $(STAMP)
+	$(BIN)/jupytext --sync nbs_src/*.py
+
+bench: world
+	$(BIN)/python -m benchmarks.recipes --device cpu
+
+clean:
+	rm -rf build

@@ -1,0 +1,27 @@
+"""lmcls helpers: the plumbing behind the notebooks, so the notebooks can keep the lesson.
+
+One module per concern: ``profiles`` (sizes and paths), ``data`` (CoLA and ledger lines),
+``world`` (the offline tiny world), ``tokens``, ``prompts``, ``scoring``, ``models``,
+``quant``, ``memory``, ``heads``, ``checkpoints``, ``plots`` and ``results``.
+"""
+
+__version__ = "0.1.0"
+
+#: The one place the GitHub repository is named: Colab badges and install lines derive from it.
+REPO = "lmcls-org/lmcls"
+BRANCH = "main"
+
+
+def colab_url(notebook: str) -> str:
+    """Colab link for ``notebooks/<notebook>.ipynb`` in :data:`REPO`."""
+    return f"https://colab.research.google.com/github/{REPO}/blob/{BRANCH}/notebooks/{notebook}.ipynb"
+
+
+def colab_badge(notebook: str) -> str:
+    """Markdown for the "Open in Colab" badge of one notebook."""
+    return f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({colab_url(notebook)})"
+
+
+def pip_install_line() -> str:
+    """What a Colab session installs: this package straight from the repository."""
+    return f"pip install -q git+https://github.com/{REPO}.git@{BRANCH}"

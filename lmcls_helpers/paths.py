@@ -1,0 +1,25 @@
+"""Where things live: the repository root and its ``build/`` folder, whatever the working directory.
+
+nbmake runs notebooks from ``notebooks/`` and ``make`` from the root; both must write to the
+same ``build/``. In Colab (package installed from git, no checkout) the working directory is used.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def repo_root() -> Path:
+    """The checkout root (``LMCLS_ROOT`` overrides), found from this file; else the working directory."""
+    if env := os.environ.get("LMCLS_ROOT"):
+        return Path(env).resolve()
+    here = Path(__file__).resolve().parent.parent
+    if (here / "pyproject.toml").exists() and (here / "lmcls_helpers").is_dir():
+        return here
+    return Path.cwd().resolve()
+
+
+def build_dir(*parts: str) -> Path:
+    """``<root>/build/<parts>``; the folder is created when ``parts`` name a folder."""
+    return repo_root().joinpath("build", *parts)

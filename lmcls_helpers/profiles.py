@@ -1,0 +1,170 @@
+"""Profiles: the one place where sizes, model ids and data paths are chosen.
+
+Every notebook runs the same code on two worlds. ``tiny`` (the default) is CPU-only and
+offline: a locally built tiny Llama and synthetic data under ``build/tiny/``. ``full`` is the
+Colab-GPU world of the Llama 3 CoLA tutorial: the real 8B model and the real CoLA data.
+``shapes`` is the real 8B *architecture* with random weights, for measuring memory and speed
+on any GPU without a download. Choose with ``LMCLS_PROFILE`` or ``get_profile("full")``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from .paths import build_dir
+
+#: Label 0 is "unacceptable", label 1 is "acceptable", as in CoLA. Leading spaces matter (notebook 1).
+LABEL_WORDS = (" unacceptable", " acceptable")
+
+#: Meta-Llama-3-8B's config, copied from its config.json, so the 8B shape is known offline.
+LLAMA3_8B_CONFIG = {
+    "model_type": "llama",
+    "vocab_size": 128256,
+    "hidden_size": 4096,
+    "intermediate_size": 14336,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "max_position_embeddings": 8192,
+    "rope_theta": 500000.0,
+    "rms_norm_eps": 1e-05,
+    "tie_word_embeddings": False,
+    "bos_token_id": 128000,
+    "eos_token_id": 128001,
+}
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Everything size- or world-dependent that a notebook needs, as plain data."""
+
+    name: str
+    model_id: str  # a hub id, or a local folder for the tiny world
+    tokenizer_id: str
+    cola_root: Path  # a folder holding ``raw/in_domain_train.tsv`` etc.
+    ledger_path: Path  # CSV with columns ``text``, ``label`` (0 = Expense, 1 = Income)
+    device: str
+    compute_dtype: torch.dtype
+    load_in_4bit: bool = True
+    label_words: tuple[str, str] = LABEL_WORDS
+    # scoring
+    eval_batch_size: int = 16
+    max_eval_examples: int | None = None  # None: the whole split
+    # training (notebook 4); names shared by all notebooks
+    train_batch_size: int = 8  # the batch size the maths wants
+    micro_batch_size: int = 8  # the batch size the device holds at once
+    num_epochs: int = 1
+    lr: float = 1e-4
+    weight_decay: float = 0.05
+    warmup_steps: int = 100
+    eval_every: int = 200  # optimizer steps between validations
+    max_grad_norm: float = 1.0
+    max_train_examples: int | None = None
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    seed: int = 42
+    model_config: dict = field(default_factory=dict)  # for ``shapes``: build from this, no weights
+
+    @property
+    def grad_accum_steps(self) -> int:
+        """Micro-batches per optimizer step, so that ``micro * accum == train_batch_size``."""
+        return self.train_batch_size // self.micro_batch_size
+
+    def with_(self, **changes) -> Profile:
+        """A copy with some fields changed (e.g. for an exercise)."""
+        return replace(self, **changes)
+
+
+def _tiny() -> Profile:
+    root = build_dir("tiny")
+    return Profile(
+        name="tiny",
+        model_id=str(root / "model"),
+        tokenizer_id=str(root / "tokenizer-bpe"),
+        cola_root=root / "cola_public",
+        ledger_path=root / "ledger" / "ledger.csv",
+        device="cpu",
+        compute_dtype=torch.float32,
+        eval_batch_size=64,
+        train_batch_size=16,
+        micro_batch_size=8,
+        num_epochs=1,
+        lr=2e-3,
+        weight_decay=0.0,
+        warmup_steps=10,
+        eval_every=25,
+        lora_r=8,
+        lora_alpha=16,
+        seed=42,
+    )
+
+
+def _cuda_compute_dtype() -> torch.dtype:
+    """bf16 where the GPU does it natively (Ampere, compute capability 8.0, and newer), else fp16.
+
+    ``torch.cuda.is_bf16_supported()`` answers True on a T4 too, because bf16 can be emulated
+    there; emulated bf16 is slow, so we look at the compute capability instead.
+    """
+    major, _ = torch.cuda.get_device_capability()
+    return torch.bfloat16 if major >= 8 else torch.float16
+
+
+def _require_gpu_and_bitsandbytes(name: str) -> None:
+    if not torch.cuda.is_available():
+        raise RuntimeError(
+            f"The '{name}' profile needs a CUDA GPU and none is visible. In Colab choose "
+            "Runtime > Change runtime type > T4 GPU (or better); on this machine use the default "
+            "'tiny' profile (unset LMCLS_PROFILE)."
+        )
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise RuntimeError(
+            f"The '{name}' profile loads the model in 4 bits and needs bitsandbytes: "
+            "`pip install bitsandbytes`, then restart the runtime."
+        )
+
+
+def _full() -> Profile:
+    _require_gpu_and_bitsandbytes("full")
+    dtype = _cuda_compute_dtype()
+    return Profile(
+        name="full",
+        model_id="meta-llama/Meta-Llama-3-8B",
+        tokenizer_id="meta-llama/Meta-Llama-3-8B",
+        cola_root=Path.cwd() / "cola_public",
+        ledger_path=build_dir("tiny", "ledger", "ledger.csv"),
+        device="cuda",
+        compute_dtype=dtype,
+        eval_batch_size=16 if dtype == torch.bfloat16 else 8,
+        train_batch_size=8,
+        micro_batch_size=8 if dtype == torch.bfloat16 else 4,
+        num_epochs=1,
+        lr=1e-4,
+        weight_decay=0.05,
+        warmup_steps=100,
+        eval_every=200,
+    )
+
+
+def _shapes() -> Profile:
+    _require_gpu_and_bitsandbytes("shapes")
+    return replace(_full(), name="shapes", model_config=dict(LLAMA3_8B_CONFIG))
+
+
+PROFILES = {"tiny": _tiny, "full": _full, "shapes": _shapes}
+
+
+def get_profile(name: str | None = None) -> Profile:
+    """The profile called ``name``, else ``$LMCLS_PROFILE``, else ``tiny``.
+
+    ``full`` and ``shapes`` stop here, in the first cell, when there is no GPU or no bitsandbytes.
+    """
+    name = (name or os.environ.get("LMCLS_PROFILE") or "tiny").strip().lower()
+    if name not in PROFILES:
+        raise ValueError(f"Unknown profile {name!r}: choose one of {sorted(PROFILES)}.")
+    return PROFILES[name]()

