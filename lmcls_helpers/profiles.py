@@ -168,3 +168,25 @@ def get_profile(name: str | None = None) -> Profile:
     if name not in PROFILES:
         raise ValueError(f"Unknown profile {name!r}: choose one of {sorted(PROFILES)}.")
     return PROFILES[name]()
+
+
+def environment_report(profile: Profile) -> str:
+    """Library versions and the device, printed by every notebook so a pasted error has context."""
+    import platform
+
+    import transformers
+
+    lines = [f"profile: {profile.name}   model: {profile.model_id}"]
+    versions = {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__}
+    for mod in ("peft", "bitsandbytes"):
+        try:
+            versions[mod] = __import__(mod).__version__
+        except Exception:  # missing or broken: say so rather than fail here
+            versions[mod] = "not available"
+    lines.append("   ".join(f"{k} {v}" for k, v in versions.items()))
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        lines.append(f"device: {props.name}, {props.total_memory / 2**30:.1f} GiB, compute dtype {profile.compute_dtype}")
+    else:
+        lines.append(f"device: CPU ({torch.get_num_threads()} threads), compute dtype {profile.compute_dtype}")
+    return "\n".join(lines)
