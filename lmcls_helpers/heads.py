@@ -1,0 +1,139 @@
+"""A one-logit classification head on a causal LM's last real token (taught in notebook 6).
+
+The Mistral ledger tutorial swaps the 32,000-word LM head for ``Linear(4096, 1)`` and trains it
+with binary cross-entropy: one logit, a sigmoid, a threshold. Three details decide whether that
+works, and each has a function here: which position is read (:func:`head_logits`, via
+``last_token_index`` rather than ``-1``), whether the new head is trained and saved with the LoRA
+adapter (:data:`HEAD_MODULE` in ``modules_to_save``), and whether a reload restores it
+(:func:`load_head_classifier` refuses an adapter that lacks it).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .tokens import last_token_index
+
+#: The attribute :func:`add_binary_head` replaces; name it in ``LoraConfig(modules_to_save=[HEAD_MODULE])``.
+HEAD_MODULE = "lm_head"
+#: Where :func:`head_logits` reads: the last real token, or the last column (the seed's ``logits[:, -1, :]``).
+READS = ("last_real", "minus_one")
+
+
+class BinaryHead(nn.Linear):
+    """``Linear(hidden, 1)`` kept in float32: one logit per position, ``sigmoid(logit) = P(label 1)``.
+
+    The hidden states arrive in the model's compute dtype (bf16 on a GPU); the head casts them up
+    so its 4,097 parameters train in full precision whatever the base model's dtype.
+    """
+
+    def __init__(self, hidden_size: int) -> None:
+        if not isinstance(hidden_size, int) or hidden_size < 1:
+            raise ValueError(f"hidden_size must be a positive int, got {hidden_size!r}.")
+        super().__init__(hidden_size, 1, bias=True, dtype=torch.float32)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """(..., hidden) -> (..., 1)."""
+        if hidden_states.shape[-1] != self.in_features:
+            raise ValueError(
+                f"The head expects hidden states of size {self.in_features}, but the model produced "
+                f"{hidden_states.shape[-1]}. Build the head from the model it sits on: "
+                "add_binary_head(model) reads model.config.hidden_size."
+            )
+        return super().forward(hidden_states.to(self.weight.dtype))
+
+
+def _hidden_size(model) -> int:
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "get_text_config"):
+        config = config.get_text_config()
+    hidden = getattr(config, "hidden_size", None)
+    if not isinstance(hidden, int) or not hasattr(model, "set_output_embeddings"):
+        raise ValueError(
+            f"{type(model).__name__} has no config.hidden_size or no output layer to replace. "
+            "Pass a causal LM loaded with AutoModelForCausalLM (or models.load_model(profile)), "
+            "before wrapping it with LoRA."
+        )
+    return hidden
+
+
+def add_binary_head(model, seed: int | None = None):
+    """Replace the causal LM's vocabulary head with a :class:`BinaryHead`; returns ``model``.
+
+    Afterwards ``model(**batch).logits`` is (batch, seq, 1): one score per position. ``seed``
+    makes the head's random initialisation reproducible without touching the global RNG.
+    Call this before ``get_peft_model`` and before ``PeftModel.from_pretrained``.
+    """
+    if hasattr(model, "peft_config"):
+        raise ValueError(
+            "The model is already wrapped by PEFT. Add the head to the plain causal LM first, then "
+            f"call get_peft_model(model, LoraConfig(..., modules_to_save=[{HEAD_MODULE!r}]))."
+        )
+    hidden = _hidden_size(model)
+    old = model.get_output_embeddings()
+    device = old.weight.device if old is not None else next(model.parameters()).device
+    head = BinaryHead(hidden)
+    if seed is not None:
+        generator = torch.Generator().manual_seed(seed)
+        bound = 1 / hidden**0.5  # nn.Linear's default range, drawn from our own generator
+        with torch.no_grad():
+            head.weight.uniform_(-bound, bound, generator=generator)
+            head.bias.uniform_(-bound, bound, generator=generator)
+    model.set_output_embeddings(head.to(device))
+    # A tied LM head shares the input embeddings' matrix; the new head must not be re-tied to it.
+    for config in {id(c): c for c in (model.config, model.config.get_text_config())}.values():
+        config.tie_word_embeddings = False
+    return model
+
+
+def head_logits(model, batch, read: str = "last_real") -> torch.Tensor:
+    """One logit per row, read at the last real token (``"last_real"``) or the last column. (batch,)
+
+    ``"minus_one"`` is ``logits[:, -1, 0]``: right for left padding, a pad token's score for
+    every shorter row of a right-padded batch. It is here so notebook 6 can measure the bug.
+    """
+    if read not in READS:
+        raise ValueError(f"read must be one of {READS}, got {read!r}.")
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    logits = out.logits  # (batch, seq, 1)
+    if logits.dim() != 3 or logits.shape[-1] != 1:
+        raise ValueError(
+            f"The model returns {tuple(logits.shape)} logits, not (batch, seq, 1): it still has its "
+            "vocabulary head. Call add_binary_head(model) before wrapping it with LoRA."
+        )
+    if read == "minus_one":
+        return logits[:, -1, 0]
+    last = last_token_index(batch["attention_mask"])  # (batch,)
+    return logits[torch.arange(len(last), device=logits.device), last, 0]
+
+
+def saved_head_keys(folder: str | Path) -> list[str]:
+    """Names of the head's tensors inside a saved adapter (empty: the head was not saved)."""
+    from safetensors import safe_open
+
+    path = Path(folder) / "adapter_model.safetensors"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: save the adapter with model.save_pretrained({str(folder)!r}).")
+    with safe_open(str(path), framework="pt") as f:
+        return [k for k in f.keys() if f".{HEAD_MODULE}." in f".{k}"]
+
+
+def load_head_classifier(model, folder: str | Path, seed: int | None = None):
+    """A fresh causal LM + its saved LoRA adapter and head, ready to score (eval mode).
+
+    Refuses an adapter saved without ``modules_to_save=[HEAD_MODULE]``: loading it would keep
+    the freshly drawn random head and silently predict noise.
+    """
+    from peft import PeftModel
+
+    if not saved_head_keys(folder):
+        raise ValueError(
+            f"The adapter in {folder} holds LoRA weights but no {HEAD_MODULE!r}: it was saved without "
+            f"LoraConfig(modules_to_save=[{HEAD_MODULE!r}]), so the head would come back random. "
+            "Retrain with the head in modules_to_save (or save its state_dict next to the adapter)."
+        )
+    add_binary_head(model, seed=seed)
+    return PeftModel.from_pretrained(model, str(folder)).eval()

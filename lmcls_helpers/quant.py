@@ -1,0 +1,247 @@
+"""4-bit quantization bookkeeping (notebook 3): what a quantized model holds, and what 8B weighs.
+
+The arithmetic itself (absmax, scale, nearest level, pack two codes per byte) is taught cell by
+cell in notebook 3, section 2; :func:`quantize_4bit_by_hand` is the tested copy of those cells.
+Everything else here is accounting: a parameter table of a loaded model, the same table
+predicted from a config alone (so Llama-3-8B can be weighed without a download), and the
+measured figure it is checked against.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+#: bitsandbytes' default block: 64 weights share one absmax (QLoRA, section 3).
+BLOCKSIZE = 64
+#: Double quantization quantizes the fp32 absmax values to 8 bits, 256 of them per block.
+DQ_BLOCKSIZE = 256
+#: Linear layers of a Llama block; transformers turns exactly these into ``Linear4bit``.
+_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+_MEASUREMENTS = Path(__file__).parent / "data" / "gpu_measurements.json"
+
+TABLE_COLUMNS = ["name", "kind", "shape", "dtype", "numel", "bytes", "state_bytes", "quantized", "weights"]
+
+
+def quantize_4bit_by_hand(
+    weight: torch.Tensor, levels: torch.Tensor, blocksize: int = BLOCKSIZE
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Blockwise absmax 4-bit quantization, as built in notebook 3, section 2; returns (packed, absmax).
+
+    ``packed`` is uint8 of shape (numel // 2,): the first code of each pair in the high nibble,
+    bitsandbytes' order. ``absmax`` is fp32 of shape (numel // blocksize,). ``levels`` are the
+    16 values of the data type (``bitsandbytes.functional.get_4bit_type``), in code order.
+    """
+    if levels.numel() != 16:
+        raise ValueError(f"A 4-bit data type has 16 levels; got {levels.numel()}. Pass get_4bit_type('nf4').")
+    if weight.numel() % blocksize or blocksize % 2:
+        raise ValueError(
+            f"{weight.numel()} weights do not split into blocks of {blocksize}; pick a block size "
+            "that divides the weight count (every Llama matrix is a multiple of 64)."
+        )
+    blocks = weight.detach().float().reshape(-1, blocksize)  # (n_blocks, blocksize)
+    absmax = blocks.abs().amax(dim=1)  # (n_blocks,)
+    scaled = blocks * (1.0 / absmax.clamp(min=1e-38))[:, None]  # bitsandbytes multiplies by the reciprocal
+    codes = (scaled[..., None] - levels.float()).abs().argmin(dim=-1).to(torch.uint8).flatten()
+    packed = (codes[0::2] << 4) | codes[1::2]
+    return packed, absmax
+
+
+def dequantize_4bit_by_hand(
+    packed: torch.Tensor, absmax: torch.Tensor, levels: torch.Tensor, blocksize: int = BLOCKSIZE
+) -> torch.Tensor:
+    """Undo :func:`quantize_4bit_by_hand`: unpack the nibbles, look up each level, multiply by its block's absmax.
+
+    Returns a flat fp32 tensor; reshape it to the weight's shape.
+    """
+    packed = packed.flatten()
+    codes = torch.stack([packed >> 4, packed & 0x0F], dim=1).flatten()  # high nibble first
+    values = levels.float()[codes.long()].reshape(-1, blocksize)
+    return (values * absmax.float()[:, None]).flatten()
+
+
+def _kind(name: str) -> str:
+    """Which part of a Llama a parameter belongs to, from its name."""
+    if "embed_tokens" in name:
+        return "embedding"
+    if name.startswith("lm_head"):
+        return "lm_head"
+    if "norm" in name:
+        return "norm"
+    if ".self_attn." in name:
+        return "attention"
+    if ".mlp." in name:
+        return "mlp"
+    return "other"
+
+
+def _state_bytes(state) -> int:
+    """Bytes of a QuantState's scales: absmax, plus the second level when double-quantized.
+
+    The 16- and 256-entry lookup tables (a few hundred bytes per layer) are left out.
+    """
+    total = state.absmax.numel() * state.absmax.element_size()
+    if getattr(state, "nested", False):
+        total += state.state2.absmax.numel() * state.state2.absmax.element_size()
+        total += state.offset.numel() * state.offset.element_size()
+    return total
+
+
+def parameter_table(model: torch.nn.Module) -> pd.DataFrame:
+    """One row per parameter: what is stored (shape, dtype, numel, bytes) and how many weights it stands for.
+
+    A 4-bit weight is a flat uint8 tensor holding two codes per byte, so ``numel`` is half of
+    ``weights``; its absmax scales are not parameters at all and appear as ``state_bytes``.
+    Tied weights (embedding = LM head) appear once, as in ``named_parameters()``.
+    """
+    rows = []
+    for name, param in model.named_parameters():
+        state = getattr(param, "quant_state", None)
+        rows.append(
+            {
+                "name": name,
+                "kind": _kind(name),
+                "shape": tuple(param.shape),
+                "dtype": str(param.dtype).removeprefix("torch."),
+                "numel": param.numel(),
+                "bytes": param.numel() * param.element_size(),
+                "state_bytes": _state_bytes(state) if state is not None else 0,
+                "quantized": state is not None,
+                "weights": math.prod(state.shape) if state is not None else param.numel(),
+            }
+        )
+    if not rows:
+        raise ValueError("The model has no parameters; pass a loaded model, not its class or config.")
+    return pd.DataFrame(rows, columns=TABLE_COLUMNS)
+
+
+def llama_shapes(config: Mapping) -> dict[str, tuple[int, ...]]:
+    """Every parameter of a Llama model with its shape, from the config alone (no weights needed)."""
+    c = dict(config)
+    missing = [k for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads") if k not in c]
+    if missing:
+        raise ValueError(f"Not a Llama config: missing {missing}. Pass e.g. profiles.LLAMA3_8B_CONFIG or model.config.to_dict().")
+    hidden, inter, vocab = c["hidden_size"], c["intermediate_size"], c["vocab_size"]
+    heads = c["num_attention_heads"]
+    kv_heads = c.get("num_key_value_heads") or heads
+    head_dim = c.get("head_dim") or hidden // heads
+    layer = {
+        "self_attn.q_proj.weight": (heads * head_dim, hidden),
+        "self_attn.k_proj.weight": (kv_heads * head_dim, hidden),
+        "self_attn.v_proj.weight": (kv_heads * head_dim, hidden),
+        "self_attn.o_proj.weight": (hidden, heads * head_dim),
+        "mlp.gate_proj.weight": (inter, hidden),
+        "mlp.up_proj.weight": (inter, hidden),
+        "mlp.down_proj.weight": (hidden, inter),
+        "input_layernorm.weight": (hidden,),
+        "post_attention_layernorm.weight": (hidden,),
+    }
+    shapes = {"model.embed_tokens.weight": (vocab, hidden)}
+    for i in range(c["num_hidden_layers"]):
+        shapes.update({f"model.layers.{i}.{k}": v for k, v in layer.items()})
+    shapes["model.norm.weight"] = (hidden,)
+    if not c.get("tie_word_embeddings", False):
+        shapes["lm_head.weight"] = (vocab, hidden)
+    return shapes
+
+
+def predicted_table(
+    config: Mapping,
+    dtype: torch.dtype = torch.bfloat16,
+    quantize: bool = True,
+    double_quant: bool = False,
+    blocksize: int = BLOCKSIZE,
+) -> pd.DataFrame:
+    """The :func:`parameter_table` a model with this config would have, computed without loading it.
+
+    With ``quantize``, the seven projections of each block are 4-bit (half a byte per weight,
+    one fp32 absmax per ``blocksize`` weights, or with ``double_quant`` one uint8 per block plus
+    one fp32 per 256 blocks and one fp32 offset per matrix); everything else stays in ``dtype``.
+    """
+    size = torch.empty((), dtype=dtype).element_size()
+    rows = []
+    for name, shape in llama_shapes(config).items():
+        n = math.prod(shape)
+        quantized = quantize and name.split(".")[-2] in _PROJECTIONS
+        if quantized:
+            n_blocks = -(-n // blocksize)
+            if double_quant:
+                state = n_blocks + 4 * -(-n_blocks // DQ_BLOCKSIZE) + 4
+            else:
+                state = 4 * n_blocks
+            row = {"shape": (-(-n // 2), 1), "dtype": "uint8", "numel": -(-n // 2), "bytes": -(-n // 2), "state_bytes": state}
+        else:
+            row = {"shape": shape, "dtype": str(dtype).removeprefix("torch."), "numel": n, "bytes": n * size, "state_bytes": 0}
+        rows.append({"name": name, "kind": _kind(name), **row, "quantized": quantized, "weights": n})
+    return pd.DataFrame(rows, columns=TABLE_COLUMNS)
+
+
+def by_kind(table: pd.DataFrame) -> pd.DataFrame:
+    """Sum a parameter table per part of the model (embedding, attention, mlp, norm, lm_head), plus a total row."""
+    numbers = ["weights", "numel", "bytes", "state_bytes"]
+    summary = table.groupby("kind", sort=False)[numbers].sum()
+    summary.loc["total"] = summary.sum()
+    summary.insert(0, "stored as", table.groupby("kind", sort=False)["dtype"].agg(lambda d: "/".join(sorted(set(d)))))
+    summary.loc["total", "stored as"] = ""
+    summary["GiB"] = (summary["bytes"] + summary["state_bytes"]) / 2**30
+    return summary
+
+
+def total_bytes(table: pd.DataFrame) -> int:
+    """Everything a parameter table stores: parameters plus quantization scales."""
+    return int(table["bytes"].sum() + table["state_bytes"].sum())
+
+
+def gpu_measurement(phase: str = "model_loaded_4bit", key: str = "allocated") -> float:
+    """A GiB figure measured on an H100 for the 8B shape in NF4 (shipped with the package).
+
+    ``model_loaded_4bit`` / ``allocated`` is ``torch.cuda.max_memory_allocated()`` right after loading.
+    """
+    if not _MEASUREMENTS.exists():
+        raise FileNotFoundError(
+            f"{_MEASUREMENTS} is missing: reinstall the package (it ships as package data) or update the checkout."
+        )
+    phases = json.loads(_MEASUREMENTS.read_text())["phases"]
+    if phase not in phases or key not in phases[phase]:
+        raise ValueError(f"No measurement {phase!r}/{key!r}; phases are {sorted(phases)}.")
+    return float(phases[phase][key])
+
+
+def checkpoint_tensor(model_id: str, name: str) -> torch.Tensor:
+    """One tensor straight from a checkpoint's safetensors files, without building the model.
+
+    Lets notebook 3 quantize a real weight matrix of an 8B model on the CPU. ``model_id`` is a
+    local folder or a hub id (the shard is downloaded into the same cache ``from_pretrained`` uses).
+    """
+    from safetensors import safe_open
+
+    def fetch(filename: str) -> Path | None:
+        local = Path(model_id) / filename
+        if Path(model_id).is_dir():
+            return local if local.exists() else None
+        from huggingface_hub import hf_hub_download
+
+        try:
+            return Path(hf_hub_download(model_id, filename))
+        except Exception:  # not in this repository (or offline): the caller tries the other layout
+            return None
+
+    index = fetch("model.safetensors.index.json")
+    if index is not None:
+        weight_map = json.loads(index.read_text())["weight_map"]
+        if name not in weight_map:
+            raise ValueError(f"{name!r} is not in {model_id}; names look like {next(iter(weight_map))!r}.")
+        path = fetch(weight_map[name])
+    else:
+        path = fetch("model.safetensors")
+    if path is None:
+        raise FileNotFoundError(f"No safetensors checkpoint found for {model_id!r}.")
+    with safe_open(str(path), framework="pt") as f:
+        if name not in f.keys():
+            raise ValueError(f"{name!r} is not in {path.name}; names look like {next(iter(f.keys()))!r}.")
+        return f.get_tensor(name)

