@@ -28,7 +28,7 @@ $(STAMP): pyproject.toml
 
 world: $(WORLD)
 
-$(WORLD): $(STAMP) $(wildcard lmcls_helpers/data.py lmcls_helpers/world.py)
+$(WORLD): $(STAMP) $(wildcard lmcls_helpers/data.py lmcls_helpers/prompts.py lmcls_helpers/synthetic.py lmcls_helpers/world.py)
 	$(BIN)/python -m lmcls_helpers.world
 
 run: world

@@ -39,32 +39,89 @@ def require_bitsandbytes() -> None:
 def load_model(profile, quantize: bool | None = None, quant_type: str = "nf4", double_quant: bool = False):
     """The profile's causal LM in eval mode: 4-bit if ``quantize`` (default: the profile's choice).
 
-    The ``shapes`` profile builds the 8B architecture from its config with random weights.
+    The ``shapes`` profile builds the 8B architecture from its config with random weights
+    (:func:`random_model`): true-scale memory and speed on any GPU, with no download.
     """
     quantize = profile.load_in_4bit if quantize is None else quantize
-    kwargs = {"dtype": profile.compute_dtype}
+    quantization_config = None
     if quantize:
         require_bitsandbytes()
-        kwargs["quantization_config"] = bnb_config(profile, quant_type, double_quant)
-    if profile.device == "cuda":
-        kwargs["device_map"] = {"": 0}
+        quantization_config = bnb_config(profile, quant_type, double_quant)
     if profile.model_config:
         from transformers import LlamaConfig
 
         config = LlamaConfig(**{k: v for k, v in profile.model_config.items() if k != "model_type"})
-        model = _random_model(config, kwargs)
+        device = "cuda:0" if profile.device == "cuda" else profile.device
+        model = random_model(config, dtype=profile.compute_dtype, device=device,
+                             quantization_config=quantization_config, seed=profile.seed)
     else:
+        kwargs = {"dtype": profile.compute_dtype}
+        if quantization_config is not None:
+            kwargs["quantization_config"] = quantization_config
+        if profile.device == "cuda":
+            kwargs["device_map"] = {"": 0}
         model = AutoModelForCausalLM.from_pretrained(profile.model_id, **kwargs)
+    keep_cpu_4bit_trainable(model)
     model.eval()
     return model
 
 
-def _random_model(config, kwargs):
-    """The ``shapes`` profile: quantize random weights layer by layer as they are created."""
-    from transformers import AutoModelForCausalLM as auto
+def keep_cpu_4bit_trainable(model) -> None:
+    """Stop bitsandbytes repacking 4-bit weights for CPU inference (bitsandbytes 0.50, AVX512-BF16 CPUs).
 
-    torch.manual_seed(0)
-    return auto.from_config(config, **{k: v for k, v in kwargs.items() if k != "device_map"})
+    On such a CPU the first eval-mode forward repacks each ``Linear4bit`` (absmax rounded to bf16)
+    and from then on its matmul has no backward: LoRA gradients of every earlier layer silently
+    become zero once training resumes after a validation (notebook 4 found this). It also makes
+    scores depend on the CPU model. Without the repacking, eval and training share one exact path.
+    """
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+
+
+@torch.no_grad()
+def random_model(config, *, dtype: torch.dtype, device: str | torch.device = "cpu",
+                 quantization_config: BitsAndBytesConfig | None = None, seed: int = 0):
+    """A causal LM with ``config``'s architecture and random weights, quantized as it is built.
+
+    The skeleton is built on the ``meta`` device (shapes only, no memory). Then each module gets
+    real storage on ``device`` one at a time: a projection's random 16-bit matrix exists only until
+    bitsandbytes has packed it into 4 bits, so the peak is the model plus one matrix (about 0.1 GiB
+    for Llama-3-8B), never the 15 GiB of a 16-bit 8B model. Same modules as ``from_pretrained``
+    with a ``BitsAndBytesConfig``, so peft and the memory notebook treat both alike.
+    """
+    device = torch.device(device)
+    if quantization_config is not None and not quantization_config.load_in_4bit:
+        raise ValueError("random_model builds 4-bit models only: pass bnb_config(profile) (load_in_4bit=True) or None.")
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    if quantization_config is not None:
+        import bitsandbytes as bnb
+        from transformers.integrations.bitsandbytes import replace_with_bnb_linear
+
+        # Like from_pretrained: the output layer stays in 16 bits (quantizing it hurts quality most).
+        replace_with_bnb_linear(model, modules_to_not_convert=["lm_head"], quantization_config=quantization_config)
+    std = getattr(config, "initializer_range", 0.02)
+    torch.manual_seed(seed)
+    for module in model.modules():
+        if quantization_config is not None and isinstance(module, bnb.nn.Linear4bit):
+            weight = torch.empty(module.out_features, module.in_features, dtype=dtype, device=device).normal_(0.0, std)
+            packed = bnb.nn.Params4bit(
+                weight, requires_grad=False, quant_type=quantization_config.bnb_4bit_quant_type,
+                compress_statistics=quantization_config.bnb_4bit_use_double_quant,
+                quant_storage=quantization_config.bnb_4bit_quant_storage, module=module,
+            )
+            module.weight = packed.to(device)  # .to() quantizes; the 16-bit matrix is freed on return
+            del weight, packed
+        elif any(t.is_meta for t in (*module.parameters(recurse=False), *module.buffers(recurse=False))):
+            module.to_empty(device=device, recurse=False)
+            model._init_weights(module)  # embeddings N(0, std), norms 1, rotary frequencies recomputed
+    if quantization_config is not None:
+        model.is_loaded_in_4bit = True  # what peft checks to wrap Linear4bit layers
+        model.is_quantized = True
+        model.quantization_method = quantization_config.quant_method
+        model.config.quantization_config = quantization_config
+    return model
 
 
 def model_config(profile) -> dict:

@@ -97,3 +97,403 @@ def bar_chart(values: dict, xlabel: str, title: str, reference: dict | None = No
     ax.set_title(title)
     fig.tight_layout()
     return fig
+
+
+def levels_on_normal_cdf(levels: dict, z_at_one: float, title: str = "") -> plt.Figure:
+    """4-bit levels placed on the normal CDF (notebook 3): evenly spaced heights = equal share of a bell curve.
+
+    ``z_at_one`` is how many standard deviations the level 1.0 stands for.
+    """
+    import torch
+
+    x = torch.linspace(-1, 1, 201, dtype=torch.float64)
+    fig, ax = plt.subplots(figsize=SMALL)
+    ax.plot(x, torch.special.ndtr(x * z_at_one), color="lightgrey", label=f"normal CDF, 1.0 = {z_at_one:.2f} σ")
+    for (name, values), marker in zip(levels.items(), "os^"):
+        v = torch.as_tensor(values, dtype=torch.float64)
+        p = torch.special.ndtr(v * z_at_one)
+        line = ax.scatter(v, p, marker=marker, s=28, zorder=3, label=f"{name} levels")
+        ax.scatter(torch.full_like(p, -1.08 - 0.06 * list(levels).index(name)), p, marker="_", s=60, color=line.get_facecolor())
+    ax.set_xlabel("level (fraction of the block's absmax)")
+    ax.set_ylabel("share of N(0, 1) below the level")
+    ax.set_title(title or "NF4 climbs the bell curve in equal steps, FP4 does not")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def code_usage(codes: dict, levels: dict, title: str = "") -> plt.Figure:
+    """How often each level is used, levels sorted by value (notebook 3); ``codes`` are 0..15 per weight."""
+    import numpy as np
+    import torch
+
+    fig, ax = plt.subplots(figsize=SMALL)
+    width = 0.8 / len(codes)
+    for i, name in enumerate(codes):
+        order = torch.as_tensor(levels[name]).argsort()
+        counts = torch.bincount(torch.as_tensor(codes[name]).flatten().long(), minlength=16)[order]
+        ax.bar(np.arange(16) + (i - (len(codes) - 1) / 2) * width, 100 * counts / counts.sum(), width, label=name)
+    ax.axhline(100 / 16, color="grey", linestyle="--", linewidth=1, label="1/16 each")
+    ax.set_xticks(range(16))
+    ax.set_xlabel("level, from most negative (0) to most positive (15)")
+    ax.set_ylabel("weights using it (%)")
+    ax.set_title(title or "how often each of the 16 levels is used")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def error_histogram(errors: dict, xlabel: str, title: str = "") -> plt.Figure:
+    """Overlaid histograms of quantization errors, one per data type (notebook 3)."""
+    import torch
+
+    flat = {name: torch.as_tensor(e).detach().float().flatten() for name, e in errors.items()}
+    edge = max(e.abs().max().item() for e in flat.values())
+    fig, ax = plt.subplots(figsize=SMALL)
+    for name, e in flat.items():
+        ax.hist(e.numpy(), bins=80, range=(-edge, edge), histtype="step", linewidth=1.5,
+                label=f"{name}: mean |error| {e.abs().mean():.2e}")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("weights")
+    ax.set_title(title or "dequantized minus original weight")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def stacked_gib(parts: dict, measured: float | None = None, title: str = "") -> plt.Figure:
+    """Horizontal stacked bars: GiB per model part for each storage format (``{format: {part: GiB}}``)."""
+    fig, ax = plt.subplots(figsize=SMALL)
+    names = list(parts)
+    kinds = list(dict.fromkeys(k for p in parts.values() for k in p))
+    left = [0.0] * len(names)
+    for kind in kinds:
+        widths = [parts[n].get(kind, 0.0) for n in names]
+        ax.barh(names, widths, left=left, label=kind)
+        left = [a + b for a, b in zip(left, widths)]
+    if measured is not None:
+        ax.axvline(measured, color="black", linestyle="--", linewidth=1, label=f"measured NF4: {measured:.2f} GiB")
+    ax.invert_yaxis()
+    ax.set_xlabel("GiB (2**30 bytes)")
+    ax.set_title(title)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def metric_by_precision(
+    values: dict, ylabel: str, title: str = "", band: tuple[float, float] | None = None, band_label: str = ""
+) -> plt.Figure:
+    """One bar per precision, with a shaded interval (e.g. a 95% bootstrap interval) (notebook 3)."""
+    fig, ax = plt.subplots(figsize=SMALL)
+    names = list(values)
+    if band is not None:
+        ax.axhspan(*band, color="tab:orange", alpha=0.25, zorder=0, label=band_label or "95% interval")
+    ax.scatter(names, [values[n] for n in names], color="tab:blue", s=50, zorder=3, label="this run")
+    for i, n in enumerate(names):
+        ax.annotate(f"{values[n]:.3f}", (i, values[n]), textcoords="offset points", xytext=(0, 7), ha="center", fontsize=8)
+    ax.legend(fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.tick_params(axis="x", labelsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def lr_schedule(lrs, warmup_steps: int, title: str = "") -> plt.Figure:
+    """Learning rate per optimizer step, warm-up shaded (notebook 4)."""
+    fig, ax = plt.subplots(figsize=SMALL)
+    ax.plot(range(1, len(lrs) + 1), lrs, color="tab:blue")
+    ax.axvspan(0, warmup_steps, color="tab:orange", alpha=0.2, label=f"warm-up ({warmup_steps} steps)")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("learning rate")
+    ax.set_title(title or "linear warm-up, then linear decay to zero")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def learning_curves(steps, train_loss, val_steps, val_loss, title: str = "") -> plt.Figure:
+    """Training loss per optimizer step (thin line) and validation loss at each validation (notebook 4)."""
+    fig, ax = plt.subplots(figsize=SMALL)
+    ax.plot(steps, train_loss, color="tab:blue", alpha=0.35, linewidth=1, label="training loss (per step)")
+    ax.plot(val_steps, val_loss, "o-", color="tab:green", label="validation loss")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("cross-entropy of the label word (nats)")
+    ax.set_title(title or "learning curves")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def metric_curve(steps, values, ylabel: str, reference: float | None = None, reference_label: str = "",
+                 title: str = "") -> plt.Figure:
+    """One metric at each validation, with an optional horizontal reference such as a baseline (notebook 4)."""
+    fig, ax = plt.subplots(figsize=SMALL)
+    ax.plot(steps, values, "o-", color="tab:purple", label=ylabel)
+    if reference is not None:
+        ax.axhline(reference, color="grey", linestyle="--", linewidth=1, label=reference_label or "reference")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def two_reads_layout(batch, tokenizer, last, title: str = "") -> plt.Figure:
+    """:func:`padding_layout` with the last real token in red and position -1 in blue (notebook 6)."""
+    fig = padding_layout(batch, tokenizer, marks=last, title=title)
+    ax = fig.axes[0]
+    width = batch["attention_mask"].shape[1]
+    for r in range(batch["attention_mask"].shape[0]):
+        ax.add_patch(plt.Rectangle((width - 1.42, r - 0.42), 0.84, 0.84, fill=False, edgecolor="tab:blue",
+                                   linewidth=2, linestyle="--"))
+    return fig
+
+
+def score_strips(scores: dict, labels, class_names=("label 0", "label 1"), title: str = "") -> plt.Figure:
+    """One row of dots per model: each example's logit, coloured by its true label (notebook 6)."""
+    import numpy as np
+
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(0)  # vertical jitter only, so the figure is the same every run
+    fig, ax = plt.subplots(figsize=SMALL)
+    for row, values in enumerate(scores.values()):
+        values = np.asarray(values)
+        for cls, color in zip((0, 1), ("tab:red", "tab:blue")):
+            pick = labels == cls
+            ax.scatter(values[pick], row + 0.18 * (cls - 0.5) + rng.uniform(-0.07, 0.07, pick.sum()), s=6, alpha=0.5,
+                       color=color, label=class_names[cls] if row == 0 else None)
+    ax.axvline(0, color="grey", linestyle="--", linewidth=1)
+    ax.set_yticks(range(len(scores)))
+    ax.set_yticklabels(list(scores))
+    ax.set_xlabel("head logit (> 0 predicts label 1)")
+    ax.set_title(title)
+    ax.legend(fontsize=8, loc="lower right", markerscale=2)
+    fig.tight_layout()
+    return fig
+
+
+def score_vs_pads(curves: dict, title: str = "") -> plt.Figure:
+    """Score against the number of pad tokens after a text; ``curves`` maps (read, example) to scores (notebook 6)."""
+    fig, ax = plt.subplots(figsize=SMALL)
+    reads = list(dict.fromkeys(read for read, _ in curves))
+    for (read, example), values in curves.items():
+        style = "-" if reads.index(read) else "--"
+        ax.plot(range(len(values)), values, style, marker="o", markersize=3, color=f"C{example}",
+                label=f"{read}, sentence {example}")
+    ax.set_xlabel("pad tokens after the sentence")
+    ax.set_ylabel("head logit")
+    ax.set_title(title)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    return fig
+
+
+def sample_efficiency(table, title: str = "", ylabel: str = "dev MCC", reference: dict | None = None) -> plt.Figure:
+    """One line per method: a metric against the number of training examples, log-scaled (notebook 6).
+
+    ``reference`` maps a label to a value drawn as a dashed horizontal line (e.g. an untrained baseline).
+    """
+    fig, ax = plt.subplots(figsize=SMALL)
+    for name in table.columns:
+        ax.plot(table.index, table[name], marker="o", label=name)
+    for name, value in (reference or {}).items():
+        ax.axhline(value, color="grey", linestyle="--", linewidth=1, label=name)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(list(table.index))
+    ax.set_xticklabels([str(n) for n in table.index])
+    ax.set_xlabel("training examples available (log scale)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+#: One colour per memory component (notebook 5), the same in every memory figure.
+MEMORY_COLORS = {
+    "quantized_weights": "#4C72B0", "weights_16bit": "#8FAADC", "lora_weights": "#DD8452", "gradients": "#C44E52",
+    "optimizer_state": "#937860", "activations": "#55A868", "logits": "#DA8BC3", "workspace": "#8C8C8C",
+}
+
+
+#: Segment colours of :func:`memory_phases`: tensors in blues, what is not a tensor in yellow and greys.
+PHASE_COLORS = {
+    "tensors alive after the phase": "#4C72B0", "tensors at the peak": "#4C72B0", "extra tensors at the peak": "#8FAADC",
+    "reserved by PyTorch, not in tensors": "#CCB974", "allocator cache + CUDA context": "#8C8C8C",
+    "CUDA context and others": "#8C8C8C", "driver's count (tensors, cache, CUDA context)": "#B0B0B0",
+}
+
+
+def memory_phases(rows: list[dict], capacity_gib: float | None = None, capacity_label: str = "",
+                  title: str = "") -> plt.Figure:
+    """Stacked bars per phase from ``memory.phase_segments`` rows, with the device's capacity as a line (notebook 5).
+
+    Bars under 1 GiB (the tiny profile) are drawn in MiB.
+    """
+    phases = list(dict.fromkeys(r["phase"] for r in rows))
+    totals = {p: sum(r["GiB"] for r in rows if r["phase"] == p) for p in phases}
+    unit, scale = ("MiB", 1024) if max(totals.values()) < 1 and capacity_gib is None else ("GiB", 1)
+    fig, ax = plt.subplots(figsize=SMALL)
+    bottom, seen = dict.fromkeys(phases, 0.0), set()
+    for r in rows:  # bottom-up within each phase
+        label = None if r["segment"] in seen else r["segment"]
+        seen.add(r["segment"])
+        x = phases.index(r["phase"])
+        ax.bar(x, r["GiB"] * scale, bottom=bottom[r["phase"]], width=0.6, label=label,
+               color=PHASE_COLORS.get(r["segment"], "#DD8452"), edgecolor="white", linewidth=0.5)
+        bottom[r["phase"]] += r["GiB"] * scale
+    if capacity_gib is not None:
+        ax.axhline(capacity_gib, color="red", linestyle="--", linewidth=1.2,
+                   label=capacity_label or f"capacity {capacity_gib:.1f} GiB")
+    ax.set_xticks(range(len(phases)), [p.replace("_", " ") for p in phases], fontsize=7, rotation=20)
+    ax.set_ylabel(f"{unit} (2**{30 if unit == 'GiB' else 20} bytes)")
+    ax.set_title(title)
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+def _capacity_labels(capacities: dict | None, limit: float) -> dict:
+    """GPU capacities below ``limit``, as {GiB: "name / name"} (cards with the same capacity share a line)."""
+    shown: dict = {}
+    for gpu, cap in (capacities or {}).items():
+        if cap < limit:
+            shown[cap] = f"{shown[cap]} / {gpu}" if cap in shown else gpu
+    return shown
+
+
+def memory_components(estimates: dict, capacities: dict | None = None, title: str = "",
+                      xmax: float | None = None) -> plt.Figure:
+    """Horizontal stacked bars, one per configuration, from ``memory.estimate_*`` dicts (GiB per component).
+
+    ``capacities`` (name -> GiB) are drawn as vertical lines: a bar that crosses a line does not fit that GPU.
+    ``xmax`` fixes the axis (the explorer keeps it still while the sliders move).
+    """
+    names = list(estimates)
+    fig, ax = plt.subplots(figsize=(7.5, max(2.6, 0.45 * len(names) + 1.7)))
+    left = [0.0] * len(names)
+    for comp, color in MEMORY_COLORS.items():
+        widths = [estimates[n].get(comp, 0.0) for n in names]
+        if any(w > 0 for w in widths):
+            ax.barh(names, widths, left=left, color=color, label=comp.replace("_", " "))
+            left = [a + b for a, b in zip(left, widths)]
+    xmax = xmax or 1.6 * max(left)
+    shown = _capacity_labels(capacities, xmax)
+    for cap in shown:
+        ax.axvline(cap, color="red", linestyle="--", linewidth=1)
+    top_axis = ax.secondary_xaxis("top")
+    top_axis.set_xticks(list(shown), list(shown.values()), fontsize=7, color="red", rotation=30, ha="left")
+    ax.set_xlim(0, xmax)
+    ax.invert_yaxis()
+    ax.set_xlabel("GiB at the peak (estimated)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.tight_layout()
+    return fig
+
+
+def fits_heatmap(headroom, tight_gib: float = 1.0, title: str = "") -> plt.Figure:
+    """GiB left per configuration (rows) and GPU (columns): red does not fit, amber is tight, green fits (notebook 5)."""
+    import seaborn as sns
+    from matplotlib.colors import BoundaryNorm, ListedColormap
+
+    cmap = ListedColormap(["#E07B7B", "#F2C85B", "#7BC47F"])
+    norm = BoundaryNorm([-1e9, 0, tight_gib, 1e9], cmap.N)
+    fig, ax = plt.subplots(figsize=(6.5, 0.42 * len(headroom) + 1.4))
+    sns.heatmap(headroom, annot=True, fmt=".1f", cmap=cmap, norm=norm, cbar=False, ax=ax, linewidths=0.5,
+                annot_kws={"fontsize": 7})
+    ax.set_xlabel(f"GPU (cells: GiB left; red < 0 does not fit, amber < {tight_gib:g} is tight)")
+    ax.set_ylabel("")
+    ax.set_title(title or "memory left after a training step")
+    ax.tick_params(labelsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def memory_sweep(curves: dict, capacities: dict | None = None, xlabel: str = "batch size",
+                 title: str = "") -> plt.Figure:
+    """Estimated peak GiB against one knob, one line per setting, GPU capacities as horizontal lines."""
+    fig, ax = plt.subplots(figsize=SMALL)
+    for label, (xs, ys) in curves.items():
+        ax.plot(xs, ys, marker="o", markersize=3, label=label)
+    for cap, name in _capacity_labels(capacities, 1.3 * max(max(ys) for _, ys in curves.values())).items():
+        ax.axhline(cap, color="red", linestyle="--", linewidth=0.8)
+        ax.annotate(name, (1, cap), xycoords=("axes fraction", "data"), ha="right", va="bottom", fontsize=7, color="red")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("GiB at the peak (estimated)")
+    ax.set_title(title)
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+def estimate_vs_measured(table, title: str = "") -> plt.Figure:
+    """Measured and estimated memory per phase side by side, from ``memory.compare`` (notebook 5)."""
+    import numpy as np
+
+    scale, unit = (1024, "MiB") if table["measured GiB"].max() < 1 else (1, "GiB")
+    y = np.arange(len(table))
+    fig, ax = plt.subplots(figsize=SMALL)
+    ax.barh(y - 0.2, table["measured GiB"] * scale, 0.4, label="measured", color="#4C72B0")
+    ax.barh(y + 0.2, table["estimated GiB"] * scale, 0.4, label="estimated", color="#DD8452")
+    for i, ratio in enumerate(table["estimated / measured"]):
+        ax.annotate(f"{ratio:.3f}", (table["estimated GiB"].iloc[i] * scale, y[i] + 0.2), fontsize=7, va="center",
+                    xytext=(3, 0), textcoords="offset points")
+    ax.set_yticks(y, [p.replace("_", " ") for p in table.index], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1.35 * max(table["measured GiB"].max(), table["estimated GiB"].max()) * scale)
+    ax.set_xlabel(f"{unit} (numbers: estimated / measured)")
+    ax.set_title(title)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def memory_explorer(config, capacities: dict, **defaults) -> None:
+    """Sliders over ``memory.estimate_training_memory``'s knobs above a figure that they redraw (notebook 5).
+
+    The figure is an ordinary output, updated in place: without a widget frontend (a rendered
+    notebook, nbconvert) the defaults' figure still shows, and the sliders print a one-line note.
+    """
+    from IPython.display import display
+
+    from .memory import estimate_training_memory
+
+    settings = {"batch_size": 8, "seq_len": 86, "lora_r": 8, "grad_checkpointing": False, "logits": "all",
+                "optimizer": "adamw", "double_quant": False, **defaults}
+
+    def draw(values: dict) -> plt.Figure:
+        est = estimate_training_memory(config, **values)
+        fig = memory_components({"this setting": est}, capacities, xmax=1.08 * max(capacities.values()),
+                                title=f"peak {est['total']:.1f} GiB: batch {values['batch_size']}, seq {values['seq_len']}")
+        plt.close(fig)
+        return fig
+
+    try:
+        import ipywidgets as w
+    except ImportError:
+        display(draw(settings))
+        return
+    controls = {
+        "batch_size": w.IntSlider(settings["batch_size"], 1, 64, description="batch"),
+        "seq_len": w.IntSlider(settings["seq_len"], 16, 2048, step=16, description="seq len"),
+        "lora_r": w.IntSlider(settings["lora_r"], 1, 128, description="LoRA r"),
+        "grad_checkpointing": w.Checkbox(settings["grad_checkpointing"], description="checkpointing"),
+        "logits": w.ToggleButtons(options=["all", "label"], value=settings["logits"], description="logits"),
+        "optimizer": w.ToggleButtons(options=["adamw", "adamw8bit"], value=settings["optimizer"], description="Adam"),
+        "double_quant": w.Checkbox(settings["double_quant"], description="double quant"),
+    }
+    box = w.VBox(list(controls.values()))
+    bundle = box._repr_mimebundle_()
+    bundle["text/plain"] = "(sliders: open the notebook in Jupyter or Colab to move them; the figure shows the defaults)"
+    display(bundle, raw=True)
+    handle = display(draw(settings), display_id=True)
+
+    def redraw(_change) -> None:
+        handle.update(draw({**settings, **{k: c.value for k, c in controls.items()}}))
+
+    for c in controls.values():
+        c.observe(redraw, names="value")

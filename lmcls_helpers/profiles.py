@@ -65,6 +65,7 @@ class Profile:
     eval_every: int = 200  # optimizer steps between validations
     max_grad_norm: float = 1.0
     max_train_examples: int | None = None
+    max_steps: int | None = None  # optimizer steps per run where a notebook compares many runs (notebook 6)
     lora_r: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.05
@@ -99,6 +100,7 @@ def _tiny() -> Profile:
         weight_decay=0.0,
         warmup_steps=10,
         eval_every=25,
+        max_steps=50,
         lora_r=8,
         lora_alpha=16,
         seed=42,
@@ -148,6 +150,7 @@ def _full() -> Profile:
         weight_decay=0.05,
         warmup_steps=100,
         eval_every=200,
+        max_steps=250,
     )
 
 

@@ -23,7 +23,6 @@ BLOCKSIZE = 64
 DQ_BLOCKSIZE = 256
 #: Linear layers of a Llama block; transformers turns exactly these into ``Linear4bit``.
 _PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-_MEASUREMENTS = Path(__file__).parent / "data" / "gpu_measurements.json"
 
 TABLE_COLUMNS = ["name", "kind", "shape", "dtype", "numel", "bytes", "state_bytes", "quantized", "weights"]
 
@@ -36,6 +35,8 @@ def quantize_4bit_by_hand(
     ``packed`` is uint8 of shape (numel // 2,): the first code of each pair in the high nibble,
     bitsandbytes' order. ``absmax`` is fp32 of shape (numel // blocksize,). ``levels`` are the
     16 values of the data type (``bitsandbytes.functional.get_4bit_type``), in code order.
+    The nearest level is found from the midpoints between levels, as bitsandbytes does, so that
+    exact ties (common with FP4's simple fractions and bf16 weights) are broken the same way.
     """
     if levels.numel() != 16:
         raise ValueError(f"A 4-bit data type has 16 levels; got {levels.numel()}. Pass get_4bit_type('nf4').")
@@ -47,9 +48,17 @@ def quantize_4bit_by_hand(
     blocks = weight.detach().float().reshape(-1, blocksize)  # (n_blocks, blocksize)
     absmax = blocks.abs().amax(dim=1)  # (n_blocks,)
     scaled = blocks * (1.0 / absmax.clamp(min=1e-38))[:, None]  # bitsandbytes multiplies by the reciprocal
-    codes = (scaled[..., None] - levels.float()).abs().argmin(dim=-1).to(torch.uint8).flatten()
+    order = levels.float().argsort()  # FP4's levels are in bit order, not sorted
+    midpoints = (levels.float()[order][1:] + levels.float()[order][:-1]) / 2  # (15,) decision boundaries
+    codes = order[torch.bucketize(scaled, midpoints)].to(torch.uint8).flatten()  # nearest level; ties go down
     packed = (codes[0::2] << 4) | codes[1::2]
     return packed, absmax
+
+
+def unpack_codes(packed: torch.Tensor) -> torch.Tensor:
+    """Two 4-bit codes out of each byte, high nibble first: (n,) uint8 -> (2n,) uint8 in 0..15."""
+    packed = packed.flatten()
+    return torch.stack([packed >> 4, packed & 0x0F], dim=1).flatten()
 
 
 def dequantize_4bit_by_hand(
@@ -59,9 +68,7 @@ def dequantize_4bit_by_hand(
 
     Returns a flat fp32 tensor; reshape it to the weight's shape.
     """
-    packed = packed.flatten()
-    codes = torch.stack([packed >> 4, packed & 0x0F], dim=1).flatten()  # high nibble first
-    values = levels.float()[codes.long()].reshape(-1, blocksize)
+    values = levels.float()[unpack_codes(packed).long()].reshape(-1, blocksize)
     return (values * absmax.float()[:, None]).flatten()
 
 
@@ -192,21 +199,36 @@ def by_kind(table: pd.DataFrame) -> pd.DataFrame:
     return summary
 
 
+def gib_by_part(table: pd.DataFrame) -> dict[str, float]:
+    """GiB per part of the model, with all quantization scales as one extra part (for stacked bars)."""
+    parts = (table.groupby("kind", sort=False)["bytes"].sum() / 2**30).to_dict()
+    return {**parts, "absmax scales": table["state_bytes"].sum() / 2**30}
+
+
 def total_bytes(table: pd.DataFrame) -> int:
     """Everything a parameter table stores: parameters plus quantization scales."""
     return int(table["bytes"].sum() + table["state_bytes"].sum())
 
 
-def gpu_measurement(phase: str = "model_loaded_4bit", key: str = "allocated") -> float:
-    """A GiB figure measured on an H100 for the 8B shape in NF4 (shipped with the package).
+def fits_in_memory(nbytes: int, device: str, headroom: float = 1.2) -> bool:
+    """Whether ``nbytes`` of weights (times ``headroom`` for activations) fit in the GPU's free memory.
+
+    On the CPU the answer is yes: the tiny model is small, and the full profile always has a GPU.
+    """
+    if device != "cuda":
+        return True
+    free, _ = torch.cuda.mem_get_info()
+    return nbytes * headroom <= free
+
+
+def gpu_measurement(phase: str = "model_loaded_4bit", key: str = "allocated", path: str | Path | None = None) -> float:
+    """A GiB figure measured on an H100 for the 8B shape in NF4 (the file ships with the package).
 
     ``model_loaded_4bit`` / ``allocated`` is ``torch.cuda.max_memory_allocated()`` right after loading.
     """
-    if not _MEASUREMENTS.exists():
-        raise FileNotFoundError(
-            f"{_MEASUREMENTS} is missing: reinstall the package (it ships as package data) or update the checkout."
-        )
-    phases = json.loads(_MEASUREMENTS.read_text())["phases"]
+    from .memory import MEASUREMENTS, load_measurements
+
+    phases = load_measurements(path or MEASUREMENTS)["phases"]
     if phase not in phases or key not in phases[phase]:
         raise ValueError(f"No measurement {phase!r}/{key!r}; phases are {sorted(phases)}.")
     return float(phases[phase][key])

@@ -16,13 +16,13 @@ import pandas as pd
 #: The kinds of error an unacceptable sentence can carry ("none" marks acceptable ones).
 ERROR_KINDS = ("agreement", "pronoun_case", "determiner", "word_order", "missing_word", "doubled_word")
 #: Words shared by both domains; everything else belongs to exactly one lexicon.
-FUNCTION_WORDS = frozenset(
-    "a an the and that who by to in at on of with after every during last is are was were has have does do did "
-    "i me he him she her we us they them said knows thinks".split()
-)
-_CASE_SWAP = {"i": "me", "me": "I", "he": "him", "him": "he", "she": "her", "her": "she", "we": "us", "us": "we"}
-_STATIVE = {"see", "like", "want", "find"}  # odd in the progressive: "She is wanting a cup."
-_SUBJECTS = ("she", "he")  # "She and I ...": the classic pronoun-case slot
+FUNCTION_WORDS = frozenset("a an the and that who by in at on after every during is are was were do does "
+                           "i me he him she her said knows thinks".split())
+_CASE_SWAP = {"i": "me", "me": "I", "he": "him", "him": "he", "she": "her", "her": "she"}
+#: Verbs that take a person as object ("saw him and me"); odd in the progressive ("is wanting a cup").
+_PERSON_VERBS = ("see sees saw seen seeing", "like likes liked liked liking", "want wants wanted wanted wanting",
+                 "find finds found found finding")
+_SUBJECTS, _OBJECTS = ("she", "he"), ("her", "him")  # "She and I ...", "... saw him and me"
 
 
 @dataclass(frozen=True)
@@ -77,6 +77,8 @@ OUT_OF_DOMAIN = Lexicon(  # sea, science and space
     times=("at dawn", "every night", "during the storm", "at midnight"),
 )
 
+MIXED = Lexicon(*(a + b for a, b in zip(vars(IN_DOMAIN).values(), vars(OUT_OF_DOMAIN).values())))
+
 Word = tuple[str, str]  # (word, tag); tags: det n ns adj verb aux prep pron name other
 
 
@@ -129,61 +131,85 @@ class _Sentence:
         return " ".join([words[0][0].upper() + words[0][1:], *words[1:]]) + end
 
 
+def _svo(s: _Sentence, rng: random.Random, tense: str) -> None:
+    """The farmer washed the apples. (shared by both domains, with each domain's words)"""
+    s.verb(rng.choice(s.lex.verbs), tense, s.np(s.lex.people))
+    s.np(s.lex.things)
+
+
+def _copula(s: _Sentence, rng: random.Random, tense: str) -> None:
+    """The girls are hungry. (shared by both domains)"""
+    s.be(s.np(s.lex.people, adj=0.0), tense)
+    s.add((rng.choice(s.lex.moods), "adj"))
+
+
+def _passive(s: _Sentence, rng: random.Random, tense: str) -> None:
+    """The cups were carried by the children. (shared by both domains)"""
+    s.be(s.np(s.lex.things), tense)
+    s.add((rng.choice(s.lex.verbs).split()[3], "verb"), ("by", "prep"))
+    s.np(s.lex.people)
+
+
 def _in_domain(s: _Sentence, rng: random.Random) -> tuple[_Sentence, str, str]:
     """Everyday declaratives: (sentence, construction, source code)."""
-    lex, tense, c = s.lex, rng.choice(("present", "past")), rng.randrange(5)
-    if c == 0:  # The farmer washed the apples in the kitchen.
-        s.verb(rng.choice(lex.verbs), tense, s.np(lex.people))
-        s.np(lex.things)
-    elif c == 1:  # Anna bakes an apple every morning.
+    lex, tense, c = s.lex, rng.choice(("present", "past")), rng.randrange(7)
+    if c == 0:
+        _svo(s, rng, tense)
+    elif c == 1:
+        _copula(s, rng, tense)
+    elif c == 2:  # Anna sells an apple every morning.
         s.add((rng.choice(lex.names), "name"))
         s.verb(rng.choice(lex.verbs), tense, False)
         s.np(lex.things)
-    elif c == 2:  # The dogs are happy today.
-        s.be(s.np(lex.people, adj=0.0), tense)
-        s.add((rng.choice(lex.moods), "adj"))
     elif c == 3:  # She and I played in the park.
         s.add((rng.choice(_SUBJECTS), "pron"), ("and", "other"), ("I", "pron"))
         s.verb(rng.choice(lex.intransitive), tense, True)
-    else:  # The children are washing the windows.
+    elif c == 4:  # The teacher saw him and me.
+        s.verb(rng.choice(_PERSON_VERBS), tense, s.np(lex.people))
+        s.add((rng.choice(_OBJECTS), "pron"), ("and", "other"), ("me", "pron"))
+    elif c == 5:  # The children are washing the cups.
         s.be(s.np(lex.people), tense)
-        s.add((rng.choice([v for v in lex.verbs if v.split()[0] not in _STATIVE]).split()[4], "verb"))
+        s.add((rng.choice([v for v in lex.verbs if v not in _PERSON_VERBS]).split()[4], "verb"))
         s.np(lex.things)
+    else:
+        _passive(s, rng, tense)
     s.tail()
-    return s, f"in_{c}", ("gj04", "bc01", "ad03", "ks08", "r-67")[c]
+    return s, f"in_{c}", ("gj04", "bc01", "ad03", "ks08", "r-67", "b_82", "m_02")[c]
 
 
 def _out_of_domain(s: _Sentence, rng: random.Random) -> tuple[_Sentence, str, str]:
-    """Constructions the training split never uses: relatives, questions, passives, that-clauses."""
-    lex, c = s.lex, rng.randrange(5)
-    if c == 0:  # The sailor who repaired the engine was brave.
+    """New words throughout, and new constructions: relative clauses, questions, that-clauses."""
+    lex, tense, c = s.lex, rng.choice(("present", "past")), rng.randrange(6)
+    if c == 0:
+        _svo(s, rng, tense)
+    elif c == 1:
+        _copula(s, rng, tense)
+    elif c == 2:  # The sailor who repaired the engine was brave.
         plural = s.np(lex.people, adj=0.0)
         s.add(("who", "other"), (rng.choice(lex.verbs).split()[2], "verb"))
         s.np(lex.things)
         s.be(plural, "past")
         s.add((rng.choice(lex.moods), "adj"))
-    elif c == 1:  # Does the pilot test the compass?
+    elif c == 3:  # Does the pilot test the compass?
         plural = rng.random() < 0.4
         s.agree = (0, "does" if plural else "do")
         s.add(("do" if plural else "does", "aux"))
         s.np(lex.people, plural)
         s.add((rng.choice(lex.verbs).split()[0], "verb"))
         s.np(lex.things)
-    elif c == 2:  # The rocket was launched by the engineers.
-        s.be(s.np(lex.things), "past")
-        s.add((rng.choice(lex.verbs).split()[3], "verb"), ("by", "prep"))
-        s.np(lex.people)
-    else:  # Priya said that the divers measure the signal. / ... that he and I repaired the engine.
+    elif c == 4:
+        _passive(s, rng, tense)
+    else:  # Priya said that the divers test the radio. / Kenji knows that he and I repaired the engine.
         s.add((rng.choice(lex.names), "name"), (rng.choice(("said", "knows", "thinks")), "other"), ("that", "other"))
-        if c == 3:
+        if rng.random() < 0.5:
             s.verb(rng.choice(lex.verbs), "present", s.np(lex.people))
         else:
             s.add((rng.choice(_SUBJECTS), "pron"), ("and", "other"), ("I", "pron"))
             s.verb(rng.choice(lex.verbs), "past", True)
         s.np(lex.things)
-    if c != 1:
+    if c != 3:
         s.tail(0.4)
-    return s, f"ood_{c}", ("clc95", "c_13", "w_80", "sgww85", "sks13")[c]
+    return s, f"ood_{c}", ("clc95", "c_13", "w_80", "sgww85", "sks13", "sgww69")[c]
 
 
 def _plant(s: _Sentence, kind: str, rng: random.Random) -> bool:
@@ -240,26 +266,29 @@ def _plant(s: _Sentence, kind: str, rng: random.Random) -> bool:
     return True
 
 
-def grammar_sentences(n: int, seed: int, domain: str = "in", acceptable: float = 0.7,
-                      kinds: tuple[str, ...] = ERROR_KINDS) -> pd.DataFrame:
+def grammar_sentences(n: int, seed: int, domain: str = "in", acceptable: float = 0.7) -> pd.DataFrame:
     """``n`` distinct labelled sentences: columns source, label, marker, sentence, kind, construction.
 
-    Unacceptable sentences cycle through ``kinds`` so every kind is (nearly) equally common.
+    ``domain`` "mix" draws words and constructions from both domains at once ("The sailor washed
+    the apples."): pretraining text, in which no word gives the domain away (see ``world``).
+
+    Unacceptable sentences cycle through :data:`ERROR_KINDS`, so every kind is about equally common.
     """
-    if domain not in ("in", "out"):
-        raise ValueError(f"domain must be 'in' or 'out', got {domain!r}.")
-    if not set(kinds) <= set(ERROR_KINDS) or not kinds:
-        raise ValueError(f"kinds must be a non-empty subset of {ERROR_KINDS}, got {kinds}.")
+    if domain not in ("in", "out", "mix"):
+        raise ValueError(f"domain must be 'in', 'out' or 'mix', got {domain!r}.")
+    if not 0.0 <= acceptable <= 1.0:
+        raise ValueError(f"acceptable is a fraction between 0 and 1, got {acceptable}.")
     rng = random.Random(f"{seed}-{domain}")
-    lex, build = (IN_DOMAIN, _in_domain) if domain == "in" else (OUT_OF_DOMAIN, _out_of_domain)
+    lex = {"in": IN_DOMAIN, "out": OUT_OF_DOMAIN, "mix": MIXED}[domain]
+    builders = {"in": (_in_domain,), "out": (_out_of_domain,), "mix": (_in_domain, _out_of_domain)}[domain]
     n_bad = round(n * (1 - acceptable))
     rows, seen = [], set()
     while len(rows) < n:
-        kind = "none" if len(rows) >= n_bad else kinds[len(rows) % len(kinds)]
-        s, construction, source = build(_Sentence(rng, lex), rng)
+        kind = "none" if len(rows) >= n_bad else ERROR_KINDS[len(rows) % len(ERROR_KINDS)]
+        s, construction, source = rng.choice(builders)(_Sentence(rng, lex), rng)
         if kind != "none" and not _plant(s, kind, rng):
             continue
-        text = s.text("?" if construction == "ood_1" else ".")
+        text = s.text("?" if construction == "ood_3" else ".")
         if text in seen:
             continue
         seen.add(text)
@@ -269,7 +298,7 @@ def grammar_sentences(n: int, seed: int, domain: str = "in", acceptable: float =
     return df.sample(frac=1.0, random_state=seed).reset_index(drop=True)
 
 
-def grammar_splits(seed: int = 0, sizes: tuple[int, int, int] = (2400, 400, 400)) -> dict[str, pd.DataFrame]:
+def grammar_splits(seed: int = 0, sizes: tuple[int, int, int] = (3000, 500, 500)) -> dict[str, pd.DataFrame]:
     """The three CoLA splits (with extra ``kind`` and ``construction`` columns for error analysis).
 
     Train and dev share a domain; sentences never repeat across splits.
@@ -283,7 +312,7 @@ def grammar_splits(seed: int = 0, sizes: tuple[int, int, int] = (2400, 400, 400)
 
 
 def content_words(sentence: str) -> set[str]:
-    """Lower-cased words of a sentence minus the shared function words (for the disjointness check)."""
+    """Lower-cased words of a sentence minus the shared function words: what must differ between domains."""
     return {w.strip(".?").lower() for w in sentence.split()} - FUNCTION_WORDS
 
 
@@ -315,7 +344,7 @@ _EXPENSE = {
     "Payroll": ("Staffing Partners",),
     "Water & Sewer": ("City Water Dept.",),
     "Pest Control": ("PestAway",),
-    "Legal Fees": ("Hart & Lowe LLP",),
+    "Legal Fees": ("Lowe & Partners LLP",),
 }
 
 

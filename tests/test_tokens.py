@@ -3,7 +3,13 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lmcls_helpers.tokens import label_token_ids, last_token_index, load_reference_tokenizer, require_pad_token, token_table
+from lmcls_helpers.tokens import (
+    label_token_ids,
+    last_token_index,
+    load_reference_tokenizer,
+    require_pad_token,
+    token_table,
+)
 
 
 def padded_mask(lengths: list[int], side: str) -> torch.Tensor:

@@ -1,0 +1,433 @@
+"""Memory of 4-bit LoRA fine-tuning: measured per phase, predicted from the config, compared (notebook 5).
+
+Three different numbers get called "GPU memory used" (notebook 5, section 1):
+
+* **allocated** (``torch.cuda.memory_allocated``, peak: ``max_memory_allocated``): bytes of live tensors.
+* **reserved** (``torch.cuda.memory_reserved``): what PyTorch's caching allocator holds from the driver,
+  allocated plus freed blocks it keeps for reuse.
+* **driver** (``torch.cuda.mem_get_info``, ``nvidia-smi``): reserved plus the CUDA context (kernels,
+  library handles) and anything else on the GPU. The Llama 3 tutorial's figures are of this kind.
+
+:func:`estimate_training_memory` predicts the peak of *allocated* during a training step from the
+architecture alone, one commented formula per component; sections 4-5 derive and check each term.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import weakref
+from collections.abc import Iterable, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+from torch.utils._pytree import tree_flatten
+
+from .models import LLAMA_PROJECTIONS as PROJECTIONS
+
+GIB = 2**30
+MIB = 2**20
+#: The Llama 3 tutorial's few-shot CoLA prompt is 86 Llama 3 tokens; its figures are for batches of 8.
+SEED_SEQ_LEN = 86
+MEASUREMENTS = Path(__file__).parent / "data" / "gpu_measurements.json"
+#: Memory visible to CUDA (GiB, about what ``torch.cuda.get_device_properties(0).total_memory`` reports;
+#: the T4 figure is the tutorial's) and PyTorch's default cuBLAS workspace per handle (MiB): 32 on
+#: Hopper, ``:4096:2:16:8`` = 8.125 on older GPUs.
+GPUS = {
+    "T4 16 GB": {"capacity_gib": 14.75, "workspace_mib": 8.125},
+    "L4 24 GB": {"capacity_gib": 22.0, "workspace_mib": 8.125},
+    "A100 40 GB": {"capacity_gib": 39.4, "workspace_mib": 8.125},
+    "A100 80 GB": {"capacity_gib": 79.2, "workspace_mib": 8.125},
+    "H100 80 GB": {"capacity_gib": 79.2, "workspace_mib": 32.0},
+}
+
+
+def cublas_workspace_mib(device: str) -> float:
+    """PyTorch's default cuBLAS workspace per thread on this machine's GPU (0 on the CPU)."""
+    if device != "cuda":
+        return 0.0
+    return 32.0 if torch.cuda.get_device_capability()[0] >= 9 else 8.125
+
+
+COMPONENTS = ("quantized_weights", "weights_16bit", "lora_weights", "gradients", "optimizer_state",
+              "activations", "logits", "workspace")
+
+
+def _sizes(config, batch_size: int, seq_len: int, lora_r: int, lora_targets, dtype) -> SimpleNamespace:
+    """The sizes the formulas use: T tokens, H hidden, M MLP width, V vocabulary, c bytes per compute value."""
+    cfg = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    missing = [k for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                           "num_attention_heads") if k not in cfg]
+    if missing:
+        raise ValueError(f"Not a Llama-style config: missing {missing}. Pass model.config or profiles.LLAMA3_8B_CONFIG.")
+    if batch_size < 1 or seq_len < 1 or lora_r < 0:
+        raise ValueError(f"Need batch_size >= 1, seq_len >= 1, lora_r >= 0; got {batch_size}, {seq_len}, {lora_r}.")
+    targets = PROJECTIONS if lora_targets == "all-linear" else tuple(lora_targets)
+    if not targets or set(targets) - set(PROJECTIONS):
+        raise ValueError(f"lora_targets must be 'all-linear' or some of {PROJECTIONS}, got {lora_targets!r}.")
+    heads, H = cfg["num_attention_heads"], cfg["hidden_size"]
+    hd = cfg.get("head_dim") or H // heads
+    kv_heads = cfg.get("num_key_value_heads") or heads
+    z = SimpleNamespace(cfg=cfg, V=cfg["vocab_size"], H=H, M=cfg["intermediate_size"], L=cfg["num_hidden_layers"],
+                        heads=heads, kv_heads=kv_heads, hd=hd, q=heads * hd, kv=kv_heads * hd, B=batch_size,
+                        S=seq_len, T=batch_size * seq_len, r=lora_r, targets=targets,
+                        c=torch.empty((), dtype=getattr(torch, dtype) if isinstance(dtype, str) else dtype).element_size())
+    z.inputs = {"q_proj": H, "k_proj": H, "v_proj": H, "o_proj": z.q, "gate_proj": H, "up_proj": H, "down_proj": z.M}
+    outputs = {"q_proj": z.q, "k_proj": z.kv, "v_proj": z.kv, "o_proj": H, "gate_proj": z.M, "up_proj": z.M, "down_proj": H}
+    # LoRA adds A (r x in) and B (out x r) to every targeted projection of every block
+    z.lora_numels = [n for t in targets for n in (lora_r * z.inputs[t], outputs[t] * lora_r)] * z.L
+    return z
+
+
+def _weights(z, quant: str | None, double_quant: bool) -> tuple[float, float]:
+    """(4-bit, 16-bit) bytes, from notebook 3's per-parameter table (:func:`quant.predicted_table`)."""
+    from .quant import predicted_table
+
+    if quant not in ("nf4", "fp4", None):
+        raise ValueError(f"quant must be 'nf4', 'fp4' or None (16-bit weights), got {quant!r}.")
+    table = predicted_table(z.cfg, dtype={2: torch.bfloat16, 4: torch.float32}[z.c], quantize=quant is not None,
+                            double_quant=double_quant)
+    stored = table["bytes"] + table["state_bytes"]  # NF4 and FP4 store the same: 4 bits + the block scales
+    return float(stored[table["quantized"]].sum()), float(stored[~table["quantized"]].sum())
+
+
+def _optimizer_bytes(numels: Iterable[int], optimizer: str | None) -> float:
+    """Optimizer state for the LoRA matrices."""
+    total = 0.0
+    for n in numels:
+        if optimizer == "adamw":  # exp_avg and exp_avg_sq, fp32 like the LoRA weights
+            total += 8 * n
+        elif optimizer == "adamw8bit":  # bitsandbytes: two uint8 states + one fp32 scale per 256 values each;
+            total += 2 * n + 8 * math.ceil(n / 256) if n >= 4096 else 8 * n  # tensors under 4096 values stay fp32
+        elif optimizer not in ("sgd", None):  # plain SGD (no momentum) keeps nothing
+            raise ValueError(f"optimizer must be 'adamw', 'adamw8bit' or 'sgd', got {optimizer!r}.")
+    return total
+
+
+def _block_activations(z, mask: int, dropout: float, padding: bool, first: bool = False) -> float:
+    """Bytes autograd keeps from one decoder block's forward until its backward.
+
+    ``mask``: bytes per dropout-mask value (CUDA keeps a bool mask, the CPU an fp32 noise tensor).
+    ``first``: block 0 reads the embedding output, which needs no gradient, so its first norm and
+    the dropout masks of the q/k/v adapters are not kept.
+    """
+    T, H, M, c = z.T, z.H, z.M, z.c
+    total = (1 if first else 2) * (4 * T * H + 4 * T)  # each RMSNorm keeps its fp32 input and 1/rms per token
+    total += c * T * (2 * z.q + 2 * z.kv)  # SDPA keeps query (after RoPE), key, value (also the KV cache), output
+    total += 4 * z.B * z.heads * z.S  # + one fp32 log-sum-exp per head and token
+    if padding:  # with a padding mask transformers repeats K and V to all heads: SDPA keeps the copies and the mask
+        total += (2 * c * T * z.q if z.kv_heads != z.heads else 0) + c * z.B * z.S * z.S
+    total += 3 * c * T * M  # SwiGLU keeps gate(x) for SiLU's backward, SiLU(gate(x)) and up(x) for the product
+    shared = {"k_proj": "q_proj", "v_proj": "q_proj", "up_proj": "gate_proj"}  # projections that read the same x
+    for name in z.targets:  # LoRA path: x -> fp32 copy -> dropout -> A -> B
+        n_in = z.inputs[name]
+        if dropout > 0:  # A keeps its fp32 (dropped-out) input, dropout its mask
+            total += (4 + (0 if first and name in ("q_proj", "k_proj", "v_proj") else mask)) * T * n_in
+        elif c != 4 or (name != "o_proj" and shared.get(name) not in z.targets):  # A keeps an fp32 copy of x per
+            total += 4 * T * n_in  # adapter in 16-bit compute; in fp32, x itself: shared by q/k/v, by gate/up, and
+            # for o_proj it is SDPA's output, already kept
+        total += 4 * T * z.r  # B keeps A's output: r fp32 values per token
+    return total
+
+
+def estimate_training_memory(
+    config, *, batch_size: int, seq_len: int, quant: str | None = "nf4", double_quant: bool = False, lora_r: int = 8,
+    lora_targets="all-linear", optimizer: str = "adamw", grad_checkpointing: bool = False, logits: str = "all",
+    dtype=torch.bfloat16, lora_dropout: float = 0.05, padding: bool = True, grad_accum_steps: int = 1,
+    hold_logits: bool = True, device: str = "cuda", workspace_mib: float | None = None,
+) -> dict[str, float]:
+    """GiB per component at the peak of one training step; ``total`` predicts ``max_memory_allocated``.
+
+    Derived and checked in notebook 5, sections 4-5. ``logits="label"``: the LM head runs only at the
+    position that predicts the label. ``dtype`` is the compute dtype; LoRA weights, gradients and
+    optimizer state are fp32 (peft's default). ``padding``: the batch carries a padding mask.
+    ``grad_accum_steps > 1`` keeps earlier micro-batches' gradients at the peak. ``hold_logits``: the
+    caller keeps the model's output (the tutorial's ``result.logits``) through backward. ``device="cpu"``
+    models PyTorch's CPU kernels. ``workspace_mib``: cuBLAS workspace per thread (default: Hopper's).
+    """
+    if logits not in ("all", "label"):
+        raise ValueError(f"logits must be 'all' (every position, the tutorial) or 'label', got {logits!r}.")
+    z = _sizes(config, batch_size, seq_len, lora_r, lora_targets, dtype)
+    if lora_r < 1:
+        raise ValueError("Training needs something to train: lora_r must be >= 1 (the base model is frozen).")
+    T, H, M, V, c = z.T, z.H, z.M, z.V, z.c
+    N = T if logits == "all" else z.B  # positions that go through the LM head
+    mask = 1 if device == "cuda" else 4
+    ws = (32.0 if device == "cuda" else 0.0) if workspace_mib is None else workspace_mib
+    quantized, weights16 = _weights(z, quant, double_quant)
+    parts = {
+        "quantized_weights": quantized,
+        "weights_16bit": weights16,
+        "lora_weights": 4.0 * sum(z.lora_numels),  # fp32 A and B
+        # zero_grad(set_to_none=True) frees them after each step; accumulation carries them into the next forward
+        "gradients": 4.0 * sum(z.lora_numels) if grad_accum_steps > 1 else 0.0,
+        "optimizer_state": _optimizer_bytes(z.lora_numels, optimizer),
+        "workspace": 2 * ws * MIB,  # one cuBLAS workspace per thread doing matmuls: forward's and autograd's
+    }
+    block = _block_activations(z, mask, lora_dropout, padding)
+    outside = 4 * T * H + 4 * T + 2 * c * z.S * z.hd  # the final norm's fp32 input and 1/rms; RoPE's cos and sin
+    if grad_checkpointing:  # each block keeps only its input; backward recomputes one block at a time
+        kept, recomputed = z.L * c * T * H + outside, block
+    else:
+        kept, recomputed = (z.L - 1) * block + _block_activations(z, mask, lora_dropout, padding, True) + outside, 0
+    # Moment 1, the loss's backward: logits (compute dtype, held by the output), the fp32 log-softmax the loss
+    # keeps, and in backward its incoming gradient and its result, both fp32 (+ int64 targets). In 16-bit
+    # compute, logits.float() is a copy freed before backward; in fp32 compute it is the logits themselves.
+    at_loss = (kept, (c * hold_logits + 12) * N * V + 8 * N, 0.0)
+    # Moment 2, backward of the last block's down_proj: its weight dequantized to the compute dtype, the input
+    # gradients of the base and LoRA branches and the incoming gradient; LoRA's saved input and mask are freed.
+    down = "down_proj" in z.targets
+    base = (c * H * M if quant else 0) + (1 + down) * c * T * M + c * T * H - down * ((4 + mask) * T * M + 4 * T * z.r)
+    lora = down * (4 * T * M + c * T * H)  # earlier: LoRA's fp32 input gradient while its saved input is held
+    in_block = (kept + recomputed, c * N * V * hold_logits, max(base, lora, 0))
+    activations, logit_bytes, transient = max(at_loss, in_block, key=sum)
+    parts.update(activations=activations, logits=logit_bytes, workspace=parts["workspace"] + transient)
+    out = {k: parts[k] / GIB for k in COMPONENTS}
+    out["total"] = sum(out.values())
+    return out
+
+
+def estimate_forward_memory(
+    config, *, batch_size: int, seq_len: int, quant: str | None = "nf4", double_quant: bool = False, lora_r: int = 0,
+    lora_targets="all-linear", logits: str = "all", loss: bool = True, use_cache: bool = True,
+    dtype=torch.bfloat16, optimizer: str | None = None, device: str = "cuda", workspace_mib: float | None = None,
+) -> dict[str, float]:
+    """GiB per component at the peak of one forward pass under ``torch.no_grad()`` (evaluation).
+
+    ``loss``: labels are passed, so the logits are upcast to fp32 and log-softmaxed (the tutorial's
+    evaluation). ``lora_r > 0``: adapters attached. ``optimizer``: evaluating in the middle of training,
+    so its state and the backward thread's cuBLAS workspace are still allocated.
+    """
+    if logits not in ("all", "label"):
+        raise ValueError(f"logits must be 'all' (every position, the tutorial) or 'label', got {logits!r}.")
+    z = _sizes(config, batch_size, seq_len, lora_r, lora_targets, dtype)
+    T, H, M, V, c = z.T, z.H, z.M, z.V, z.c
+    N = T if logits == "all" else z.B
+    ws = (32.0 if device == "cuda" else 0.0) if workspace_mib is None else workspace_mib
+    quantized, weights16 = _weights(z, quant, double_quant)
+    cache = 2 * c * T * z.kv * z.L if use_cache else 0  # the KV cache: every block's keys and values
+    # At the end: the last hidden state and the logits; with a loss also their fp32 copy (16-bit compute) and
+    # the fp32 log-softmax. Inside the last MLP: a dequantized weight, two token x M tensors, two hidden states.
+    end = (c * T * H, c * N * V + (((4 if c != 4 else 0) + 4) * N * V if loss else 0), 0)
+    block = (2 * c * T * M + 2 * c * T * H, 0, c * H * M if quant else 0)
+    activations, logit_bytes, transient = max(end, block, key=sum)
+    parts = {"quantized_weights": quantized, "weights_16bit": weights16, "lora_weights": 4.0 * sum(z.lora_numels),
+             "gradients": 0.0, "optimizer_state": _optimizer_bytes(z.lora_numels, optimizer),
+             "activations": cache + activations, "logits": logit_bytes,
+             "workspace": (2 if optimizer else 1) * ws * MIB + transient}
+    out = {k: parts[k] / GIB for k in COMPONENTS}
+    out["total"] = sum(out.values())
+    return out
+
+
+# --- Measuring -------------------------------------------------------------------------------------------
+
+
+class TensorBytes:
+    """Live and peak bytes of CPU tensors: a stand-in for the CUDA allocator's statistics (notebook 5, section 2).
+
+    Every tensor an operation creates inside ``with tracker:`` is counted until its storage is freed;
+    :meth:`track` adds tensors that existed before (a model's weights, an optimizer's state).
+    No allocator rounding and no cache: on the CPU, "allocated" is all there is to count.
+    """
+
+    def __init__(self):
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        tracker = self
+
+        class _Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                tracker._add_all(out)
+                return out
+
+        self._mode, self._live, self.now, self.peak = _Mode(), {}, 0, 0
+
+    def _add(self, t) -> None:
+        if not isinstance(t, torch.Tensor) or t.device.type == "meta":
+            return
+        storage = t.untyped_storage()
+        key, size = storage.data_ptr(), storage.nbytes()
+        if size and key not in self._live:
+            self._live[key] = size
+            self.now += size
+            self.peak = max(self.peak, self.now)
+            weakref.finalize(storage, self._free, key)  # runs when the storage's memory is released
+
+    def _free(self, key) -> None:
+        self.now -= self._live.pop(key, 0)
+
+    def _add_all(self, obj) -> None:
+        for leaf in tree_flatten(obj)[0]:
+            self._add(leaf)
+
+    def track(self, *holders) -> None:
+        """Count the tensors of modules (parameters, buffers, gradients, 4-bit scales), optimizers or tensors."""
+        for h in holders:
+            if isinstance(h, torch.nn.Module):
+                for t in (*h.parameters(), *h.buffers()):
+                    self._add_all([t, t.grad])
+                    qs = getattr(t, "quant_state", None)
+                    for part in (qs, getattr(qs, "state2", None)):
+                        self._add_all([getattr(part, n, None) for n in ("absmax", "code", "offset")])
+            elif isinstance(h, torch.optim.Optimizer):
+                self._add_all([list(s.values()) for s in h.state.values()])
+            else:
+                self._add_all(h)
+
+    def __enter__(self):
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self._mode.__exit__(*exc)
+
+
+class MemoryMeter:
+    """GiB per phase, the same way on both profiles (notebook 5, section 2).
+
+    On a GPU: ``allocated`` and ``peak`` (``memory_allocated``/``max_memory_allocated``, tensors),
+    ``reserved`` (the caching allocator's), ``smi`` (``mem_get_info`` total - free: the driver's view,
+    what nvidia-smi shows) and ``capacity``. On the CPU: ``allocated`` and ``peak`` from :class:`TensorBytes`.
+    """
+
+    def __init__(self, device: str):
+        if device not in ("cpu", "cuda"):
+            raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}.")
+        self.device, self.phases, self._tracker = device, {}, None
+
+    def track(self, *holders) -> None:
+        """CPU: count tensors made outside the phase (e.g. ``meter.track(model, optimizer)``); GPU: nothing to do."""
+        if self._tracker is not None:
+            self._tracker.track(*holders)
+
+    @contextmanager
+    def phase(self, name: str, *holders):
+        """Measure the code inside ``with meter.phase(name, model):`` as one phase."""
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            yield self
+            torch.cuda.synchronize()
+            free, total = torch.cuda.mem_get_info()
+            self.phases[name] = {"allocated": torch.cuda.memory_allocated() / GIB,
+                                 "peak": torch.cuda.max_memory_allocated() / GIB,
+                                 "reserved": torch.cuda.memory_reserved() / GIB,
+                                 "smi": (total - free) / GIB, "capacity": total / GIB}
+            return
+        self._tracker = tracker = TensorBytes()
+        tracker.track(*holders)
+        try:
+            with tracker:
+                yield self
+        finally:
+            self._tracker = None
+        self.phases[name] = {"allocated": tracker.now / GIB, "peak": tracker.peak / GIB}
+
+
+def phase_segments(phases: Mapping[str, Mapping[str, float]]) -> list[dict]:
+    """Stacked-bar data for :func:`plots.memory_phases`: one row per (phase, segment, GiB), bottom up.
+
+    Uses whichever of allocated / peak / reserved / smi a phase has; missing numbers merge segments.
+    """
+    rows = []
+    for phase, m in phases.items():
+        alloc, peak, reserved, smi = (m.get(k) for k in ("allocated", "peak", "reserved", "smi"))
+        if alloc is None and peak is None:
+            if smi is None:
+                raise ValueError(f"Phase {phase!r} has none of allocated, peak, smi: {dict(m)}.")
+            rows.append({"phase": phase, "segment": "driver's count (tensors, cache, CUDA context)", "GiB": smi})
+            continue
+        top = max(v for v in (alloc, peak) if v is not None)
+        parts = [("tensors at the peak", peak)] if alloc is None else [("tensors alive after the phase", alloc)]
+        if alloc is not None and peak is not None:
+            parts.append(("extra tensors at the peak", peak - alloc))
+        if reserved is not None:
+            parts.append(("reserved by PyTorch, not in tensors", reserved - top))
+            top = max(top, reserved)
+        if smi is not None:
+            name = "CUDA context and others" if reserved is not None else "allocator cache + CUDA context"
+            parts.append((name, smi - top))
+        rows += [{"phase": phase, "segment": s, "GiB": max(v, 0.0)} for s, v in parts]
+    return rows
+
+
+def load_measurements(path: str | Path = MEASUREMENTS) -> dict:
+    """GPU measurements in the shipped format (``phases``: name -> GiB figures; provenance alongside)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: reinstall the package (the shipped file is package data).")
+    return json.loads(path.read_text())
+
+
+def save_measurements(phases: Mapping, path: str | Path, *, config: Mapping, batch_size: int, seq_len: int,
+                      about: str) -> Path:
+    """Write this run's GPU phases in the shipped format, with provenance (GPU, library versions, shapes)."""
+    import platform
+
+    import transformers
+
+    versions = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
+                "transformers": transformers.__version__, **{m: __import__(m).__version__ for m in ("peft", "bitsandbytes")}}
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    data = {"about": about, "provenance": {"gpu": gpu, **versions}, "model_config": dict(config),
+            "batch_size": batch_size, "seq_len": seq_len,
+            "phases": {k: {n: round(v, 4) for n, v in m.items()} for k, m in phases.items()}}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    return path
+
+
+# --- Estimates next to measurements -----------------------------------------------------------------------
+
+
+def estimate_phases(config, *, batch_size: int, seq_len: int, lora_r: int = 8, **common) -> dict[str, dict]:
+    """The estimator's components for each measured phase name (the phases of notebook 5, section 2).
+
+    ``common`` goes to both estimators (quant, double_quant, dtype, device, workspace_mib) and
+    ``padding`` to the training one. Phases after training keep the AdamW state, as measured.
+    """
+    padding = common.pop("padding", True)
+    fwd = dict(config=config, batch_size=batch_size, seq_len=seq_len, **common)
+    train = dict(fwd, lora_r=lora_r, padding=padding)
+    loaded = estimate_forward_memory(**fwd)
+    weights = {k: (v if k in ("quantized_weights", "weights_16bit") else 0.0) for k, v in loaded.items()}
+    weights["total"] = weights["quantized_weights"] + weights["weights_16bit"]
+    with_lora = estimate_forward_memory(**fwd, lora_r=lora_r)
+    lora = {k: (v if k in ("quantized_weights", "weights_16bit", "lora_weights", "workspace") else 0.0)
+            for k, v in with_lora.items()}  # allocated after a forward: the weights, LoRA and one cuBLAS workspace
+    lora["total"] = sum(v for k, v in lora.items() if k != "total")
+    return {
+        "model_loaded_4bit": weights,
+        "forward_eval_seed_recipe": loaded,
+        "lora_attached": lora,
+        "train_step_seed_recipe": estimate_training_memory(**train),
+        "train_step_label_position_logits": estimate_training_memory(**train, logits="label"),
+        "eval_batch_seed_recipe": estimate_forward_memory(**fwd, lora_r=lora_r, optimizer="adamw"),
+        "eval_batch_gather_label_logits": estimate_forward_memory(**fwd, lora_r=lora_r, optimizer="adamw", loss=False),
+    }
+
+
+def compare(measured: Mapping[str, Mapping[str, float]], estimates: Mapping[str, Mapping[str, float]]):
+    """Measured next to estimated GiB for every phase in both, as a DataFrame.
+
+    Loading and attaching LoRA are compared by what stays allocated (the estimate is of the weights,
+    not of the loader's temporary copies); the other phases by their peak.
+    """
+    import pandas as pd
+
+    rows = []
+    for phase, m in measured.items():
+        key = "allocated" if phase in ("model_loaded_4bit", "lora_attached") and "allocated" in m else "peak"
+        if phase in estimates and key in m:
+            value = m[key]
+            est = estimates[phase]["total"]
+            rows.append({"phase": phase, "measured GiB": value, "estimated GiB": est,
+                         "estimated / measured": est / value, "relative error": (est - value) / value})
+    if not rows:
+        raise ValueError(f"No phase is both measured and estimated: {sorted(measured)} vs {sorted(estimates)}.")
+    return pd.DataFrame(rows).set_index("phase")

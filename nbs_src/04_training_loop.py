@@ -1,0 +1,797 @@
+# ---
+# jupyter:
+#   jupytext:
+#     cell_metadata_filter: tags,-all
+#     formats: notebooks///ipynb,nbs_src///py:percent
+#     notebook_metadata_filter: kernelspec,jupytext,-jupytext.text_representation.jupytext_version
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 04 · The training loop
+# *Fine-tune the label word with QLoRA, one visible step at a time: no `Trainer`, no hidden `fit()`.*
+#
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/lmcls-org/lmcls/blob/main/notebooks/04_training_loop.ipynb)
+#
+# Notebook 2 scored sentences with a frozen model and a few-shot prompt. Here we train LoRA adapters
+# on a 4-bit base so that the right label word becomes the likelier one. What you will learn:
+#
+# - how "prompt + label word" becomes a training example whose **only target is the label token**;
+# - why **gradient accumulation** must scale the loss by the whole step, with a check that proves it
+#   (and the tutorial's version that gets an uneven step wrong);
+# - the loop itself: forward, label-only loss, backward, clip, step, schedule, validate, checkpoint;
+# - a **lean recipe** (the LM head only where the label is predicted, gradient checkpointing) with the
+#   same loss and gradients for far less memory;
+# - how to **resume exactly** from a checkpoint, and what to do with the adapter afterwards.
+
+# %%
+import subprocess
+import sys
+
+if "google.colab" in sys.modules:  # Colab only: install the helper package from GitHub
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "git+https://github.com/lmcls-org/lmcls.git@main"], check=True)
+
+# %%
+from lmcls_helpers import results
+from lmcls_helpers.profiles import environment_report, get_profile
+from lmcls_helpers.world import ensure_world
+
+profile = get_profile()  # "tiny" (CPU, offline) unless LMCLS_PROFILE=full
+ensure_world(profile)  # builds the tiny world under build/ once, then reuses it
+results.start("04_training_loop")
+print(environment_report(profile))
+
+# %%
+import gc
+import shutil
+import time
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from lmcls_helpers import plots
+from lmcls_helpers.batches import collate, encode_examples, label_loss, step_batches, train_val_split
+from lmcls_helpers.data import download_cola, load_cola
+from lmcls_helpers.models import LLAMA_PROJECTIONS, load_model
+from lmcls_helpers.paths import build_dir
+from lmcls_helpers.profiles import LLAMA3_8B_CONFIG
+from lmcls_helpers.prompts import PromptTemplate
+from lmcls_helpers.scoring import evaluate
+from lmcls_helpers.tokens import last_token_index, load_tokenizer
+
+torch.manual_seed(profile.seed)
+notebook_start = time.perf_counter()
+
+# %% [markdown]
+# ## 1. Training examples: the prompt, then the label word
+#
+# Training should teach one thing: after the prompt, say the right label word. So each training
+# text is the few-shot prompt with the sentence, **followed by its label word**. The model sees the
+# answer in its input, but a causal model cannot look ahead: the prediction *of* the label word is
+# made from the tokens before it.
+#
+# We split CoLA's in-domain training file 90/10 into train and validation with a fixed seed, and keep
+# the **out-of-domain** file as the test set, as the tutorial does (the in-domain dev file, which
+# notebook 2 scored, is not used here).
+
+# %%
+cola_root = profile.cola_root if profile.cola_root.exists() else download_cola(profile.cola_root.parent)
+splits = load_cola(cola_root)
+train_df, val_df = train_val_split(splits["in_domain_train"].iloc[: profile.max_train_examples],
+                                   val_fraction=0.1, seed=profile.seed)
+val_df = val_df.iloc[: profile.max_eval_examples]  # None keeps everything
+test_df = splits["out_of_domain_dev"].iloc[: profile.max_eval_examples]
+pd.DataFrame({"sentences": [len(train_df), len(val_df), len(test_df)],
+              "share acceptable": [train_df.label.mean(), val_df.label.mean(), test_df.label.mean()]},
+             index=["train", "validation", "test (out of domain)"]).round(3)
+
+# %% [markdown]
+# The tokenizer pads on the **right** for training: every example then starts at position 0, and
+# the padding comes after the label word, where nothing reads it. Llama 3 has no pad token, so we
+# pad with eos; the attention mask hides it.
+
+# %%
+tokenizer = load_tokenizer(profile, padding_side="right")
+template = PromptTemplate()
+label_ids = template.check(tokenizer, profile.label_words)  # [id of ' unacceptable', id of ' acceptable']
+assert tokenizer.padding_side == "right", "this notebook trains with right padding"
+assert tokenizer.pad_token_id == tokenizer.eos_token_id, "pad = eos: Llama 3 ships no pad token"
+print(template.format(train_df.sentence.iloc[0], profile.label_words[train_df.label.iloc[0]]))
+
+# %% [markdown]
+# `encode_examples` tokenizes `prompt + label word` for every sentence and refuses any example whose
+# last token is not its label word (a tokenizer that appends eos, or a label word that merges with
+# the end of the prompt, would silently train on the wrong token).
+
+# %%
+train_examples = encode_examples(tokenizer, list(train_df.sentence), list(train_df.label), template, profile.label_words)
+lengths = [len(ids) for ids in train_examples]
+print(f"{len(train_examples):,} training examples, {min(lengths)} to {max(lengths)} tokens long")
+
+# %% [markdown]
+# `collate` pads a few examples into a batch and builds the **targets**: `-100` everywhere (PyTorch's
+# cross-entropy skips that value) except at the label word, which it finds with `last_token_index`.
+# A batch of the shortest, the longest and the first example; around the label word of the shortest:
+
+# %%
+picked = [int(np.argmin(lengths)), int(np.argmax(lengths)), 0]
+batch = collate([train_examples[i] for i in picked], tokenizer.pad_token_id, tokenizer.padding_side)  # 3 tensors (3, seq)
+label_at = int(last_token_index(batch["attention_mask"])[0])  # row 0 is the shortest example
+pd.DataFrame({"token": tokenizer.convert_ids_to_tokens(batch["input_ids"][0]),
+              "id": batch["input_ids"][0].numpy(),
+              "attention": batch["attention_mask"][0].numpy(),
+              "target": batch["labels"][0].numpy()}).rename_axis("position").iloc[label_at - 4 : label_at + 4]
+
+# %% [markdown]
+# One target per row, the label word's own id at the label word's position; the padding after it
+# has attention 0 and target -100. Every row of the batch obeys the same rule:
+
+# %%
+targets = batch["labels"] != -100
+assert (targets.sum(dim=1) == 1).all(), "exactly one target per example"
+assert set(batch["labels"][targets].tolist()) <= set(label_ids), "the target is always a label word"
+assert (batch["labels"][targets] == batch["input_ids"][targets]).all(), "the target is the token at that position"
+
+# %% [markdown]
+# An empty split is a mistake worth stopping for (a wrong path, or `max_train_examples=0`):
+
+# %%
+try:
+    encode_examples(tokenizer, [], [], template, profile.label_words)
+except ValueError as err:
+    print(err)
+
+# %% [markdown]
+# ## 2. The 4-bit base model and its few-shot score
+#
+# Training must beat what the prompt alone achieves, so we measure that first, on the test set and
+# on the validation set, with the scoring function of notebook 2.
+#
+# The base is loaded in 4-bit NF4 (notebook 3). Its *compute* dtype comes from the profile: bf16 on
+# GPUs that do bf16 natively (Ampere and newer), fp16 on a T4, fp32 on the CPU. Beware:
+# `torch.cuda.is_bf16_supported()` answers `True` on a T4 because bf16 can be *emulated* there,
+# slowly; the profile looks at the compute capability (8.0 or more) instead.
+
+# %%
+model = load_model(profile)  # 4-bit NF4 weights, computing in profile.compute_dtype
+print(f"compute dtype: {profile.compute_dtype}")
+fewshot_test = evaluate(model, tokenizer, list(test_df.sentence), list(test_df.label), template, label_ids,
+                        batch_size=profile.eval_batch_size)
+fewshot_val = evaluate(model, tokenizer, list(val_df.sentence), list(val_df.label), template, label_ids,
+                       batch_size=profile.eval_batch_size)
+results.record("fewshot_ood_mcc", fewshot_test.mcc)
+print(f"few-shot  test MCC {fewshot_test.mcc:.3f}  accuracy {fewshot_test.accuracy:.3f}   "
+      f"validation MCC {fewshot_val.mcc:.3f}")
+
+# %% [markdown]
+# This is the baseline; section 10 puts the fine-tuned score next to it.
+#
+# ## 3. LoRA on a 4-bit base
+#
+# The 4-bit weights cannot be trained: an update would have to be re-quantized. LoRA leaves them
+# frozen and learns a low-rank correction `B·A` next to each projection. First,
+# `prepare_model_for_kbit_training` freezes every base weight and **casts the remaining 16-bit
+# weights (embeddings, LM head, norms) to fp32** for stable training. (It can also switch on gradient
+# checkpointing; we do that ourselves in section 5, where it has its own switch.)
+
+# %%
+from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+
+def float_bytes(module) -> int:
+    """Bytes in floating-point weights; the 4-bit ones are stored as uint8 and not counted."""
+    return sum(p.numel() * p.element_size() for p in module.parameters() if p.is_floating_point())
+
+
+before = float_bytes(model)
+model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+print(f"non-4-bit weights: {before / 2**20:.2f} MiB before, {float_bytes(model) / 2**20:.2f} MiB after")
+
+# %% [markdown]
+# On the CPU the compute dtype is already fp32, so nothing grows. On a GPU the cast doubles the
+# embeddings and the LM head, which for Llama-3-8B is a real cost on a 15 GiB T4:
+
+# %%
+c = LLAMA3_8B_CONFIG
+upcast_params = 2 * c["vocab_size"] * c["hidden_size"] + (2 * c["num_hidden_layers"] + 1) * c["hidden_size"]
+print(f"Llama-3-8B: {upcast_params / 1e9:.2f}B weights go from 2 to 4 bytes: +{upcast_params * 2 / 2**30:.2f} GiB")
+
+# %% [markdown]
+# Now the adapters: rank 8, scale α/r = 16/8 = 2, dropout 0.05 on their input, on **all seven
+# projections** of every block (the QLoRA paper found adapters on all of a block's linear layers
+# necessary to match full fine-tuning; the original LoRA recipe adapted only q and v). LoRA starts
+# with `B = 0`, so the model is unchanged until the first step.
+
+# %%
+lora_config = LoraConfig(r=profile.lora_r, lora_alpha=profile.lora_alpha, lora_dropout=profile.lora_dropout,
+                         target_modules=list(LLAMA_PROJECTIONS), bias="none", task_type="CAUSAL_LM")
+torch.manual_seed(profile.seed)  # the A matrices start random
+model = get_peft_model(model, lora_config)
+trainable = [p for p in model.parameters() if p.requires_grad]
+n_trainable = sum(p.numel() for p in trainable)
+n_total = sum(p.numel() for p in model.parameters())
+print(f"trainable: {n_trainable:,} LoRA weights in {len(trainable)} tensors ({n_trainable / n_total:.2%} of stored elements)")
+
+
+# %% [markdown]
+# Each adapted `d_in → d_out` projection adds `r·(d_in + d_out)` weights (A is `r × d_in`, B is
+# `d_out × r`). That formula must reproduce peft's count here, and then tells us the count for 8B:
+
+# %%
+def lora_param_count(config: dict, r: int, targets) -> int:
+    """LoRA weights for a Llama-style config: r * (d_in + d_out) per adapted projection per layer."""
+    h, inter = config["hidden_size"], config["intermediate_size"]
+    kv = config.get("head_dim") or h // config["num_attention_heads"]
+    kv *= config["num_key_value_heads"]
+    dims = {"q_proj": h + h, "k_proj": h + kv, "v_proj": h + kv, "o_proj": h + h,
+            "gate_proj": h + inter, "up_proj": h + inter, "down_proj": inter + h}
+    return config["num_hidden_layers"] * sum(r * dims[t] for t in targets)
+
+
+assert lora_param_count(model.get_base_model().config.to_dict(), profile.lora_r, LLAMA_PROJECTIONS) == n_trainable
+print(f"Llama-3-8B, r={profile.lora_r}, all seven projections: "
+      f"{lora_param_count(LLAMA3_8B_CONFIG, profile.lora_r, LLAMA_PROJECTIONS):,} trainable weights")
+
+# %% [markdown]
+# About 21 million weights to train, 0.26% of the 8 billion: that is why the adapters, their
+# gradients and their optimizer state are small, and why the base can stay in 4 bits.
+#
+# ## 4. The loss: one target per sentence
+#
+# Position `t` of the logits predicts token `t + 1`. So we drop the last position of the logits and
+# the first of the targets, and take the cross-entropy where the target is not -100: the one position
+# *before* each label word. We **sum** over examples instead of averaging; section 6 shows why.
+
+# %%
+batch = collate(train_examples[: profile.micro_batch_size], tokenizer.pad_token_id, tokenizer.padding_side)
+batch = {k: v.to(profile.device) for k, v in batch.items()}
+n_examples = len(batch["labels"])
+model.eval()  # no dropout while we compare numbers
+with torch.no_grad():
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (batch, seq, vocab)
+    loss_sum = torch.nn.functional.cross_entropy(
+        logits[:, :-1].flatten(0, 1).float(),  # position t ...
+        batch["labels"][:, 1:].flatten(),  # ... predicts token t + 1
+        ignore_index=-100, reduction="sum")
+print(f"logits {tuple(logits.shape)}; summed loss {loss_sum.item():.4f} over {n_examples} examples")
+
+# %% [markdown]
+# `transformers` does exactly this inside the model when you pass `labels=` (it shifts for you), but
+# returns the **mean** over targets. The tutorial used that built-in loss:
+
+# %%
+with torch.no_grad():
+    builtin = model(**batch).loss  # mean over the non -100 targets
+torch.testing.assert_close(loss_sum / n_examples, builtin, rtol=1e-4, atol=1e-4)
+print(f"ours / n = {loss_sum.item() / n_examples:.5f}   transformers' loss = {builtin.item():.5f}")
+
+# %% [markdown]
+# ## 5. The lean recipe
+#
+# Look at the shape above: the model computed a score for **every vocabulary entry at every
+# position**, `(batch, seq, vocab)`, and the loss reads one row per example. For Llama 3 the
+# vocabulary has 128,256 entries, the LM head is a 128,256 × 4,096 matrix, and the logits are
+# upcast to fp32 for the loss. Two switches make training lighter without changing its numbers:
+#
+# - **lean head**: run the decoder, gather the hidden state at the position *before* each label
+#   word, and apply the LM head to those rows only, `(batch, vocab)`;
+# - **gradient checkpointing**: keep only each layer's input in the forward pass and recompute the
+#   rest during the backward pass; it trades about one extra forward pass for activation memory.
+
+# %%
+lean_head = True  # apply the LM head only where the label word is predicted
+gradient_checkpointing = True  # recompute activations in the backward pass instead of storing them
+
+# %% [markdown]
+# The lean head, written out (`model.get_base_model()` is the Llama model with the LoRA layers
+# inside; `.model` is its decoder, `.lm_head` its output layer):
+
+# %%
+label_pos = (batch["labels"] != -100).float().argmax(dim=1)  # (batch,) where each label word sits
+rows = torch.arange(n_examples, device=label_pos.device)
+llama = model.get_base_model()
+with torch.no_grad():
+    hidden = llama.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    lean_logits = llama.lm_head(hidden[rows, label_pos - 1])  # (batch, vocab): one row per example
+    lean_sum = torch.nn.functional.cross_entropy(lean_logits.float(), batch["labels"][rows, label_pos], reduction="sum")
+print(f"hidden {tuple(hidden.shape)} -> logits {tuple(lean_logits.shape)}; summed loss {lean_sum.item():.4f}")
+torch.testing.assert_close(lean_sum, loss_sum, rtol=1e-4, atol=1e-4)
+
+# %% [markdown]
+# Same loss. The sizes of the two logits tensors, here and for the tutorial's Llama-3-8B batch of
+# 8 sequences of 86 tokens (one fp32 copy each; the full recipe holds several such tensors at once:
+# the logits, their fp32 copy, the log-probabilities and, in the backward pass, their gradient):
+
+# %%
+vocab_8b = LLAMA3_8B_CONFIG["vocab_size"]
+sizes = {"this profile": (logits.numel(), lean_logits.numel()), "Llama-3-8B, 8 × 86 tokens": (8 * 86 * vocab_8b, 8 * vocab_8b)}
+pd.DataFrame({"full logits (MiB, fp32)": {k: v[0] * 4 / 2**20 for k, v in sizes.items()},
+              "lean logits (MiB, fp32)": {k: v[1] * 4 / 2**20 for k, v in sizes.items()}}).round(2)
+
+
+# %% [markdown]
+# Equal losses are not enough: training follows the **gradients**. We compare the gradients of
+# every LoRA weight under the full recipe and under the chosen switches, in training mode with
+# dropout on (resetting the random seed before each run gives both the same dropout masks).
+
+# %%
+def loss_and_grads(compute_loss):
+    """Run one backward pass from a fresh seed; return the loss and all LoRA gradients as one vector."""
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(profile.seed)
+    loss = compute_loss()
+    loss.backward()
+    return loss.detach(), torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad])
+
+
+model.train()
+full_loss, full_grads = loss_and_grads(lambda: label_loss(model, batch, lean=False))
+if gradient_checkpointing:  # transformers' newer name for gradient checkpointing; non-reentrant by default
+    model.get_base_model().activation_checkpointing_enable()
+recipe_loss, recipe_grads = loss_and_grads(lambda: label_loss(model, batch, lean=lean_head))
+grad_error = ((recipe_grads - full_grads).norm() / full_grads.norm()).item()
+print(f"lean_head={lean_head}, gradient_checkpointing={gradient_checkpointing}: loss {recipe_loss.item():.5f} "
+      f"(full recipe {full_loss.item():.5f}); gradients differ by {grad_error:.1e} (relative)")
+torch.testing.assert_close(recipe_loss, full_loss, rtol=1e-4, atol=1e-4)
+assert grad_error < 1e-2, "same recipe, same gradients (up to 16-bit rounding on a GPU)"
+
+# %% [markdown]
+# Same loss, same gradients, so the same training run; only memory and time differ.
+# `label_loss(model, batch, lean=...)` from `lmcls_helpers.batches` packages the two recipes of
+# sections 4 and 5, so the loop below (and the benchmarks) can switch between them.
+#
+# ## 6. The batch the maths wants vs the batch the device holds
+#
+# The optimizer should see the average gradient of `train_batch_size` examples; the GPU may hold
+# only `micro_batch_size` at once. Gradients add up across `backward()` calls, so we run
+# `grad_accum_steps` micro-batches and step once. The plan for one epoch draws each step's examples
+# at random and, inside a step, sorts them by length so that micro-batches need less padding.
+
+# %%
+grad_accum_steps = profile.grad_accum_steps
+print(f"train_batch_size {profile.train_batch_size} = micro_batch_size {profile.micro_batch_size} "
+      f"× grad_accum_steps {grad_accum_steps}")
+plan = [step for epoch in range(profile.num_epochs)
+        for step in step_batches(lengths, profile.train_batch_size, profile.micro_batch_size, profile.seed, epoch)]
+total_steps = len(plan)
+print(f"{profile.num_epochs} epoch(s) of {len(train_examples):,} examples: {total_steps} optimizer steps")
+[[lengths[i] for i in micro] for micro in plan[0]]  # token counts of the first step's micro-batches
+
+
+# %% [markdown]
+# Sorting inside a step changes nothing in the maths (a sum does not care about order) but saves
+# padding. Tokens the model must process, padding included, over the whole plan:
+
+# %%
+def padded_tokens(micro_batches) -> int:
+    return sum(len(micro) * max(lengths[i] for i in micro) for micro in micro_batches)
+
+
+shuffle = torch.Generator().manual_seed(0)
+unsorted = [[i for micro in step for i in micro] for step in plan]
+unsorted = [[flat[j] for j in torch.randperm(len(flat), generator=shuffle)] for flat in unsorted]
+unsorted = [[flat[k : k + profile.micro_batch_size] for k in range(0, len(flat), profile.micro_batch_size)] for flat in unsorted]
+sorted_cost, unsorted_cost = sum(map(padded_tokens, plan)), sum(map(padded_tokens, unsorted))
+print(f"length-sorted micro-batches: {sorted_cost:,} tokens; random: {unsorted_cost:,} ({1 - sorted_cost / unsorted_cost:.1%} saved)")
+
+
+# %% [markdown]
+# With micro-batches as big as the step there is nothing to save; the saving grows with the number
+# of micro-batches per step.
+#
+# **Scaling the loss.** The gradient of the step's mean loss is the gradient of
+# `sum of per-example losses / number of examples in the step`. So each micro-batch contributes its
+# **summed** loss divided by the **step's** example count. The tutorial instead divided each
+# micro-batch's *mean* loss by the number of micro-batches. That is the same only when every
+# micro-batch has the same number of examples; the last step of an epoch often does not.
+#
+# We check both on the first step's examples, split as at the end of an epoch where the last
+# micro-batch holds a single example, against one big batch. Dropout is off (`eval()`), so all three
+# compute the same function.
+
+# %%
+def lora_grads(micro_batches, divisor):
+    """Accumulate gradients over micro-batches (lists of example indices); divisor(micro) scales each summed loss."""
+    model.zero_grad(set_to_none=True)
+    for micro in micro_batches:
+        b = collate([train_examples[i] for i in micro], tokenizer.pad_token_id, tokenizer.padding_side)
+        loss = label_loss(model, {k: v.to(profile.device) for k, v in b.items()}, lean=lean_head)
+        (loss / divisor(micro)).backward()
+    return torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad])
+
+
+model.eval()
+examples = [i for micro in plan[0] for i in micro]
+micro_batches = [examples[:-1], examples[-1:]]  # an uneven step
+print("micro-batch sizes:", [len(m) for m in micro_batches])
+big_batch = lora_grads([examples], lambda micro: len(examples))
+
+# %%
+ours = lora_grads(micro_batches, lambda micro: len(examples))  # summed loss / examples in the step
+tutorials = lora_grads(micro_batches, lambda micro: len(micro) * len(micro_batches))  # mean loss / micro-batches
+relative = {name: ((g - big_batch).norm() / big_batch.norm()).item() for name, g in [("ours", ours), ("tutorial's", tutorials)]}
+print({name: f"{err:.1e}" for name, err in relative.items()}, "(relative error against the big batch)")
+assert relative["ours"] < 1e-2, "accumulated and big-batch gradients must agree (up to 16-bit rounding on a GPU)"
+
+# %% [markdown]
+# Accumulating summed losses divided by the step's size reproduces the big-batch gradient to float
+# precision; the tutorial's scaling gives the lone example of the short micro-batch as much weight
+# as all the others together.
+#
+# One more detail the tutorial gets wrong: it calls `clip_grad_norm_` after **every** micro-batch,
+# clipping partial sums. Clipping belongs after the last micro-batch, once, on the full gradient.
+#
+# ## 7. Optimizer and learning-rate schedule
+#
+# AdamW with decoupled weight decay, on the trainable weights only. (`from transformers import
+# AdamW`, as in the tutorial, no longer exists in transformers 5; PyTorch's `torch.optim.AdamW` is the
+# same algorithm.) The switch selects bitsandbytes' 8-bit AdamW instead.
+
+# %%
+import bitsandbytes as bnb
+
+use_8bit_adam = False  # bitsandbytes AdamW8bit: moment estimates stored in 8 bits
+optimizer_class = bnb.optim.AdamW8bit if use_8bit_adam else torch.optim.AdamW
+optimizer = optimizer_class(trainable, lr=profile.lr, weight_decay=profile.weight_decay)
+print(f"{optimizer_class.__module__}.{optimizer_class.__name__}: lr {profile.lr:g}, weight decay {profile.weight_decay:g}")
+
+# %% [markdown]
+# What does 8-bit AdamW save? Adam keeps two moment estimates per trainable weight: 8 bytes in fp32,
+# about 2 bytes in 8 bits. With LoRA there are few trainable weights:
+
+# %%
+n_8b = lora_param_count(LLAMA3_8B_CONFIG, profile.lora_r, LLAMA_PROJECTIONS)
+pd.DataFrame({"fp32 AdamW state (MiB)": [n * 8 / 2**20 for n in (n_trainable, n_8b)],
+              "8-bit AdamW state (MiB)": [n * 2 / 2**20 for n in (n_trainable, n_8b)]},
+             index=["this model", "Llama-3-8B LoRA"]).round(2)
+
+# %% [markdown]
+# For the 8B model's LoRA weights that is about 0.12 GiB saved on paper, and 0.09 GiB measured, of a
+# 15 GiB T4. The 8-bit optimizer matters when *all* weights are trained (8B × 6 bytes = 45 GiB);
+# with LoRA it is nearly free to skip.
+#
+# The schedule warms the learning rate up linearly from 0 over `warmup_steps` (the fresh adapters'
+# first gradients are noisy; Adam's moment estimates are not yet reliable) and then decays it
+# linearly to 0 at the last step.
+
+# %%
+from transformers import get_linear_schedule_with_warmup
+
+scheduler = get_linear_schedule_with_warmup(optimizer, num_warmup_steps=profile.warmup_steps, num_training_steps=total_steps)
+lrs = [profile.lr * scheduler.lr_lambdas[0](step) for step in range(total_steps)]  # lr used by steps 1..total
+peak = profile.warmup_steps
+assert lrs[peak] == profile.lr and all(a <= b for a, b in zip(lrs[:peak], lrs[1 : peak + 1])), "warm-up rises to lr"
+assert all(a >= b for a, b in zip(lrs[peak:], lrs[peak + 1 :])) and lrs[-1] < lrs[peak], "then it decays"
+fig = plots.lr_schedule(lrs, profile.warmup_steps, title=f"learning rate over {total_steps} steps")
+plots.savefig(fig, "04_lr_schedule")
+plt.show()
+
+
+# %% [markdown]
+# The very first step runs with learning rate 0 (the schedule starts at the bottom of the ramp);
+# the peak is reached after `warmup_steps`.
+#
+# ## 8. The training loop
+#
+# One optimizer step, written out: for each micro-batch, forward and label-only loss, scaled by the
+# step's size, backward (gradients accumulate); then clip the full gradient once, step the
+# optimizer, step the schedule, and clear the gradients.
+
+# %%
+def train_step(model, optimizer, scheduler, micro_batches) -> dict:
+    """One optimizer step over micro-batches of example indices; returns the step's mean loss, lr and grad norm."""
+    n = sum(len(micro) for micro in micro_batches)  # examples in this step
+    loss_total = 0.0
+    for micro in micro_batches:
+        b = collate([train_examples[i] for i in micro], tokenizer.pad_token_id, tokenizer.padding_side)
+        loss = label_loss(model, {k: v.to(profile.device) for k, v in b.items()}, lean=lean_head)  # summed
+        (loss / n).backward()  # accumulates d(mean loss of the step)
+        loss_total += loss.item()
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), profile.max_grad_norm)  # once, on the full gradient
+    lr = optimizer.param_groups[0]["lr"]
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return {"loss": loss_total / n, "lr": lr, "grad_norm": grad_norm.item()}
+
+
+# %% [markdown]
+# The loop: every `eval_every` steps (and at the end) it measures validation loss and MCC with
+# notebook 2's `evaluate`, and writes a checkpoint (section 9). `evaluate` switches the model to
+# `eval()` and back to `train()`; the tutorial forgot the way back, so dropout stayed off for the
+# rest of its training after the first validation.
+
+# %%
+from lmcls_helpers.checkpoints import load_checkpoint, save_checkpoint
+
+checkpoint_root = build_dir("checkpoints", "04_training_loop")
+shutil.rmtree(checkpoint_root, ignore_errors=True)  # a fresh run
+history = []  # one row per optimizer step
+validations = [{"step": 0, "val_loss": fewshot_val.loss, "val_mcc": fewshot_val.mcc, "elapsed_s": 0.0}]
+model.train()
+torch.manual_seed(profile.seed)  # dropout masks
+start = time.perf_counter()
+progress = tqdm(range(1, total_steps + 1), desc="training", unit="step")
+for step in progress:
+    history.append({"step": step, **train_step(model, optimizer, scheduler, plan[step - 1])})
+    if step % profile.eval_every == 0 or step == total_steps:
+        val = evaluate(model, tokenizer, list(val_df.sentence), list(val_df.label), template, label_ids,
+                       batch_size=profile.eval_batch_size)
+        validations.append({"step": step, "val_loss": val.loss, "val_mcc": val.mcc, "elapsed_s": time.perf_counter() - start})
+        save_checkpoint(checkpoint_root / f"step-{step:05d}", model, optimizer, scheduler, step)
+        progress.set_postfix(loss=f"{history[-1]['loss']:.3f}", val_mcc=f"{val.mcc:.3f}")
+train_seconds = time.perf_counter() - start
+print(f"{total_steps} steps in {train_seconds:.1f} s, validation and checkpoints included")
+
+# %% [markdown]
+# The statistics table: one row per validation, with the mean training loss over the steps since the
+# previous one (step 0 is the untrained model: the few-shot score). The tutorial's table divided a
+# running sum of micro-batch losses by the step count plus one, which is neither of these.
+
+# %%
+steps_df = pd.DataFrame(history)
+stats = pd.DataFrame(validations)
+window = np.searchsorted(stats.step.to_numpy(), steps_df.step.to_numpy())  # the validation each step leads to
+stats["train_loss"] = steps_df.groupby(window).loss.mean()
+stats["lr"] = steps_df.set_index("step").lr.reindex(stats.step).to_numpy()
+stats.set_index("step")[["train_loss", "val_loss", "val_mcc", "lr", "elapsed_s"]].round(4)
+
+# %% [markdown]
+# Learning curves against optimizer steps (the tutorial labelled its axis "Epoch" although it
+# plotted one point per 200 steps). The training loss of each step is noisy, a single batch each;
+# the validation loss is measured on the same held-out sentences every time.
+
+# %%
+fig = plots.learning_curves(steps_df.step, steps_df.loss, stats.step, stats.val_loss,
+                            title="label-word loss: training steps and validation")
+plots.savefig(fig, "04_learning_curves")
+plt.show()
+
+# %%
+fig = plots.metric_curve(stats.step, stats.val_mcc, "validation MCC", reference=fewshot_val.mcc,
+                         reference_label="few-shot (step 0)", title="validation MCC during training")
+plots.savefig(fig, "04_validation_mcc")
+plt.show()
+best_val_mcc = float(stats.val_mcc[stats.step > 0].max())
+print(f"best validation MCC {best_val_mcc:.3f} (few-shot {fewshot_val.mcc:.3f})")
+
+# %% [markdown]
+# ## 9. Checkpoint and resume
+#
+# A long run on a free GPU gets interrupted. To continue *exactly* where it stopped we need more
+# than the adapter weights: the optimizer's moment estimates, the scheduler's position, the step
+# counter, and the random-number state that LoRA dropout draws from. The data order is a function
+# of the seed and the epoch (section 6), so the step counter is enough to find our place in it.
+# Each checkpoint folder holds:
+
+# %%
+checkpoints = sorted(checkpoint_root.glob("step-*"))
+pd.DataFrame([{"file": f.name, "KiB": round(f.stat().st_size / 1024, 1)} for f in sorted(checkpoints[0].iterdir())])
+
+# %% [markdown]
+# `adapter_model.safetensors` and `adapter_config.json` are peft's own adapter format (peft adds a
+# `README.md` model card); `training_state.pt` holds the rest, plus a fingerprint of the base model
+# and LoRA config, so that loading into a different setup stops with an error instead of garbage.
+#
+# Now pretend the run died after the checkpoint closest to half-way. We wipe the adapter, build a
+# new optimizer and scheduler (as a new process would), load the checkpoint, and train on to the
+# next checkpoint.
+
+# %%
+saved_steps = [int(p.name.split("-")[1]) for p in checkpoints]
+assert len(saved_steps) >= 2, "the resume demonstration needs at least two checkpoints: lower eval_every"
+resume_step = min(saved_steps[:-1], key=lambda s: abs(s - total_steps / 2))
+until_step = saved_steps[saved_steps.index(resume_step) + 1]
+with torch.no_grad():
+    for p in trainable:
+        p.normal_()  # whatever training left in the adapter is gone
+optimizer = optimizer_class(trainable, lr=profile.lr, weight_decay=profile.weight_decay)
+scheduler = get_linear_schedule_with_warmup(optimizer, num_warmup_steps=profile.warmup_steps, num_training_steps=total_steps)
+state = load_checkpoint(checkpoint_root / f"step-{resume_step:05d}", model, optimizer, scheduler)
+print(f"resumed at step {state['step']} of {total_steps}; replaying steps {resume_step + 1} to {until_step}")
+
+# %%
+model.train()
+resumed = [train_step(model, optimizer, scheduler, plan[step - 1])["loss"] for step in range(state["step"] + 1, until_step + 1)]
+recorded = steps_df.set_index("step").loss.loc[resume_step + 1 : until_step].to_numpy()
+loss_diff = float(np.abs(np.array(resumed) - recorded).max())
+pd.DataFrame({"uninterrupted": recorded, "resumed": resumed}, index=range(resume_step + 1, until_step + 1)).head()
+
+# %% [markdown]
+# The losses of the resumed run, step by step, against the ones recorded in the uninterrupted run.
+# The adapter weights at `until_step` must also match the checkpoint the uninterrupted run wrote there:
+
+# %%
+from peft import get_peft_model_state_dict
+from safetensors.torch import load_file
+
+saved = load_file(checkpoint_root / f"step-{until_step:05d}" / "adapter_model.safetensors")
+current = {k: v.detach().cpu().float() for k, v in get_peft_model_state_dict(model).items()}
+weight_diff = max((current[k] - saved[k].float()).abs().max().item() for k in saved)
+weight_scale = max(v.abs().max().item() for v in saved.values())
+resume_matches = loss_diff <= 1e-3 and weight_diff <= 1e-3 * weight_scale
+results.record("resume_matches", resume_matches)
+print(f"largest loss difference {loss_diff:.2e}; largest weight difference {weight_diff:.2e} (largest weight {weight_scale:.2f})")
+assert resume_matches, "the resumed run must retrace the uninterrupted one"
+
+# %% [markdown]
+# On the CPU the resumed run is bit-for-bit the uninterrupted one (both differences are 0). On a GPU
+# some kernels (attention's backward pass among them) add up in a varying order, so the check allows
+# differences of 10⁻³. On the full profile this replays `eval_every` = 200 steps, several minutes on
+# a T4. Finally we load the last checkpoint, so that the model is the one at the end of training.
+
+# %%
+state = load_checkpoint(checkpoint_root / f"step-{total_steps:05d}", model, optimizer, scheduler)
+assert state["step"] == total_steps
+
+# %% [markdown]
+# ## 10. The test score
+#
+# Training never saw the out-of-domain split, and during training we watched the validation split,
+# not this one. Its score, next to the few-shot score of section 2 and the tutorial's numbers for
+# Llama-3-8B (516 sentences, T4):
+
+# %%
+test = evaluate(model, tokenizer, list(test_df.sentence), list(test_df.label), template, label_ids,
+                batch_size=profile.eval_batch_size)
+this_run = pd.DataFrame({"MCC": [fewshot_test.mcc, test.mcc], "accuracy": [fewshot_test.accuracy, test.accuracy]},
+                        index=["few-shot", "fine-tuned"])
+tutorial = pd.DataFrame({"MCC": [0.495, 0.647], "accuracy": [np.nan, 0.8527]}, index=["few-shot", "fine-tuned"])
+pd.concat({f"this run ({profile.name}, {len(test_df)} sentences)": this_run, "tutorial (Llama-3-8B)": tutorial}, axis=1).round(3)
+
+# %% [markdown]
+# (The tutorial reports few-shot *test* MCC 0.495 for the 4-bit model, but no few-shot accuracy.)
+# Where the errors are, after fine-tuning:
+
+# %%
+fig = plots.confusion_heatmap(test.labels, test.preds, title=f"fine-tuned, out-of-domain test (MCC {test.mcc:.2f})")
+plots.savefig(fig, "04_confusion_test")
+plt.show()
+
+# %%
+assert test.mcc > fewshot_test.mcc, f"fine-tuning should beat the prompt alone ({test.mcc:.3f} vs {fewshot_test.mcc:.3f})"
+results.record("finetuned_ood_mcc", test.mcc)
+results.record("finetuned_ood_accuracy", test.accuracy)
+results.record("best_val_mcc", best_val_mcc)
+results.record("train_seconds", round(train_seconds, 1))
+print(f"MCC gain over few-shot: {test.mcc - fewshot_test.mcc:+.3f}")
+
+# %% [markdown]
+# ## 11. Saving the adapter, loading it, merging it
+#
+# For later use we need only the adapter: `save_pretrained` on a peft model writes the LoRA weights
+# and their config, not the base model.
+
+# %%
+adapter_dir = build_dir("adapters", "04_cola_lora")
+model.save_pretrained(adapter_dir)
+pd.DataFrame([{"file": f.name, "KiB": round(f.stat().st_size / 1024, 1)} for f in sorted(adapter_dir.iterdir())])
+
+# %% [markdown]
+# For Llama-3-8B the adapter is 21M fp32 weights, about 80 MiB, next to a 5.6 GiB 4-bit base. To use
+# it, load the base as usual and put the adapter on top. We free the training model first: on a
+# T4 two copies of the 8B base would not fit.
+
+# %%
+from peft import PeftModel
+
+del model, optimizer, scheduler, trainable, llama, current
+gc.collect()
+torch.cuda.empty_cache()  # does nothing without a GPU
+model = PeftModel.from_pretrained(load_model(profile), adapter_dir)  # 4-bit base + saved adapter, ready for inference
+reloaded = evaluate(model, tokenizer, list(test_df.sentence), list(test_df.label), template, label_ids,
+                    batch_size=profile.eval_batch_size)
+agreement = float((reloaded.preds == test.preds).mean())
+print(f"reloaded: test MCC {reloaded.mcc:.3f}; {agreement:.1%} of predictions as before; "
+      f"largest score difference {np.abs(reloaded.scores - test.scores).max():.1e}")
+assert agreement >= 0.98, "the reloaded adapter must reproduce the trained model's predictions"
+
+# %% [markdown]
+# The scores can differ slightly on a GPU: during training `prepare_model_for_kbit_training` had
+# cast the LM head to fp32, the freshly loaded base keeps it in 16 bits.
+#
+# **`merge_and_unload`** folds each adapter into its base weight, `W + (α/r)·B·A`, and returns a
+# plain model without LoRA layers: no extra matmuls at inference. With a 4-bit base that means
+# dequantize `W`, add the update, and **quantize again** to the 16 NF4 levels. The update is small
+# next to the gaps between those levels, so rounding distorts it. We measure by how much in one
+# projection, comparing the dequantized weights before and after the merge:
+
+# %%
+from bitsandbytes.functional import dequantize_4bit
+
+layer = model.get_base_model().model.layers[-1].mlp.down_proj  # a LoRA layer around a Linear4bit
+update = layer.get_delta_weight("default").float()  # (α/r)·B·A, (out, in)
+w_before = dequantize_4bit(layer.base_layer.weight.data, layer.base_layer.weight.quant_state).float()
+merged = model.merge_and_unload()  # every Linear4bit re-quantized with its update folded in
+w_after = dequantize_4bit(layer.base_layer.weight.data, layer.base_layer.weight.quant_state).float()
+distortion = ((w_after - w_before - update).norm() / update.norm()).item()
+print(f"mean |update| {update.abs().mean():.1e}, mean |W| {w_before.abs().mean():.1e}; "
+      f"after re-quantizing, the weights miss W + update by {distortion:.0%} of the update's size")
+
+# %% [markdown]
+# What that does to the predictions:
+
+# %%
+merged_result = evaluate(merged, tokenizer, list(test_df.sentence), list(test_df.label), template, label_ids,
+                         batch_size=profile.eval_batch_size)
+pd.DataFrame({"test MCC": [fewshot_test.mcc, test.mcc, merged_result.mcc],
+              "same prediction as the adapter": [np.nan, 1.0, float((merged_result.preds == test.preds).mean())]},
+             index=["few-shot base", "base + adapter", "merged into 4-bit"]).round(3)
+
+# %% [markdown]
+# Much of what training learned survives, not all of it. So with a 4-bit base, keep the adapter
+# separate (what most QLoRA deployments do), or merge into a 16-bit copy of the base: for
+# Llama-3-8B that copy alone is 15 GiB, more than a T4 can spare. Merging into 4 bits costs no
+# memory and saves the adapters' matmuls at inference, but it is a lossy, one-way step.
+
+# %%
+notebook_seconds = time.perf_counter() - notebook_start
+print(f"notebook ran in {notebook_seconds:.0f} s (training {train_seconds:.0f} s)")
+
+# %% [markdown]
+# ## Summary
+#
+# - A training example is `prompt + label word`; its targets are -100 except the label word, so the
+#   loss reads one prediction per sentence: the one made at the position before the label.
+# - Gradient accumulation is exact when each micro-batch adds its **summed** loss divided by the
+#   **step's** example count, and clipping happens once per step; the tutorial's scaling is wrong on
+#   uneven steps.
+# - The lean recipe applies the LM head only where the label is predicted, and gradient
+#   checkpointing recomputes activations: same loss and gradients, far less memory.
+# - A checkpoint that resumes exactly holds the adapter, the optimizer and scheduler state, the step
+#   and the random-number state; the resumed run retraces the uninterrupted one.
+# - Keep the adapter separate from a 4-bit base: merging re-quantizes and loses part of the update.
+#
+# ## Exercises
+#
+# **1. Counting LoRA weights.** The original LoRA paper adapted only `q_proj` and `v_proj`. How many
+# trainable weights does rank 16 on those two give Llama-3-8B? Work it out by hand first.
+# *Hint:* `r · (d_in + d_out)` per projection and layer; `k_proj`/`v_proj` output
+# `num_key_value_heads × head_dim = 8 × 128` features.
+
+# %%
+qv_r16_params = None  # your answer: an integer
+
+# %%
+if qv_r16_params is None:
+    print("Exercise 1 not attempted yet: set qv_r16_params above.")
+else:  # peft counts it on an 8B skeleton that has shapes but no memory ("meta" device)
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(LlamaConfig(**{k: v for k, v in LLAMA3_8B_CONFIG.items() if k != "model_type"}))
+        counted = get_peft_model(skeleton, LoraConfig(r=16, lora_alpha=32, target_modules=["q_proj", "v_proj"]))
+    expected = sum(p.numel() for p in counted.parameters() if p.requires_grad)
+    assert qv_r16_params == expected, f"{qv_r16_params:,} is not peft's count"
+    print(f"correct: {expected:,} trainable weights")
+
+# %% [markdown]
+# **2. Early stopping.** The last checkpoint is not always the best. Pick the step whose checkpoint
+# had the highest validation MCC, load that checkpoint into the model of section 11, and check that
+# it reproduces the recorded validation MCC. *Hint:* `stats` has the MCC per step; a checkpoint's
+# adapter loads with `PeftModel.from_pretrained(load_model(profile), folder)`.
+
+# %%
+best_step = None  # your answer: a step number from stats.step
+
+# %%
+if best_step is None:
+    print("Exercise 2 not attempted yet: set best_step above.")
+else:
+    trained = stats[stats.step > 0]
+    assert best_step == int(trained.step[trained.val_mcc.idxmax()]), "that is not the (first) best validation step"
+    best_model = PeftModel.from_pretrained(load_model(profile), checkpoint_root / f"step-{best_step:05d}")
+    check = evaluate(best_model, tokenizer, list(val_df.sentence), list(val_df.label), template, label_ids,
+                     batch_size=profile.eval_batch_size)
+    assert abs(check.mcc - best_val_mcc) < 1e-6, "the checkpoint must reproduce its validation MCC"
+    print(f"step {best_step}: validation MCC {check.mcc:.3f}, as recorded")

@@ -1,0 +1,226 @@
+"""The memory estimator: its formulas by hand, its shape (monotone, knobs), and against measurements.
+
+Measurements come from two places: the H100 figures shipped with the package, and the CPU, where
+``memory.TensorBytes`` counts the live bytes of every tensor during a real 4-bit LoRA training step.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from transformers import BitsAndBytesConfig, LlamaConfig
+
+from lmcls_helpers import memory
+from lmcls_helpers.memory import GIB, MIB, estimate_forward_memory, estimate_training_memory
+from lmcls_helpers.profiles import LLAMA3_8B_CONFIG
+
+#: Small enough to compute by hand: head_dim 16, two KV heads for four query heads.
+HAND = {"vocab_size": 256, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 1,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "tie_word_embeddings": False}
+TINY = {**HAND, "num_hidden_layers": 2}
+
+
+def test_weight_lora_and_optimizer_terms_by_hand():
+    est = estimate_training_memory(TINY, batch_size=2, seq_len=8, lora_r=8, padding=False)
+    # projections per block: q 64x64, k 64x32, v 64x32, o 64x64, gate/up/down 64x128 -> 36,864 weights; 2 blocks
+    # 4 bits each = 36,864 bytes, plus one fp32 absmax per 64 weights = 4,608 bytes
+    assert est["quantized_weights"] * GIB == 36_864 + 4_608
+    # embedding + LM head (256 x 64 each) + 5 norms of 64, in bf16
+    assert est["weights_16bit"] * GIB == 2 * (2 * 256 * 64 + 5 * 64)
+    # r * (in + out) per projection: 1024 + 768 + 768 + 1024 + 3 * 1536 = 8192 per block, fp32
+    assert est["lora_weights"] * GIB == 4 * 2 * 8192
+    assert est["optimizer_state"] * GIB == 8 * 2 * 8192  # AdamW: two fp32 moments
+    assert est["gradients"] == 0  # freed by zero_grad(set_to_none=True) before the next forward
+    assert estimate_training_memory(TINY, batch_size=2, seq_len=8, grad_accum_steps=2)["gradients"] * GIB == 4 * 2 * 8192
+
+
+def test_activation_and_logit_terms_by_hand():
+    est = estimate_training_memory(HAND, batch_size=2, seq_len=8, padding=False)  # T = 16 tokens, one block
+    T = 16
+    norm = 4 * T * 64 + 4 * T  # block 0: only the second norm keeps its fp32 input (+ 1/rms)
+    attention = 2 * T * (64 + 64 + 32 + 32) + 4 * 2 * 4 * 8  # q, output, k, v in bf16 + log-sum-exp
+    mlp = 3 * 2 * T * 128
+    lora = 4 * T * (64 * 6 + 128) + 1 * T * (64 * 3 + 128) + 7 * 4 * T * 8  # fp32 inputs, masks (not q/k/v), B inputs
+    outside = 4 * T * 64 + 4 * T + 2 * 2 * 8 * 16  # final norm; RoPE cos/sin
+    assert est["activations"] * GIB == norm + attention + mlp + lora + outside
+    # the peak is at the loss: bf16 logits + fp32 log-softmax + its two fp32 gradients, + int64 targets
+    assert est["logits"] * GIB == (2 + 4 + 4 + 4) * T * 256 + 8 * T
+    assert est["workspace"] * GIB == 2 * 32 * MIB  # two cuBLAS workspaces (Hopper default)
+
+
+def test_eight_bit_adam_applies_to_large_tensors_only():
+    small = estimate_training_memory(TINY, batch_size=1, seq_len=4, optimizer="adamw8bit")
+    assert small["optimizer_state"] == estimate_training_memory(TINY, batch_size=1, seq_len=4)["optimizer_state"]
+    big = estimate_training_memory(LLAMA3_8B_CONFIG, batch_size=1, seq_len=4, optimizer="adamw8bit")
+    lora_values = big["lora_weights"] * GIB / 4
+    # uint8 moments (2 bytes per value) + fp32 scales per 256 values; all 8B LoRA tensors are >= 4096 values
+    assert big["optimizer_state"] * GIB == pytest.approx(2 * lora_values + 8 * lora_values / 256, rel=1e-3)
+
+
+def test_double_quant_saves_about_three_bytes_per_64_weights():
+    kw = dict(batch_size=1, seq_len=8)
+    plain = estimate_training_memory(LLAMA3_8B_CONFIG, **kw)["quantized_weights"]
+    dq = estimate_training_memory(LLAMA3_8B_CONFIG, **kw, double_quant=True)["quantized_weights"]
+    blocks = 6_979_321_856 / 64  # 4-bit weights of Llama-3-8B, one absmax each
+    assert (plain - dq) * GIB == pytest.approx(blocks * (4 - 1 - 4 / 256), rel=1e-3)
+
+
+knobs = st.fixed_dictionaries({
+    "logits": st.sampled_from(["all", "label"]), "grad_checkpointing": st.booleans(), "padding": st.booleans(),
+    "optimizer": st.sampled_from(["adamw", "adamw8bit"]), "quant": st.sampled_from(["nf4", None]),
+    "lora_r": st.integers(1, 64), "device": st.sampled_from(["cuda", "cpu"]),
+})
+
+
+@settings(max_examples=60, deadline=None)
+@given(knobs=knobs, batch=st.integers(1, 32), seq=st.integers(1, 512), config=st.sampled_from([TINY, LLAMA3_8B_CONFIG]))
+def test_total_grows_with_batch_size_and_sequence_length(knobs, batch, seq, config):
+    total = estimate_training_memory(config, batch_size=batch, seq_len=seq, **knobs)["total"]
+    assert estimate_training_memory(config, batch_size=batch + 1, seq_len=seq, **knobs)["total"] > total
+    assert estimate_training_memory(config, batch_size=batch, seq_len=seq + 1, **knobs)["total"] > total
+    forward = estimate_forward_memory(config, batch_size=batch, seq_len=seq)["total"]
+    assert estimate_forward_memory(config, batch_size=batch + 1, seq_len=seq)["total"] > forward
+
+
+@settings(max_examples=30, deadline=None)
+@given(batch=st.integers(1, 16), seq=st.integers(8, 512), logits=st.sampled_from(["all", "label"]))
+def test_checkpointing_lowers_activations_and_label_logits_lower_logits(batch, seq, logits):
+    kw = dict(batch_size=batch, seq_len=seq, logits=logits)
+    plain = estimate_training_memory(LLAMA3_8B_CONFIG, **kw)
+    assert estimate_training_memory(LLAMA3_8B_CONFIG, **kw, grad_checkpointing=True)["activations"] < plain["activations"]
+    all_logits = estimate_training_memory(LLAMA3_8B_CONFIG, batch_size=batch, seq_len=seq)
+    assert estimate_training_memory(LLAMA3_8B_CONFIG, batch_size=batch, seq_len=seq, logits="label")["total"] <= all_logits["total"]
+
+
+def test_components_add_up_and_config_objects_work():
+    est = estimate_training_memory(LlamaConfig(**TINY), batch_size=3, seq_len=20)
+    assert est["total"] == pytest.approx(sum(v for k, v in est.items() if k != "total"))
+    assert est == estimate_training_memory(TINY, batch_size=3, seq_len=20)
+
+
+@pytest.mark.parametrize("bad", [{"logits": "some"}, {"quant": "int3"}, {"optimizer": "lion"}, {"lora_r": 0},
+                                 {"lora_targets": ["qkv"]}, {"batch_size": 0}])
+def test_bad_input_says_what_to_fix(bad):
+    with pytest.raises(ValueError):
+        estimate_training_memory(TINY, **{"batch_size": 2, "seq_len": 8, **bad})
+    with pytest.raises(ValueError, match="missing"):
+        estimate_training_memory({"hidden_size": 8}, batch_size=1, seq_len=1)
+
+
+@pytest.mark.parametrize("padding", [False, True])
+def test_estimates_within_ten_percent_of_the_shipped_h100_measurements(padding):
+    shipped = memory.load_measurements()
+    estimates = memory.estimate_phases(shipped["model_config"], batch_size=shipped["batch_size"],
+                                       seq_len=shipped["seq_len"], padding=padding)
+    table = memory.compare(shipped["phases"], estimates)
+    assert {"model_loaded_4bit", "forward_eval_seed_recipe", "lora_attached", "train_step_seed_recipe",
+            "train_step_label_position_logits"} <= set(table.index)
+    assert table["relative error"].abs().max() < 0.10, table
+
+
+def test_phase_segments_split_each_bar_into_what_each_number_adds():
+    rows = memory.phase_segments({
+        "gpu": {"allocated": 5.0, "peak": 7.0, "reserved": 8.0, "smi": 8.5},
+        "shipped": {"peak": 6.0, "smi": 6.9},
+        "tutorial": {"smi": 7.6},
+        "cpu": {"allocated": 1.0, "peak": 1.5},
+    })
+    by_phase = {}
+    for r in rows:
+        by_phase.setdefault(r["phase"], {})[r["segment"]] = r["GiB"]
+    assert by_phase["gpu"] == pytest.approx({"tensors alive after the phase": 5.0, "extra tensors at the peak": 2.0,
+                                             "reserved by PyTorch, not in tensors": 1.0, "CUDA context and others": 0.5})
+    assert sum(by_phase["shipped"].values()) == pytest.approx(6.9)  # the bar's top is what the driver shows
+    assert "allocator cache + CUDA context" in by_phase["shipped"]
+    assert sum(by_phase["cpu"].values()) == pytest.approx(1.5)
+    assert by_phase["tutorial"] == {"driver's count (tensors, cache, CUDA context)": 7.6}
+    with pytest.raises(ValueError):
+        memory.phase_segments({"empty": {"reserved": 3.0}})
+
+
+def test_tensor_bytes_counts_live_and_peak_bytes():
+    tracker = memory.TensorBytes()
+    with tracker:
+        a = torch.ones(1000)  # 4,000 bytes
+        b = a * 2  # 4,000 more
+        del b
+        c = a.view(10, 100)  # a view: no new storage
+    assert tracker.now == 4000 and tracker.peak == 8000
+    del a, c
+    assert tracker.now == 0
+
+
+def _tiny_4bit(double_quant=False):
+    from lmcls_helpers.models import random_model
+
+    q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=double_quant,
+                           bnb_4bit_compute_dtype=torch.float32)
+    return random_model(LlamaConfig(**TINY), dtype=torch.float32, device="cpu", quantization_config=q)
+
+
+@pytest.mark.parametrize("double_quant", [False, True])
+def test_random_model_is_built_in_4bit_without_a_16bit_copy(double_quant):
+    import bitsandbytes as bnb
+
+    tracker = memory.TensorBytes()
+    with tracker:
+        model = _tiny_4bit(double_quant)
+    linears = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert len(linears) == 7 * TINY["num_hidden_layers"] and all(m.weight.bnb_quantized for m in linears)
+    assert type(model.lm_head) is torch.nn.Linear and model.is_loaded_in_4bit
+    assert not any(t.is_meta for t in (*model.parameters(), *model.buffers()))
+    est = estimate_training_memory(TINY, batch_size=1, seq_len=1, dtype=torch.float32, double_quant=double_quant)
+    from lmcls_helpers.quant import parameter_table, total_bytes
+
+    table = parameter_table(model)
+    assert total_bytes(table[table["quantized"]]) == est["quantized_weights"] * GIB
+    # the build never held more than the finished model plus one 16-bit projection (the largest: 64 x 128 fp32)
+    held = memory.TensorBytes()
+    held.track(model)
+    assert tracker.peak <= held.now + 4 * 64 * 128 + 4096, (tracker.peak, held.now)
+
+
+@pytest.mark.parametrize("grad_checkpointing, batch, recipe", [
+    (False, 4, "tutorial"), (False, 2, "lean"), (True, 4, "tutorial"), (True, 2, "lean"), (False, 4, "full logits"),
+])
+def test_estimate_within_ten_percent_of_a_cpu_training_step(grad_checkpointing, batch, recipe):
+    """tutorial: model(..., labels=...) with the output held; full logits / lean: notebook 4's label_loss."""
+    from peft import LoraConfig, get_peft_model
+
+    from lmcls_helpers.batches import label_loss
+
+    torch.manual_seed(0)
+    model = get_peft_model(_tiny_4bit(), LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05,
+                                                    target_modules="all-linear", task_type="CAUSAL_LM"))
+    if grad_checkpointing:
+        model.gradient_checkpointing_enable()
+    model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    ids = torch.randint(0, TINY["vocab_size"], (batch, 32))
+    labels = torch.full_like(ids, -100)
+    labels[:, -1] = ids[:, -1]
+    batch_dict = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+    meter = memory.MemoryMeter("cpu")
+    for _ in range(2):  # the second step, with the optimizer state already there, is the one we compare
+        with meter.phase("step", model, optimizer):
+            out = model(**batch_dict) if recipe == "tutorial" else None
+            loss = out.loss if recipe == "tutorial" else label_loss(model, batch_dict, lean=recipe == "lean")
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            del loss, out
+    est = estimate_training_memory(TINY, batch_size=batch, seq_len=32, dtype=torch.float32, device="cpu",
+                                   padding=False, grad_checkpointing=grad_checkpointing,
+                                   logits="label" if recipe == "lean" else "all", hold_logits=recipe == "tutorial")
+    assert est["total"] == pytest.approx(meter.phases["step"]["peak"], rel=0.10)
+
+
+def test_measurements_round_trip_in_the_shipped_format(tmp_path):
+    phases = {"model_loaded_4bit": {"allocated": 1.25, "peak": 1.5}}
+    path = memory.save_measurements(phases, tmp_path / "m.json", config=TINY, batch_size=2, seq_len=8, about="test")
+    loaded = memory.load_measurements(path)
+    assert loaded["phases"] == phases and loaded["model_config"] == TINY and "torch" in loaded["provenance"]
+    shipped = memory.load_measurements()
+    assert {"about", "provenance", "model_config", "batch_size", "seq_len", "phases"} <= set(shipped)
