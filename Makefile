@@ -59,6 +59,11 @@ notebooks: world
 # After editing nbs_src/*.py: regenerate the paired notebooks (outputs stay stripped).
 sync: $(STAMP)
 	$(BIN)/jupytext --sync nbs_src/*.py
+	$(MAKE) strip
+
+# Notebooks are committed without outputs (a test fails otherwise): run after saving from Jupyter.
+strip: $(STAMP)
+	$(BIN)/jupyter nbconvert --clear-output --inplace --log-level=WARN notebooks/*.ipynb
 
 bench: world
 	$(BIN)/python -m benchmarks.recipes --device cpu

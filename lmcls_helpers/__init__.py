@@ -22,6 +22,12 @@ def colab_badge(notebook: str) -> str:
     return f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({colab_url(notebook)})"
 
 
+#: What a Colab runtime lacks, at this project's pins (tests check them against pyproject.toml).
+#: Everything else (torch, pandas, scikit-learn, matplotlib, ...) Colab already has: reinstalling
+#: an imported package would break the running kernel, so the package itself goes in ``--no-deps``.
+COLAB_PACKAGES = ("transformers==5.23.0", "peft==0.21.2", "bitsandbytes==0.50.2", "accelerate==1.15.0")
+
+
 def pip_install_line() -> str:
-    """What a Colab session installs: this package straight from the repository."""
-    return f"pip install -q git+https://github.com/{REPO}.git@{BRANCH}"
+    """What a Colab session installs: this package straight from the repository, without its pins."""
+    return f"pip install -q --no-deps git+https://github.com/{REPO}.git@{BRANCH}"

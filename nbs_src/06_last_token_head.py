@@ -35,18 +35,22 @@
 #   MCC, accuracy, trainable parameters, time, and with few training examples.
 
 # %%
+PROFILE = None  # None: $LMCLS_PROFILE, else "tiny" (CPU, offline). On a Colab GPU runtime: "full".
+
 import subprocess
 import sys
 
-if "google.colab" in sys.modules:  # Colab only: install the helper package from GitHub
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "git+https://github.com/lmcls-org/lmcls.git@main"], check=True)
+if "google.colab" in sys.modules:  # Colab only: this package, and the versions Colab does not ship
+    pip = [sys.executable, "-m", "pip", "install", "-q"]
+    subprocess.run([*pip, "--no-deps", "git+https://github.com/lmcls-org/lmcls.git@main"], check=True)
+    subprocess.run([*pip, "transformers==5.23.0", "peft==0.21.2", "bitsandbytes==0.50.2", "accelerate==1.15.0"], check=True)
 
 # %%
 from lmcls_helpers import results
 from lmcls_helpers.profiles import environment_report, get_profile
 from lmcls_helpers.world import ensure_world
 
-profile = get_profile()  # "tiny" (CPU, offline) unless LMCLS_PROFILE=full
+profile = get_profile(PROFILE)  # the first cell (or $LMCLS_PROFILE) chooses; "tiny" by default
 ensure_world(profile)  # builds the tiny world under build/ once, then reuses it
 results.start("06_last_token_head")
 print(environment_report(profile))

@@ -64,3 +64,23 @@ def test_readme_badges_agree_with_the_repository_constant():
         assert url == lmcls_helpers.colab_url(stem), f"README badge {url} disagrees with lmcls_helpers.REPO"
     for nb_path in NOTEBOOKS:
         assert lmcls_helpers.colab_url(nb_path.stem) in readme, f"README lacks the badge of {nb_path.name}"
+
+
+def test_colab_installs_the_pinned_versions_it_lacks():
+    from test_packaging import pyproject_pins
+
+    pins = pyproject_pins()
+    for spec in lmcls_helpers.COLAB_PACKAGES:
+        name, version = spec.split("==")
+        assert pins[name] == version, f"COLAB_PACKAGES pins {spec}, pyproject.toml {name}=={pins[name]}"
+    for nb_path in NOTEBOOKS:
+        install = nbformat.read(nb_path, as_version=4).cells[1].source
+        assert re.findall(r'"([\w.-]+==[\w.]+)"', install) == list(lmcls_helpers.COLAB_PACKAGES), nb_path.name
+        assert "--no-deps" in install, f"{nb_path.name}: installing our pins over Colab's packages breaks its kernel"
+
+
+def test_first_code_cell_chooses_the_profile():
+    for nb_path in NOTEBOOKS:
+        cells = nbformat.read(nb_path, as_version=4).cells
+        assert cells[1].source.startswith("PROFILE = None"), f"{nb_path.name}: the first code cell sets PROFILE"
+        assert any("get_profile(PROFILE)" in c.source for c in cells[2:4]), f"{nb_path.name} ignores PROFILE"
