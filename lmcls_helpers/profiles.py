@@ -77,6 +77,16 @@ class Profile:
         """Micro-batches per optimizer step, so that ``micro * accum == train_batch_size``."""
         return self.train_batch_size // self.micro_batch_size
 
+    @property
+    def tolerance(self) -> dict[str, float]:
+        """``rtol``/``atol`` for comparing two computations of the same logits in ``compute_dtype``.
+
+        fp32 agrees to about 1e-5; bf16 keeps 8 bits of mantissa, so a logit near 16 moves in
+        steps of 0.06 when padding or batching changes the order of a sum; fp16 keeps 11 bits.
+        """
+        return {torch.float32: {"rtol": 1e-4, "atol": 1e-3}, torch.float16: {"rtol": 1e-2, "atol": 5e-2},
+                torch.bfloat16: {"rtol": 3e-2, "atol": 2e-1}}[self.compute_dtype]
+
     def with_(self, **changes) -> Profile:
         """A copy with some fields changed (e.g. for an exercise)."""
         return replace(self, **changes)
@@ -129,6 +139,16 @@ def _require_gpu_and_bitsandbytes(name: str) -> None:
             f"The '{name}' profile loads the model in 4 bits and needs bitsandbytes: "
             "`pip install bitsandbytes`, then restart the runtime."
         )
+    try:  # installed is not enough: its CUDA kernels must load for this GPU and driver
+        from bitsandbytes.functional import quantize_4bit
+
+        quantize_4bit(torch.zeros(64, device="cuda", dtype=torch.float16), quant_type="nf4")
+    except Exception as err:
+        raise RuntimeError(
+            f"bitsandbytes is installed but cannot quantize on this GPU ({type(err).__name__}: {err}). "
+            "Reinstall it for this CUDA version (`pip install -U bitsandbytes`) and restart the runtime, "
+            "or use the 'tiny' profile."
+        ) from err
 
 
 def _full() -> Profile:

@@ -73,7 +73,7 @@ def require_pad_token(tokenizer: PreTrainedTokenizerBase) -> None:
 
 
 def load_tokenizer(profile, padding_side: str = "left") -> PreTrainedTokenizerBase:
-    """The profile's tokenizer, with pad = eos when it has no pad token (notebook 1, section 4)."""
+    """The profile's tokenizer, with pad = eos when it has no pad token (notebook 1, section 5)."""
     if padding_side not in ("left", "right"):
         raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}.")
     tokenizer = AutoTokenizer.from_pretrained(profile.tokenizer_id)

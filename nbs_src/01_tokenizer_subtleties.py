@@ -77,7 +77,7 @@ tokenizers = {
 {name: len(tok) for name, tok in tokenizers.items()}  # vocabulary sizes
 
 # %% [markdown]
-# Llama 3 knows 128,256 tokens and Mistral 7B 32,000; our tiny tokenizers know a few thousand,
+# Llama 3 knows 128,256 tokens and Mistral 7B 32,000; our tiny tokenizers know about a thousand,
 # enough for the synthetic sentences of the CPU world.
 #
 # ## 1. Text becomes pieces, pieces become ids
@@ -91,7 +91,7 @@ token_table(tokenizer, "Him and me are going to the store.")
 
 # %% [markdown]
 # Three things to notice. The first token, `<|begin_of_text|>`, was not in our text: the tokenizer
-# added it (section 4). Every word after the first carries its space *in front*: `Ġand` is " and"
+# added it (section 5). Every word after the first carries its space *in front*: `Ġand` is " and"
 # (byte-level BPE writes a space as `Ġ`). And the full stop is a piece of its own.
 #
 # ## 2. A leading space makes a different token
@@ -160,9 +160,11 @@ pd.DataFrame(survives).T
 #
 # ## 4. SentencePiece: two spellings of the same space
 #
-# Mistral's tokenizer is a SentencePiece model. Called directly, SentencePiece turns *every* space
-# into `▁`, including the leading one, which then stands alone. The transformers wrapper treats the
-# start of the text as if a space were already there, so the leading space disappears:
+# Mistral's tokenizer is a SentencePiece model. Called directly, SentencePiece first prepends a `▁`
+# to the whole text (its *dummy prefix*, so that the first word looks like every other word) and
+# then writes each space as `▁`. Our `" Income"` already starts with a space, so it becomes
+# `▁▁Income`, and the extra `▁` is left as a piece of its own. The transformers tokenizer prepends
+# the `▁` only when the text does not already start with one:
 
 # %%
 import sentencepiece as spm
@@ -170,14 +172,18 @@ import sentencepiece as spm
 from lmcls_helpers.tokens import reference_tokenizer_path
 
 raw_sp = spm.SentencePieceProcessor(model_file=str(reference_tokenizer_path("mistral-7b")))
-{
+income = {
     "sentencepiece": raw_sp.encode(" Income", out_type=str),
     "transformers": tokenizers["Mistral 7B"].tokenize(" Income"),
 }
+income
+
+# %%
+assert income["sentencepiece"] == ["▁", "▁In", "come"] and income["transformers"] == ["▁In", "come"]
 
 # %% [markdown]
-# The same string, two different token sequences: `['▁', '▁In', 'come']` against `['▁In', 'come']`.
-# Encode prompts and label words with the *same* tokenizer object, or the ids will not line up.
+# The same string, two token sequences. Encode prompts and label words with the *same* tokenizer
+# object, or the ids will not line up.
 #
 # ## 5. Special tokens: BOS, EOS and the missing pad token
 #
@@ -332,20 +338,21 @@ else:
 
 # %% [markdown]
 # **2. The shortcut that only works one way.** Many tutorials compute the last position as
-# `attention_mask.sum(dim=1) - 1`. Write `shortcut = ...` for `batches["left"]` and compare it with
-# `last_token_index`. *Hint:* on which padding side is the count of real tokens also the position
-# after the last one?
+# `attention_mask.sum(dim=1) - 1`, the number of real tokens minus one. That is right for right
+# padding only. Compute the last real position of every row of `batches["left"]` from its
+# attention mask alone, without `last_token_index`, in a way that is right for **both** sides.
+# *Hint:* `mask.sum(dim=1) - 1` fails on the left; `flip(dims=[1])` and `argmax` find the *last* 1.
 
 # %%
-shortcut = None  # your answer: a (batch,) tensor computed from batches["left"]["attention_mask"]
+last_positions = None  # your answer: a (batch,) tensor computed from batches["left"]["attention_mask"]
 
 # %%
-if shortcut is None:
-    print("Exercise 2 not attempted yet: set shortcut above.")
+if last_positions is None:
+    print("Exercise 2 not attempted yet: set last_positions above.")
 else:
-    right = last_token_index(batches["left"]["attention_mask"])
-    print("matches last_token_index:", torch.equal(shortcut, right))
-    assert not torch.equal(shortcut, right), "with left padding the shortcut points into the padding"
+    assert torch.equal(last_positions, last_token_index(batches["left"]["attention_mask"])), "not the last 1 of each row"
+    shortcut = batches["left"]["attention_mask"].sum(dim=1) - 1
+    print("solved; the shortcut would have said", shortcut.tolist(), "instead of", last_positions.tolist())
 
 # %% [markdown]
 # **3. Prompt length.** How many tokens does the tiny BPE tokenizer need for `prompt`, compared

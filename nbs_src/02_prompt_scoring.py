@@ -82,6 +82,8 @@ dev.sample(5, random_state=0)
 # %% [markdown]
 # The tokenizer pads on the **left** here, and uses eos as its pad token (notebook 1). The model is
 # loaded in 4-bit NF4, as in the tutorial (notebook 3 looks inside).
+# On the `full` profile the weights come from the Hugging Face hub, and Llama 3 is gated: accept its
+# licence on the model page once and log in first (a Colab `HF_TOKEN` secret, or `huggingface_hub.login()`).
 
 # %%
 tokenizer = load_tokenizer(profile, padding_side="left")
@@ -160,7 +162,7 @@ with torch.no_grad():
     logits_right = model(**batch_right).logits
 scores_right = logits_right[torch.arange(4), last_token_index(batch_right["attention_mask"])][:, label_ids]
 tokenizer.padding_side = "left"
-torch.testing.assert_close(scores_right, scores, rtol=1e-3, atol=1e-3)
+torch.testing.assert_close(scores_right, scores, **profile.tolerance)  # tolerance: rounding of compute_dtype
 print("left and right padding give the same label scores")
 
 # %% [markdown]
@@ -170,7 +172,7 @@ print("left and right padding give the same label scores")
 # %%
 naive = logits_right[:, -1][:, label_ids]
 print("rows where [:, -1] differs from the last real token:",
-      (~torch.isclose(naive, scores_right, atol=1e-3).all(dim=1)).nonzero().flatten().tolist())
+      (~torch.isclose(naive, scores_right, **profile.tolerance).all(dim=1)).nonzero().flatten().tolist())
 
 # %% [markdown]
 # ## 5. Keep only the logits you need
@@ -197,7 +199,7 @@ from lmcls_helpers.scoring import evaluate, label_logits
 
 with torch.no_grad():
     lean_scores = label_logits(model, batch, label_ids, lean=True)  # (batch, 2)
-torch.testing.assert_close(lean_scores, scores, rtol=1e-3, atol=1e-3)
+torch.testing.assert_close(lean_scores, scores, **profile.tolerance)
 lean_scores
 
 # %% [markdown]
@@ -218,14 +220,16 @@ fewshot_dev_right = evaluate(model, tokenizer, list(dev.sentence), list(dev.labe
 tokenizer.padding_side = "left"
 agree = (fewshot_dev_right.preds == fewshot_dev.preds).mean()
 print(f"left vs right padding: {agree:.1%} of predictions agree")
-assert agree == 1.0, "left and right padding must give the same predictions"
+margin = np.abs(fewshot_dev.scores[:, 1] - fewshot_dev.scores[:, 0])  # how far each row is from a tie
+clear = margin > 2 * profile.tolerance["atol"]  # in 16 bits a near-tie may flip on rounding alone
+assert (fewshot_dev_right.preds == fewshot_dev.preds)[clear].all(), "left and right padding must give the same predictions"
 
 # %% [markdown]
 # ## 7. Why MCC?
 #
 # CoLA is imbalanced: about 70% of sentences are acceptable. A "classifier" that always says
 # *acceptable* scores about 70% accuracy, yet knows nothing. The Matthews correlation coefficient
-# (MCC) is 0 for any constant or random guess and 1 for perfect predictions, whatever the balance.
+# (MCC) is 0 for any constant guess, about 0 for a random one, and 1 for perfect predictions, whatever the balance.
 
 # %%
 from sklearn.metrics import accuracy_score, matthews_corrcoef
@@ -303,7 +307,8 @@ pd.Series(ablation, name="few-shot dev MCC").round(3)
 
 # %% [markdown]
 # The tutorial's numbers for the same five prompts are **test MCC after fine-tuning** with each
-# prompt (0.545 → 0.556 → 0.632 → 0.638 → 0.647, the first with Llama 3; Mistral 7B scored 0.522),
+# prompt (0.545 → 0.556 → 0.632 → 0.638 → 0.647, all with Llama 3 8B, which the tutorial's prose calls
+# "Llama 3.1" while its code loads `Meta-Llama-3-8B`; the first prompt with Mistral 7B scored 0.522),
 # not few-shot scores, so they are a reference for the ordering, not for the values.
 
 # %%

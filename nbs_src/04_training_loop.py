@@ -322,6 +322,33 @@ sizes = {"this profile": (logits.numel(), lean_logits.numel()), "Llama-3-8B, 8 Ã
 pd.DataFrame({"full logits (MiB, fp32)": {k: v[0] * 4 / 2**20 for k, v in sizes.items()},
               "lean logits (MiB, fp32)": {k: v[1] * 4 / 2**20 for k, v in sizes.items()}}).round(2)
 
+# %% [markdown]
+# What that buys on a GPU: notebook 5's estimator (checked there against measurements, within 10%)
+# predicts the peak of one training step for Llama-3-8B at the tutorial's prompt length, per
+# recipe and micro-batch size, next to what a T4 can hold:
+
+# %%
+from lmcls_helpers.memory import GPUS, estimate_training_memory
+
+recipe_switches = {"tutorial (all logits)": {"logits": "all", "grad_checkpointing": False},
+                   "lean head": {"logits": "label", "grad_checkpointing": False},
+                   "lean head + checkpointing": {"logits": "label", "grad_checkpointing": True}}
+peaks = pd.DataFrame({name: {f"micro-batch {b}": estimate_training_memory(LLAMA3_8B_CONFIG, batch_size=b, seq_len=86, **kw)["total"]
+                             for b in (8, 16, 32)} for name, kw in recipe_switches.items()})
+t4_gib = GPUS["T4 16 GB"]["capacity_gib"]
+print(f"estimated peak GiB for one training step; a T4 holds {t4_gib} GiB")
+peaks.round(2)
+
+# %%
+assert (peaks["lean head + checkpointing"] < peaks["tutorial (all logits)"]).all(), "the lean recipe needs less"
+assert peaks.loc["micro-batch 8", "tutorial (all logits)"] > 0.9 * t4_gib, "the tutorial's step barely fits a T4"
+
+# %% [markdown]
+# The lean head alone saves about a gigabyte; checkpointing is what changes the picture: the
+# activations of 32 blocks no longer pile up, and a micro-batch four times the tutorial's fits in
+# about half a T4. The price is one more forward pass per step, which the benchmark
+# (`python -m benchmarks.recipes`) weighs against the bigger batches it allows.
+
 
 # %% [markdown]
 # Equal losses are not enough: training follows the **gradients**. We compare the gradients of

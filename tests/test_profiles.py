@@ -32,3 +32,32 @@ def test_gpu_profiles_stop_early_without_a_gpu(name):
 def test_with_makes_a_changed_copy():
     profile = get_profile("tiny")
     assert profile.with_(lr=1.0).lr == 1.0 and profile.lr != 1.0
+
+
+def test_the_first_cell_variable_beats_the_environment(monkeypatch):
+    monkeypatch.setenv("LMCLS_PROFILE", "full")
+    assert get_profile("tiny").name == "tiny"  # PROFILE = "tiny" in a notebook's first cell
+
+
+def test_full_profile_without_bitsandbytes_says_how_to_install(monkeypatch):
+    import importlib.util
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real_find_spec(name, *a))
+    with pytest.raises(RuntimeError, match="needs bitsandbytes: `pip install bitsandbytes`"):
+        get_profile("full")
+
+
+def test_full_profile_with_a_broken_bitsandbytes_names_the_fix(monkeypatch):
+    # torch says a GPU is there, but the quantize probe cannot run on it (this CPU build of torch):
+    # the same path as a bitsandbytes whose CUDA kernels do not load
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    with pytest.raises(RuntimeError, match=r"cannot quantize on this GPU \(\w+: .+\).*pip install -U bitsandbytes"):
+        get_profile("full")
+
+
+def test_tolerance_follows_the_compute_dtype():
+    tiny = get_profile("tiny")
+    tols = [tiny.with_(compute_dtype=d).tolerance["atol"] for d in (torch.float32, torch.float16, torch.bfloat16)]
+    assert tols == sorted(tols) and tols[0] <= 1e-3, "coarser dtypes need looser comparisons"

@@ -15,21 +15,29 @@ LABEL_IDS = [44085, 22281]  # " unacceptable", " acceptable" in Llama 3
 
 
 class CountingLM(torch.nn.Module):
-    """hidden[t] = (number of " bad" tokens in real tokens <= t, 1); the LM head turns that into
-    logit(" unacceptable") = 2 * bad - 1 and logit(" acceptable") = 0. Padding never counts."""
+    """A fake LM whose label logits we can compute by hand, and that punishes a wrong read position.
 
-    def __init__(self, bad_id: int, vocab: int = 128256):
+    At a position holding the prompt's final ``' -'`` token: logit(" unacceptable") = 2 * bad - 1 and
+    logit(" acceptable") = 0, where ``bad`` counts the " bad" tokens among the real tokens so far.
+    At any other position (padding, or a token too early): logit(" acceptable") = 5 and
+    logit(" unacceptable") = 0, so a read that misses the last real token changes scores and predictions.
+    """
+
+    def __init__(self, bad_id: int, dash_id: int, vocab: int = 128256):
         super().__init__()
-        self.bad_id = bad_id
-        self.head = torch.nn.Linear(2, vocab, bias=False)
+        self.bad_id, self.dash_id = bad_id, dash_id
+        self.head = torch.nn.Linear(3, vocab, bias=False)
         with torch.no_grad():
             self.head.weight.zero_()
-            self.head.weight[LABEL_IDS[0]] = torch.tensor([2.0, -1.0])
+            self.head.weight[LABEL_IDS[0]] = torch.tensor([2.0, -1.0, 0.0])
+            self.head.weight[LABEL_IDS[1]] = torch.tensor([0.0, 0.0, 5.0])
         self.anchor = torch.nn.Parameter(torch.zeros(1))  # gives the model a device
 
     def _hidden(self, input_ids, attention_mask):
-        bad = ((input_ids == self.bad_id) & attention_mask.bool()).float().cumsum(dim=1)
-        return torch.stack([bad, torch.ones_like(bad)], dim=-1)  # (batch, seq, 2)
+        real = attention_mask.bool()
+        bad = ((input_ids == self.bad_id) & real).float().cumsum(dim=1)
+        dash = ((input_ids == self.dash_id) & real).float()
+        return torch.stack([bad * dash, dash, 1 - dash], dim=-1)  # (batch, seq, 3)
 
     def get_decoder(self):
         return lambda input_ids, attention_mask: SimpleNamespace(last_hidden_state=self._hidden(input_ids, attention_mask))
@@ -48,7 +56,9 @@ EXPECTED = np.array([1, 0, 0, 1, 0])
 @pytest.fixture(scope="module")
 def fake(llama3_tokenizer):
     bad_id = llama3_tokenizer.encode(" bad", add_special_tokens=False)[0]
-    return CountingLM(bad_id)
+    dash_id = llama3_tokenizer.encode(PromptTemplate().format("x"), add_special_tokens=False)[-1]  # the prompt's ' -'
+    assert llama3_tokenizer.convert_ids_to_tokens(dash_id) == "Ġ-"
+    return CountingLM(bad_id, dash_id)
 
 
 @pytest.mark.parametrize("side", ["left", "right"])
@@ -74,12 +84,15 @@ def test_scores_do_not_depend_on_batching_or_padding(fake, llama3_tokenizer, bat
     assert other.loss == pytest.approx(reference.loss)
 
 
-def test_label_logits_reads_the_last_real_token_not_the_last_column(fake, llama3_tokenizer):
+@pytest.mark.parametrize("lean", [True, False])
+def test_label_logits_reads_the_last_real_token_not_the_last_column(fake, llama3_tokenizer, lean):
     llama3_tokenizer.padding_side = "right"
-    batch = llama3_tokenizer(["bad bad bad", "ok"], return_tensors="pt", padding=True)
-    scores = label_logits(fake, batch, LABEL_IDS)  # (2, 2)
-    assert scores.shape == (2, 2)
-    assert scores[1, 0].item() == -1.0  # "ok" has no " bad", though its row ends in padding
+    batch = llama3_tokenizer(["bad bad bad -", "ok -"], return_tensors="pt", padding=True)
+    assert batch["attention_mask"][1, -1] == 0, "the short row must end in padding for this test to mean anything"
+    scores = label_logits(fake, batch, LABEL_IDS, lean=lean)  # (2, 2)
+    torch.testing.assert_close(scores, torch.tensor([[3.0, 0.0], [-1.0, 0.0]]))  # row 0: two " bad" (the first "bad" has no space)
+    last_column = fake(**batch).logits[:, -1][:, LABEL_IDS]  # the naive read lands on padding in row 1
+    assert last_column[1].tolist() == [0.0, 5.0]
 
 
 def test_bad_inputs(fake, llama3_tokenizer):

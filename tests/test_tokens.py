@@ -102,3 +102,14 @@ def test_token_table_shows_pieces(llama3_tokenizer):
     table = token_table(llama3_tokenizer, " acceptable", add_special_tokens=False)
     assert table["id"].tolist() == [22281]
     assert table["piece"].tolist() == ["Ġacceptable"]
+
+
+def test_explorer_without_a_frontend_still_prints_every_tokenizer(llama3_tokenizer, capsys):
+    from lmcls_helpers.tokens import explorer
+
+    ui = explorer({"Llama 3": llama3_tokenizer, "again": llama3_tokenizer}, text=" unacceptable")
+    printed = capsys.readouterr().out
+    assert printed.count("Llama 3: 1 tokens") == 2  # the widget's output area and the static copy
+    assert "again: 1 tokens" in printed and "44085" in printed
+    ui.children[0].value = " un acceptable"  # typing re-renders for the new text
+    assert "Llama 3: 2 tokens" in capsys.readouterr().out
