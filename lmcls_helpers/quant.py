@@ -17,12 +17,12 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from .models import LLAMA_PROJECTIONS
+
 #: bitsandbytes' default block: 64 weights share one absmax (QLoRA, section 3).
 BLOCKSIZE = 64
 #: Double quantization quantizes the fp32 absmax values to 8 bits, 256 of them per block.
 DQ_BLOCKSIZE = 256
-#: Linear layers of a Llama block; transformers turns exactly these into ``Linear4bit``.
-_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 TABLE_COLUMNS = ["name", "kind", "shape", "dtype", "numel", "bytes", "state_bytes", "quantized", "weights"]
 
@@ -174,7 +174,7 @@ def predicted_table(
     rows = []
     for name, shape in llama_shapes(config).items():
         n = math.prod(shape)
-        quantized = quantize and name.split(".")[-2] in _PROJECTIONS
+        quantized = quantize and name.split(".")[-2] in LLAMA_PROJECTIONS  # what transformers makes Linear4bit
         if quantized:
             n_blocks = -(-n // blocksize)
             if double_quant:
@@ -247,11 +247,18 @@ def checkpoint_tensor(model_id: str, name: str) -> torch.Tensor:
         if Path(model_id).is_dir():
             return local if local.exists() else None
         from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError
 
         try:
             return Path(hf_hub_download(model_id, filename))
-        except Exception:  # not in this repository (or offline): the caller tries the other layout
+        except EntryNotFoundError:  # no such file in the repository (or, offline, not cached): try the other layout
             return None
+        except HfHubHTTPError as err:  # gated, private, misspelt, or the hub refused the token
+            raise PermissionError(
+                f"The hub refused {filename} of {model_id!r} ({type(err).__name__}). Llama 3 is gated: accept "
+                "Meta's licence on the model's hub page, then log in with `huggingface_hub.login()` (or set "
+                "HF_TOKEN); check the id for typos."
+            ) from err
 
     index = fetch("model.safetensors.index.json")
     if index is not None:
@@ -262,7 +269,10 @@ def checkpoint_tensor(model_id: str, name: str) -> torch.Tensor:
     else:
         path = fetch("model.safetensors")
     if path is None:
-        raise FileNotFoundError(f"No safetensors checkpoint found for {model_id!r}.")
+        raise FileNotFoundError(
+            f"No safetensors checkpoint found for {model_id!r} (neither model.safetensors nor an index); "
+            "offline, the files must already be in the hub cache."
+        )
     with safe_open(str(path), framework="pt") as f:
         if name not in f.keys():
             raise ValueError(f"{name!r} is not in {path.name}; names look like {next(iter(f.keys()))!r}.")

@@ -60,7 +60,7 @@ import pandas as pd
 import torch
 
 from lmcls_helpers import plots, quant
-from lmcls_helpers.models import load_model, model_config, require_bitsandbytes
+from lmcls_helpers.models import bnb_config, load_model, model_config, require_bitsandbytes
 from lmcls_helpers.profiles import LLAMA3_8B_CONFIG
 
 require_bitsandbytes()  # stops here, with the fix, if bitsandbytes is missing or cannot load
@@ -300,13 +300,22 @@ print(f"scales: largest relative error {((absmax_dq - absmax).abs() / absmax).ma
 # %% [markdown]
 # ## 4. What a 4-bit model stores
 #
-# Now the whole model, loaded the way every later notebook loads it. `quant.parameter_table` lists
-# each parameter as stored: shape, dtype, `numel`, bytes, plus the bytes of its quantization scales
-# (`state_bytes`) and the number of weights it stands for (`weights`). We show the embedding, the
-# first block, the final norm and the LM head.
+# Now the whole model, loaded the way every later notebook loads it: `from_pretrained` with a
+# `BitsAndBytesConfig`. Here is the one `load_model` passes (`models.bnb_config`): 4-bit NF4 storage,
+# no double quantization, matrix products in the profile's compute dtype.
 
 # %%
-model = load_model(profile, quantize=True, quant_type="nf4")
+quantization_config = bnb_config(profile, quant_type="nf4")
+{k: v for k, v in quantization_config.to_dict().items() if k.startswith(("load_in_4bit", "bnb_4bit"))}
+
+# %% [markdown]
+# `quant.parameter_table` lists each parameter as stored: shape, dtype, `numel`, bytes, plus the bytes
+# of its quantization scales (`state_bytes`) and the number of weights it stands for (`weights`).
+# We show the embedding, the first block, the final norm and the LM head.
+
+# %%
+model = load_model(profile, quantize=True, quant_type="nf4")  # from_pretrained(..., quantization_config=...)
+assert model.config.quantization_config.to_dict() == quantization_config.to_dict(), "loaded with another config"
 table = quant.parameter_table(model)
 table[~table["name"].str.contains(r"layers\.(?!0\.)")]  # skip blocks 1, 2, ...: they repeat block 0
 
@@ -373,7 +382,8 @@ quant.by_kind(tables_8b["NF4"])
 
 # %% [markdown]
 # An H100 measured `torch.cuda.max_memory_allocated()` right after loading the 8B shape in NF4
-# (no double quantization, bf16 compute); the figure ships with this package. Estimate next to measurement:
+# (no double quantization, bf16 compute); the figure comes from the project's reference measurements,
+# shipped with this package (`lmcls_helpers/data/gpu_measurements.json`). Estimate next to measurement:
 
 # %%
 nf4_8b_weights_gib = results.record("nf4_8b_weights_gib", quant.total_bytes(tables_8b["NF4"]) / 2**30)
@@ -384,9 +394,12 @@ print(f"{'measured NF4 (H100)':>20}: {measured_gib:6.2f} GiB   estimate / measur
 assert 0.97 < nf4_8b_weights_gib / measured_gib <= 1.0, "weights and scales should explain nearly all of the measurement"
 
 # %% [markdown]
-# Weights and scales account for 99% of what PyTorch allocated. The remaining 0.05 GiB is neither a
-# parameter nor a scale (small buffers, lookup tables, whatever the loader keeps); the table does not
-# try to account for it.
+# Weights and scales account for 99% of what PyTorch allocated. The rest, about 47 MiB (the
+# measurement is rounded to 0.01 GiB), has not been traced. Buffers the table leaves out (rotary
+# frequencies, bitsandbytes' 16-entry code tables) come to kilobytes. The likeliest cause is the
+# caching allocator: `memory_allocated` counts the blocks it hands out, and a block can be up to
+# 1 MiB larger than its tensor; about 0.1 MiB on each of the 448 packed weights and absmax tensors
+# would add up to it.
 # The tutorial's "5.85 GB" was read from `nvidia-smi`, which also counts the CUDA context and the
 # allocator's cache, so it is larger again.
 
@@ -405,7 +418,8 @@ plt.show()
 #
 # Section 2 showed that every weight moves a little. Does the classifier notice? We score the same
 # sentences with the same few-shot prompt (notebook 2) under five precisions: the profile's
-# unquantized compute dtype, NF4 and FP4, each with and without double quantization. Besides MCC we
+# unquantized compute dtype (float32 on the tiny CPU profile, bf16 or fp16 on a GPU), NF4 and FP4,
+# each with and without double quantization. Besides MCC we
 # report the language model's **perplexity** on the sentences themselves, a measure of damage that
 # does not depend on our prompt or our labels.
 
@@ -446,12 +460,12 @@ def perplexity(model, tokenizer, texts, batch_size):
 
 # %%
 sentences, labels = dev["sentence"].tolist(), dev["label"].tolist()
-nf4_perplexity = perplexity(model, tokenizer, sentences, profile.eval_batch_size)
-print(f"NF4 perplexity on {len(sentences)} dev sentences: {nf4_perplexity:.2f}")
+nf4_perplexity = perplexity(model, tokenizer, sentences[:64], profile.eval_batch_size)  # a first look
+print(f"NF4 perplexity on the first 64 dev sentences: {nf4_perplexity:.2f} (all {len(sentences)} below)")
 
 # %% [markdown]
-# Now the five precisions, one model in memory at a time. On a 15 GB T4 the unquantized 8B model
-# (15 GiB of weights alone) does not fit, which is the reason we quantize at all; `quant.fits_in_memory`
+# Now the five precisions, one model in memory at a time. On a 16 GB T4 (about 14.7 GiB usable) the
+# unquantized 8B model (15 GiB of weights alone) does not fit, which is the reason we quantize at all; `quant.fits_in_memory`
 # skips it there with a message instead of crashing.
 
 # %%
@@ -527,10 +541,20 @@ fig = plots.metric_by_precision(
 plots.savefig(fig, "03_mcc_by_precision")
 plt.show()
 
+# %% [markdown]
+# The self-check asks what "NF4 costs little" should mean, wherever the unquantized model fits: the
+# language model's perplexity moves by less than 10%, and fewer than 1 sentence in 10 gets another answer.
+
 # %%
 assert set(runs) >= {"nf4", "fp4"}, "the 4-bit runs should always fit"
-assert all(-1 <= m <= 1 for m in mcc_by_precision.values()) and np.isfinite(summary["perplexity"]).all()
-assert low <= summary.loc[reference, "MCC"] <= high
+if baseline in runs:  # skipped above on a card too small for the unquantized model
+    ppl_change = summary.loc["nf4", "perplexity"] / summary.loc[baseline, "perplexity"] - 1
+    flip_rate = summary.loc["nf4", "flipped"] / len(sentences)
+    assert abs(ppl_change) < 0.10, f"NF4 moved perplexity by {ppl_change:+.1%}: more than rounding should"
+    assert flip_rate < 0.10, f"NF4 changed {flip_rate:.1%} of the answers"
+    print(f"NF4 vs {baseline}: perplexity {ppl_change:+.1%}, {flip_rate:.1%} of the answers changed")
+else:
+    print(f"{baseline} did not fit on this device: nothing unquantized to compare NF4 with")
 
 # %% [markdown]
 # **How to read this.** A precision whose point sits inside the shaded band is indistinguishable from the
@@ -538,7 +562,8 @@ assert low <= summary.loc[reference, "MCC"] <= high
 # sentences whose answer actually changed, and when quantization flips only a few borderline
 # sentences, the MCC can move either way, up as easily as down. Perplexity, on the same sentences,
 # can also move a few percent in either direction: a small, briefly trained model is not at a sharp
-# optimum, so random nudges to its weights need not hurt it. Neither makes 4 bits better than 16.
+# optimum, so random nudges to its weights need not hurt it. Neither makes 4 bits better than the
+# unquantized model.
 #
 # The Llama 3 CoLA tutorial is a good example of how easily one run misleads. It reports a few-shot
 # MCC of 0.555 for the 4-bit model on its 856-sentence validation split, and, on the 516 out-of-domain
@@ -578,18 +603,16 @@ assert low <= summary.loc[reference, "MCC"] <= high
 # The hand-made reference is what caught it.
 
 # %%
-block_errors = {}
-for b in (32, 64, 128, 256):
-    packed_b, absmax_b = quant.quantize_4bit_by_hand(weight, nf4_levels, b)
-    restored = quant.dequantize_4bit_by_hand(packed_b, absmax_b, nf4_levels, b).reshape(weight.shape)
-    block_errors[b] = (restored - weight).abs().mean().item()
-{b: f"{e:.3e} (scales: {32 / b:.3f} bits/weight)" for b, e in block_errors.items()}
+block_errors = {}  # your answer: {blocksize: mean absolute error}, for at least three block sizes
 
 # %%
-errors = [block_errors[b] for b in sorted(block_errors)]
-assert len(errors) >= 3, "try at least three block sizes"
-assert all(a < b for a, b in zip(errors, errors[1:])), "the error should grow with the block size"
-print("correct: bigger blocks, bigger scales, coarser levels for everyone in the block")
+if not block_errors:
+    print("Exercise 1 not attempted yet: fill block_errors above.")
+else:
+    errors = [block_errors[b] for b in sorted(block_errors)]
+    assert len(errors) >= 3, "try at least three block sizes"
+    assert all(a < b for a, b in zip(errors, errors[1:])), "the error should grow with the block size"
+    print("correct: bigger blocks, bigger scales, coarser levels for everyone in the block")
 
 # %% [markdown]
 # **2. One outlier.** Make `outlier_weight`, a copy of `weight` in which the first weight is multiplied

@@ -168,18 +168,66 @@ def test_checkpoint_tensor_reads_single_and_sharded_checkpoints(tiny_checkpoint)
             quant.checkpoint_tensor(str(folder), "model.layers.9.nope.weight")
 
 
+def test_checkpoint_tensor_names_the_fix_when_the_hub_refuses(monkeypatch):
+    """A gated or private repository is an access problem, not a missing checkpoint."""
+    from types import SimpleNamespace
+
+    import huggingface_hub
+    from huggingface_hub.errors import EntryNotFoundError, GatedRepoError
+
+    response = SimpleNamespace(headers={}, request=None, status_code=401)  # all the error reads of a response
+
+    def gated(repo_id, filename, **kw):
+        raise GatedRepoError("401 Client Error", response=response)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", gated)
+    with pytest.raises(PermissionError, match=r"huggingface_hub\.login\(\)") as info:
+        quant.checkpoint_tensor("meta-llama/Meta-Llama-3-8B", "model.norm.weight")
+    assert "licence" in str(info.value) and isinstance(info.value.__cause__, GatedRepoError)
+
+    def missing(repo_id, filename, **kw):
+        raise EntryNotFoundError(f"{filename} not found")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", missing)
+    with pytest.raises(FileNotFoundError, match="No safetensors checkpoint"):
+        quant.checkpoint_tensor("someone/no-weights", "model.norm.weight")
+
+
 def test_gpu_measurement(tmp_path):
+    from lmcls_helpers import memory
+
     path = tmp_path / "gpu_measurements.json"
     with pytest.raises(FileNotFoundError, match="missing"):
         quant.gpu_measurement(path=path)
-    path.write_text(json.dumps({"phases": {"model_loaded_4bit": {"allocated": 5.66}}}))
-    assert quant.gpu_measurement(path=path) == 5.66
+    shipped = memory.load_measurements()
+    path.write_text(json.dumps({**shipped, "phases": {"model_loaded_4bit": {"allocated": 5.25}}}))
+    assert quant.gpu_measurement(path=path) == 5.25
     with pytest.raises(ValueError, match="phases are"):
         quant.gpu_measurement("nope", path=path)
+    path.write_text(json.dumps({"phases": {"model_loaded_4bit": {"allocated": 5.25}}}))  # no provenance
+    with pytest.raises(ValueError, match="not in the shipped format"):
+        quant.gpu_measurement(path=path)
 
 
-def test_fits_in_memory_on_cpu_is_always_true():
-    assert quant.fits_in_memory(10**15, "cpu")
+def test_fits_in_memory_compares_with_the_gpus_free_memory(monkeypatch):
+    free, total = 10 * 2**30, 16 * 2**30
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a, **kw: (free, total))
+    assert quant.fits_in_memory(8 * 2**30, "cuda")  # 8 GiB x 1.2 headroom = 9.6 GiB <= 10 GiB free
+    assert not quant.fits_in_memory(9 * 2**30, "cuda")  # 10.8 GiB > 10 GiB
+    assert quant.fits_in_memory(9 * 2**30, "cuda", headroom=1.1)  # 9.9 GiB
+    assert quant.fits_in_memory(10**15, "cpu")  # the CPU answers yes: the tiny model is small
+
+
+def test_missing_bitsandbytes_says_how_to_install_it(monkeypatch):
+    import sys
+
+    from lmcls_helpers.models import require_bitsandbytes
+
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # `import bitsandbytes` now raises ImportError
+    with pytest.raises(RuntimeError, match="pip install bitsandbytes") as info:
+        require_bitsandbytes()
+    assert isinstance(info.value.__cause__, ImportError)
 
 
 def test_shipped_measurement_explains_the_8b_estimate():
@@ -201,3 +249,12 @@ def test_hand_dequantizer_is_right_when_blocks_span_rows(blocksize):
     assert torch.equal(packed, packed_bnb.flatten())
     ours = quant.dequantize_4bit_by_hand(packed, absmax, NF4, blocksize)
     assert torch.equal(ours, bnbf.dequantize_4bit(packed_bnb, state).flatten())
+
+
+@pytest.mark.xfail(strict=True, reason="bitsandbytes 0.50.2's CPU dequantize_4bit mis-scales blocks longer than a "
+                   "row. When this passes, update notebook 3's exercise 1 hint and drop this test.")
+def test_bitsandbytes_cpu_dequantize_with_blocks_longer_than_a_row():
+    weight = torch.randn(32, 64, generator=torch.Generator().manual_seed(1))  # rows of 64, as in the tiny model
+    packed_bnb, state = bnbf.quantize_4bit(weight, blocksize=128, quant_type="nf4")
+    ours = quant.dequantize_4bit_by_hand(packed_bnb.flatten(), state.absmax, NF4, 128).reshape(weight.shape)
+    assert torch.equal(bnbf.dequantize_4bit(packed_bnb, state), ours)
