@@ -15,7 +15,7 @@ export TOKENIZERS_PARALLELISM := false
 export PYTHONHASHSEED := 0
 export MPLBACKEND := Agg
 
-.PHONY: setup world run test lint unit notebooks sync strip bench clean
+.PHONY: setup world run test lint unit notebooks sync strip bench bench-notebooks clean
 
 setup: $(STAMP)
 
@@ -65,8 +65,12 @@ sync: $(STAMP)
 strip: $(STAMP)
 	$(BIN)/jupyter nbconvert --clear-output --inplace --log-level=WARN notebooks/*.ipynb
 
+# Benchmarks print timings and ratios; they are not tests (see README.md, Performance).
 bench: world
 	$(BIN)/python -m benchmarks.recipes --device cpu
+
+bench-notebooks: world
+	$(BIN)/python -m benchmarks.notebook_times
 
 clean:
 	rm -rf build

@@ -1,5 +1,9 @@
-"""The lean recipe must not change the answer: same loss, gradients and scores as the tutorial's."""
+"""The lean recipe must not change the answer: same loss, gradients and scores as the tutorial's.
 
+Benchmarks are not tests: nothing here looks at a timing.
+"""
+
+import json
 from dataclasses import replace
 
 import pytest
@@ -7,9 +11,26 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from benchmarks.recipes import LEAN, TUTORIAL, loss_for, micro_batches
-from lmcls_helpers.batches import collate
-from lmcls_helpers.scoring import last_token_logits
+import benchmarks.recipes as recipes
+from benchmarks.recipes import (
+    LEAN,
+    STEP_EXAMPLES,
+    TUTORIAL,
+    ablation,
+    accumulate_step,
+    attach_lora,
+    loss_for,
+    micro_batches,
+    set_grad_checkpointing,
+    step_plan,
+)
+from lmcls_helpers.batches import collate, encode_examples
+from lmcls_helpers.data import load_cola
+from lmcls_helpers.models import load_model
+from lmcls_helpers.profiles import get_profile
+from lmcls_helpers.prompts import PromptTemplate
+from lmcls_helpers.scoring import label_logits, last_token_logits
+from lmcls_helpers.tokens import load_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -61,3 +82,130 @@ def test_length_grouping_keeps_every_example_once():
     padded = {r.group_by_length: sum(max(map(len, c)) * len(c) for c in micro_batches(data, r))
               for r in (LEAN, replace(LEAN, group_by_length=False))}
     assert padded[True] < padded[False], "grouping by length must pad less"
+
+
+def test_both_recipes_take_the_same_optimizer_steps():
+    data = random_examples(80)
+    plans = {r.name: step_plan(data, r) for r in (TUTORIAL, LEAN)}
+    for recipe in (TUTORIAL, LEAN):
+        plan = plans[recipe.name]
+        sizes = [sum(map(len, step)) for step in plan]
+        assert sorted(sizes) == [16, 32, 32], "steps of STEP_EXAMPLES, one smaller (the lean steps are shuffled)"
+        assert all(len(chunk) <= recipe.micro_batch_size for step in plan for chunk in step)
+        assert sorted(tuple(ex) for step in plan for chunk in step for ex in chunk) == sorted(map(tuple, data))
+    assert [len(step) for step in plans["tutorial"]] == [4, 4, 2] and [len(step) for step in plans["lean"]] == [1] * 3
+    with pytest.raises(ValueError, match="multiple of the micro-batch size"):
+        step_plan(data, TUTORIAL, step_examples=12)
+
+
+def test_ablation_switches_one_thing_per_row():
+    rows = ablation("cpu")
+    assert rows[0] == TUTORIAL and rows[-1] == LEAN
+    for before, after in zip(rows, rows[1:]):
+        changed = [k for k in ("logits", "grad_checkpointing", "micro_batch_size", "group_by_length", "fused_adamw")
+                   if getattr(before, k) != getattr(after, k)]
+        assert len(changed) == 1, (before, after)
+    assert ablation("cuda")[-1] == replace(LEAN, name="fused_adamw", fused_adamw=True)
+
+
+# --- The tiny world's 4-bit model, with LoRA attached as the benchmark attaches it -----------------------
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """The tiny 4-bit model + LoRA (no dropout, so train mode is deterministic), its pad id and 32 examples."""
+    profile = get_profile("tiny")
+    tokenizer = load_tokenizer(profile, padding_side="right")
+    train = load_cola(profile.cola_root)["in_domain_train"].iloc[:STEP_EXAMPLES]
+    template = PromptTemplate()
+    data = encode_examples(tokenizer, list(train.sentence), list(train.label), template, profile.label_words)
+    torch.manual_seed(0)
+    model = attach_lora(load_model(profile), dropout=0.0)
+    for name, p in model.named_parameters():  # LoRA B starts at zero, which would leave A without a gradient
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.02)
+    label_ids = template.check(tokenizer, profile.label_words)
+    return model, tokenizer.pad_token_id, data, label_ids
+
+
+def test_one_step_of_the_lean_recipe_equals_the_tutorial_step_on_the_tiny_model(tiny):
+    model, pad_id, data, _ = tiny
+    (tut_step,), (lean_step,) = step_plan(data, TUTORIAL), step_plan(data, LEAN)
+    assert [len(c) for c in tut_step] == [8] * 4 and [len(c) for c in lean_step] == [32]
+    assert sorted(map(tuple, sum(tut_step, []))) == sorted(map(tuple, sum(lean_step, []))), "the same 32 examples"
+    assert [len(ex) for ex in lean_step[0]] == sorted(len(ex) for ex in data), "the lean step is grouped by length"
+    results = {}
+    model.train()
+    try:
+        for recipe, step in ((TUTORIAL, tut_step), (LEAN, lean_step)):
+            set_grad_checkpointing(model, recipe.grad_checkpointing)
+            assert model.get_base_model().is_activation_checkpointing is recipe.grad_checkpointing
+            model.zero_grad(set_to_none=True)
+            loss = accumulate_step(recipe, model, step, pad_id)
+            grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+            results[recipe.name] = (loss, grads)
+    finally:
+        set_grad_checkpointing(model, False)
+        model.zero_grad(set_to_none=True)
+        model.eval()
+    (tut_loss, tut_grads), (lean_loss, lean_grads) = results["tutorial"], results["lean"]
+    torch.testing.assert_close(lean_loss, tut_loss, rtol=1e-5, atol=1e-5)
+    assert lean_grads.keys() == tut_grads.keys() and len(tut_grads) == 2 * 7 * model.config.num_hidden_layers
+    for name, grad in tut_grads.items():
+        assert grad.abs().sum() > 0, f"{name} got no gradient: the comparison would prove nothing"
+        torch.testing.assert_close(lean_grads[name], grad, rtol=1e-4, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def test_lean_scoring_predicts_what_full_logits_predict_on_the_tiny_model(tiny):
+    model, pad_id, data, label_ids = tiny
+    prompts = [ex[:-1] for ex in data]
+    model.eval()
+    with torch.no_grad():
+        scores = {}
+        for recipe in (TUTORIAL, LEAN):
+            chunks = micro_batches(prompts, recipe)
+            order = [tuple(p) for c in chunks for p in c]
+            logits = torch.cat([label_logits(model, collate(c, pad_id), label_ids, lean=recipe.logits == "label")
+                                for c in chunks])  # (32, 2)
+            scores[recipe.name] = dict(zip(order, logits))
+    assert scores["lean"].keys() == scores["tutorial"].keys()
+    keys = list(scores["tutorial"])
+    lean, tut = (torch.stack([scores[n][k] for k in keys]) for n in ("lean", "tutorial"))
+    torch.testing.assert_close(lean, tut, rtol=1e-4, atol=1e-5)
+    assert torch.equal(lean.argmax(dim=1), tut.argmax(dim=1)), "lean scoring must predict the same labels"
+
+
+# --- The command itself, on a very small model ------------------------------------------------------------
+
+
+@pytest.fixture()
+def small_bench(tmp_path, monkeypatch):
+    """Llama 3's vocabulary on a 1-layer, 32-wide body; the report and the chart go to ``tmp_path``."""
+    monkeypatch.setattr(recipes, "CPU_SCALED", dict(recipes.CPU_SCALED, hidden_size=32, intermediate_size=64,
+                                                    num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1))
+    build = lambda *parts: tmp_path.joinpath("build", *parts)  # noqa: E731
+    monkeypatch.setattr(recipes, "build_dir", build)
+    monkeypatch.setattr("lmcls_helpers.plots.build_dir", build)
+    return tmp_path / "build"
+
+
+@pytest.mark.parametrize("ablate", [False, True])
+def test_main_prints_only_json_and_writes_the_chart(small_bench, capsys, ablate):
+    recipes.main(["--device", "cpu", "--examples", "8", "--json"] + (["--ablate", "--repeats", "2"] if ablate else []))
+    out = capsys.readouterr()
+    report = json.loads(out.out)  # stdout is pure JSON; the table went to stderr
+    assert "train ex/s" in out.err and "train ex/s" not in out.out
+    assert report["model"] == {"vocab_size": 128256, "hidden_size": 32, "num_hidden_layers": 1}
+    names = [r.name for r in ablation("cpu")] if ablate else ["tutorial", "lean"]
+    assert list(report["train"]) == names and list(report["score"]) == names
+    for key in ("train_speedup", "score_speedup", "peak_memory_ratio"):
+        assert isinstance(report[key], float) and report[key] > 0, key
+    for name in names:
+        assert report["train"][name]["examples_per_s"] > 0 and report["score"][name]["examples_per_s"] > 0
+        assert report["train"][name]["peak_gib"] > 0  # the estimate at the 8B shape
+        for key in ("train", "score"):
+            runs = report[key][name]["all_examples_per_s"]
+            assert len(runs) == report["repeats"] == (2 if ablate else 1) and max(runs) == report[key][name]["examples_per_s"]
+    assert report["memory_source"].startswith("estimated")
+    assert (small_bench / "figures" / "bench_recipes_cpu.png").stat().st_size > 0
+    assert json.loads((small_bench / "bench" / "recipes_cpu.json").read_text()) == report
