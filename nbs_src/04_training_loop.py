@@ -343,12 +343,12 @@ peaks.round(2)
 assert (peaks["lean head + checkpointing"] < peaks["tutorial (all logits)"]).all(), "the lean recipe needs less"
 assert peaks.loc["micro-batch 8", "tutorial (all logits)"] > 0.9 * t4_gib, "the tutorial's step barely fits a T4"
 
+
 # %% [markdown]
 # The lean head alone saves about a gigabyte; checkpointing is what changes the picture: the
 # activations of 32 blocks no longer pile up, and a micro-batch four times the tutorial's fits in
 # about half a T4. The price is one more forward pass per step, which the benchmark
 # (`python -m benchmarks.recipes`) weighs against the bigger batches it allows.
-
 
 # %% [markdown]
 # Equal losses are not enough: training follows the **gradients**. We compare the gradients of

@@ -87,6 +87,22 @@ def test_last_real_read_equals_each_row_alone(model, rows, side):
 
 @settings(max_examples=25, deadline=None)
 @given(rows=rows_strategy)
+def test_last_real_read_gathers_the_last_real_position_on_both_sides(model, rows):
+    """The read is the (batch, seq, 1) logits at each row's last real token, and both sides agree."""
+    reads = {}
+    with torch.no_grad():
+        for side in ("left", "right"):
+            batch = make_batch(rows, side)
+            logits = model(**batch).logits  # (batch, seq, 1)
+            width = logits.shape[1]
+            last = [width - 1 if side == "left" else len(r) - 1 for r in rows]  # computed by hand
+            reads[side] = head_logits(model, batch)
+            assert torch.equal(reads[side], logits[torch.arange(len(rows)), torch.tensor(last), 0])
+    torch.testing.assert_close(reads["left"], reads["right"], atol=1e-5, rtol=1e-5)
+
+
+@settings(max_examples=25, deadline=None)
+@given(rows=rows_strategy)
 def test_minus_one_read_is_right_only_for_left_padding(model, rows):
     with torch.no_grad():
         right = make_batch(rows, "right")
@@ -129,6 +145,7 @@ def test_head_in_modules_to_save_is_trained_and_round_trips(tmp_path):
 
 
 def test_head_left_out_of_the_adapter_is_frozen_and_comes_back_random(tmp_path):
+    # get_peft_model alone freezes it: no 4-bit loading, no prepare_model_for_kbit_training here.
     peft_model = lora(add_binary_head(tiny_llama(), seed=0), save_head=False)
     assert not any(p.requires_grad for p in peft_model.get_output_embeddings().parameters())
     peft_model.save_pretrained(tmp_path)
