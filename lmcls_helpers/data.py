@@ -72,16 +72,25 @@ def download_cola(dest: str | Path = ".", url: str = COLA_URL) -> Path:
     folder = dest / "cola_public"
     if (folder / "raw" / "in_domain_train.tsv").exists():
         return folder
+    dest.mkdir(parents=True, exist_ok=True)
     archive = dest / Path(url).name
     if not archive.exists():
+        partial = archive.with_name(archive.name + ".part")  # renamed only when complete
         try:
-            urllib.request.urlretrieve(url, archive)
+            urllib.request.urlretrieve(url, partial)
         except OSError as err:
+            partial.unlink(missing_ok=True)
             raise RuntimeError(
                 f"Could not download CoLA from {url} ({err}). Without network access use the tiny profile."
             ) from err
-    with zipfile.ZipFile(archive) as z:
-        z.extractall(dest)
+        partial.rename(archive)
+    try:
+        with zipfile.ZipFile(archive) as z:
+            z.extractall(dest)
+    except zipfile.BadZipFile as err:
+        raise RuntimeError(f"{archive} is not a valid zip (a broken download?): delete it and run again.") from err
+    if not (folder / "raw" / "in_domain_train.tsv").exists():
+        raise RuntimeError(f"{archive} did not unpack to {folder}/raw/: is {url} the CoLA archive?")
     return folder
 
 

@@ -7,7 +7,8 @@ starts with a space, and the label words are quoted with their leading space ins
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from .tokens import label_token_ids
 
@@ -20,7 +21,7 @@ PATTERN = (
 
 #: The variants of the tutorial's prompt ablation, in the order it tried them (notebook 2).
 VARIANTS = {
-    "instruction": (
+    "instruction": (  # the tutorial's first line also began with a space, an accident of its triple quotes
         "Classify this sentence as grammatically acceptable or unacceptable: Him and me are going to the store.\n"
         "A: unacceptable\n\n"
         "Classify this sentence as grammatically acceptable or unacceptable: Him and I are going to the store.\n"
@@ -60,10 +61,15 @@ VARIANTS = {
 class PromptTemplate:
     """A few-shot template; ``format(sentence)`` ends right before the label word.
 
-    ``format(sentence, label_word)`` appends the label word, for training (notebook 4).
+    ``format(sentence, label_word)`` appends the label word, for training (notebook 4). Given a
+    ``tokenizer`` and ``label_words``, construction also runs :meth:`check` and keeps the ids in
+    ``label_ids``: a template that cannot work with this tokenizer never exists.
     """
 
     text: str = PATTERN
+    tokenizer: object = field(default=None, repr=False, compare=False)
+    label_words: Sequence[str] | None = None
+    label_ids: tuple[int, ...] | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         if "{sentence}" not in self.text:
@@ -75,6 +81,10 @@ class PromptTemplate:
                 "The template ends with a space. The label word brings its own leading space "
                 "(' acceptable'), so a trailing space would make it a different token."
             )
+        if (self.tokenizer is None) != (self.label_words is None):
+            raise ValueError("Pass both a tokenizer and label_words (to check them now), or neither.")
+        if self.tokenizer is not None:
+            object.__setattr__(self, "label_ids", tuple(self.check(self.tokenizer, self.label_words)))
 
     def format(self, sentence: str, label_word: str = "") -> str:
         return self.text.replace("{sentence}", sentence.strip()) + label_word

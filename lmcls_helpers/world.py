@@ -393,6 +393,10 @@ def ensure_world(profile) -> None:
         return
     if not all((build_dir("reference_tokenizers") / n / w[2]).exists() for n, w in REFERENCE_WHEELS.items()):
         fetch_reference_tokenizers()
+    ledger = Path(profile.ledger_path)
+    if not ledger.exists():  # notebook 6's ledger is synthetic on every profile: the same lines as the tiny world's
+        ledger.parent.mkdir(parents=True, exist_ok=True)
+        synthetic.ledger_lines(SIZES["ledger"], SEED).to_csv(ledger, index=False)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -58,7 +58,7 @@ import torch
 from lmcls_helpers import plots
 from lmcls_helpers.data import download_cola, load_cola
 from lmcls_helpers.models import load_model
-from lmcls_helpers.prompts import PromptTemplate
+from lmcls_helpers.prompts import PATTERN, PromptTemplate
 from lmcls_helpers.tokens import last_token_index, load_tokenizer
 
 torch.manual_seed(profile.seed)
@@ -94,20 +94,29 @@ print(type(model).__name__, f"{sum(p.numel() for p in model.parameters()):,} sto
 # ## 2. The prompt and the label words
 #
 # The prompt is the tutorial's best one: a line of context, two examples, then the sentence and
-# `' -'`. `check` refuses a template without a `{sentence}` slot and label words that are not single
-# tokens right after the prompt.
+# `' -'`. Given the tokenizer and the label words, `PromptTemplate` checks at construction that each
+# label word is a single token and stays one right after the prompt, so a template that cannot
+# work with this tokenizer never exists.
 
 # %%
-template = PromptTemplate()
-label_ids = template.check(tokenizer, profile.label_words)  # [id of ' unacceptable', id of ' acceptable']
+template = PromptTemplate(PATTERN, tokenizer, profile.label_words)
+label_ids = list(template.label_ids)  # [id of ' unacceptable', id of ' acceptable']
 print(template.format(dev.sentence.iloc[0]))
 label_ids
 
+# %% [markdown]
+# Two templates that cannot work, refused with a message that says what to change: one without a
+# slot for the sentence, and one whose first label word is two tokens.
+
 # %%
-try:
-    PromptTemplate("Is this sentence acceptable? -")
-except ValueError as err:
-    print(err)
+for bad in [lambda: PromptTemplate("Is this sentence acceptable? -"),
+            lambda: PromptTemplate(PATTERN, tokenizer, (" bad grammar", " acceptable"))]:
+    try:
+        bad()
+    except ValueError as err:
+        print("ValueError:", err)
+    else:
+        raise AssertionError("this template should have been refused")
 
 # %% [markdown]
 # ## 3. Why not `generate()`?
@@ -299,8 +308,8 @@ from lmcls_helpers.prompts import VARIANTS
 
 ablation = {}
 for name, text in VARIANTS.items():
-    variant = PromptTemplate(text)
-    ids = variant.check(tokenizer, profile.label_words)
+    variant = PromptTemplate(text, tokenizer, profile.label_words)
+    ids = list(variant.label_ids)
     ablation[name] = evaluate(model, tokenizer, list(dev.sentence), list(dev.label), variant, ids,
                               batch_size=profile.eval_batch_size).mcc
 pd.Series(ablation, name="few-shot dev MCC").round(3)

@@ -71,3 +71,36 @@ def test_ledger_schema_is_checked(tmp_path):
         load_ledger(bad)
     with pytest.raises(FileNotFoundError, match="make world"):
         load_ledger(tmp_path / "missing.csv")
+
+
+def make_cola_zip(path):
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as z:
+        for split in COLA_SPLITS:
+            z.writestr(f"cola_public/raw/{split}.tsv", "".join(line + "\n" for line in GOOD))
+    return path
+
+
+def test_download_cola_fetches_and_unpacks_the_zip(tmp_path):
+    from lmcls_helpers.data import download_cola
+
+    url = make_cola_zip(tmp_path / "cola_public_1.1.zip").as_uri()  # a file:// URL stands in for the web
+    folder = download_cola(tmp_path / "dest", url=url)
+    assert folder == tmp_path / "dest" / "cola_public"
+    assert load_cola(folder)["in_domain_dev"]["label"].tolist() == [1, 0, 1]
+    assert not list((tmp_path / "dest").glob("*.part")), "a finished download leaves no partial file"
+    assert download_cola(tmp_path / "dest", url="file:///nonexistent.zip") == folder  # present: no second download
+
+
+def test_download_cola_errors_name_the_fix(tmp_path):
+    from lmcls_helpers.data import download_cola
+
+    with pytest.raises(RuntimeError, match="Could not download CoLA.*tiny profile"):
+        download_cola(tmp_path / "a", url=(tmp_path / "missing.zip").as_uri())
+    assert not list((tmp_path / "a").glob("*")), "a failed download leaves nothing behind"
+    broken = tmp_path / "b" / "cola_public_1.1.zip"
+    broken.parent.mkdir()
+    broken.write_bytes(b"not a zip")
+    with pytest.raises(RuntimeError, match="not a valid zip.*delete it"):
+        download_cola(tmp_path / "b", url="file:///unused/cola_public_1.1.zip")

@@ -31,3 +31,12 @@ def test_a_template_that_merges_with_the_label_is_rejected(llama3_tokenizer):
 
 def test_pattern_is_the_default():
     assert PromptTemplate().text == PATTERN
+
+
+def test_label_words_are_checked_at_construction(llama3_tokenizer):
+    template = PromptTemplate(PATTERN, llama3_tokenizer, LABEL_WORDS)
+    assert template.label_ids == (44085, 22281)
+    with pytest.raises(ValueError, match="' bad grammar' is 2 tokens"):
+        PromptTemplate(PATTERN, llama3_tokenizer, (" bad grammar", " acceptable"))
+    with pytest.raises(ValueError, match="both a tokenizer and label_words"):
+        PromptTemplate(PATTERN, llama3_tokenizer)

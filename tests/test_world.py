@@ -169,3 +169,15 @@ def test_built_world_matches_its_record():
     assert info["few_shot"]["nf4"]["in_domain_dev"]["mcc"] > 0.2, "few-shot scoring must beat chance"
     config = json.loads((BUILT / "model" / "config.json").read_text())
     assert config["vocab_size"] == info["tokenizer"]["vocab"] and config.get("pad_token_id") is None
+
+
+def test_gpu_profiles_get_the_synthetic_ledger_without_the_tiny_world(tmp_path):
+    from lmcls_helpers import synthetic
+    from lmcls_helpers.data import load_ledger
+    from lmcls_helpers.profiles import get_profile
+    from lmcls_helpers.world import SEED, SIZES, ensure_world
+
+    full_like = get_profile("tiny").with_(name="full", ledger_path=tmp_path / "ledger" / "ledger.csv")
+    ensure_world(full_like)
+    ledger = load_ledger(full_like.ledger_path)
+    assert ledger["text"].tolist() == synthetic.ledger_lines(SIZES["ledger"], SEED)["text"].tolist()
