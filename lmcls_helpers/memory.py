@@ -31,7 +31,7 @@ GIB = 2**30
 MIB = 2**20
 #: The Llama 3 tutorial's few-shot CoLA prompt is 86 Llama 3 tokens; its figures are for batches of 8.
 SEED_SEQ_LEN = 86
-MEASUREMENTS = Path(__file__).parent / "data" / "gpu_measurements.json"
+MEASUREMENTS = Path(__file__).parent / "measurements" / "gpu_measurements.json"
 #: Memory visible to CUDA (GiB, about what ``torch.cuda.get_device_properties(0).total_memory`` reports;
 #: the T4 figure is the tutorial's) and PyTorch's default cuBLAS workspace per handle (MiB): 32 on
 #: Hopper, ``:4096:2:16:8`` = 8.125 on older GPUs.
@@ -389,7 +389,7 @@ def all_measurements(folder: str | Path = MEASUREMENTS.parent) -> dict[str, dict
     """Every ``gpu_measurements*.json`` in ``folder`` (the package data), by file name, the reference first.
 
     A GPU run of notebook 5 writes ``gpu_measurements_<gpu>.json`` (:func:`save_measurements`);
-    copied into ``lmcls_helpers/data/``, notebook 5 and the tests check the estimator against it too.
+    copied into ``lmcls_helpers/measurements/``, notebook 5 and the tests check the estimator against it too.
     """
     paths = sorted(Path(folder).glob("gpu_measurements*.json"), key=lambda p: (p.name != MEASUREMENTS.name, p.name))
     if not paths:

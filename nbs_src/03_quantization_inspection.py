@@ -383,7 +383,7 @@ quant.by_kind(tables_8b["NF4"])
 # %% [markdown]
 # An H100 measured `torch.cuda.max_memory_allocated()` right after loading the 8B shape in NF4
 # (no double quantization, bf16 compute); the figure comes from the project's reference measurements,
-# shipped with this package (`lmcls_helpers/data/gpu_measurements.json`). Estimate next to measurement:
+# shipped with this package (`lmcls_helpers/measurements/gpu_measurements.json`). Estimate next to measurement:
 
 # %%
 nf4_8b_weights_gib = results.record("nf4_8b_weights_gib", quant.total_bytes(tables_8b["NF4"]) / 2**30)

@@ -217,7 +217,7 @@ assert meter.phases["train_step_label_position_logits"]["peak"] < train, "label-
 # %% [markdown]
 # A GPU run writes its figures in the shipped format: the phases, the shapes, and a provenance read
 # off the objects just measured (GPU, library versions, dtype, quantization, LoRA, optimizer, date).
-# Copied into `lmcls_helpers/data/`, the file is picked up by section 5 and by the tests.
+# Copied into `lmcls_helpers/measurements/`, the file is picked up by section 5 and by the tests.
 
 # %%
 if meter.device == "cuda":
@@ -225,7 +225,7 @@ if meter.device == "cuda":
     saved_to = memory.save_measurements(
         meter.phases, build_dir(memory.measurement_filename()), config=config, batch_size=batch_size,
         seq_len=seq_len, recipe=recipe, about=f"notebook 05, profile {profile.name}, random-token batches")
-    print(f"wrote {saved_to}: copy it into lmcls_helpers/data/ to ship it")
+    print(f"wrote {saved_to}: copy it into lmcls_helpers/measurements/ to ship it")
 
 # %% [markdown]
 # ## 3. Drawing the phases
@@ -413,7 +413,7 @@ h100_check = memory.compare(shipped["phases"], h100_estimates)
 h100_check.round(4)
 
 # %% [markdown]
-# The same check for every measurement file shipped in `lmcls_helpers/data/` (the reference, plus
+# The same check for every measurement file shipped in `lmcls_helpers/measurements/` (the reference, plus
 # any `gpu_measurements_<gpu>.json` a GPU run of this notebook has added):
 
 # %%

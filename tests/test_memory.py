@@ -233,7 +233,7 @@ def test_estimate_within_ten_percent_of_a_cpu_training_step(grad_checkpointing, 
 
 
 def test_measurements_round_trip_in_the_shipped_format(tmp_path):
-    """A GPU run's file has the reference's schema, so dropping it into lmcls_helpers/data/ is enough."""
+    """A GPU run's file has the reference's schema, so dropping it into lmcls_helpers/measurements/ is enough."""
     from peft import LoraConfig, get_peft_model
 
     model = get_peft_model(_tiny_4bit(), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
