@@ -5,7 +5,14 @@ One module per concern: ``profiles`` (sizes and paths), ``data`` (CoLA and ledge
 ``quant``, ``memory``, ``heads``, ``checkpoints``, ``plots`` and ``results``.
 """
 
+import logging
+
 __version__ = "0.1.0"
+
+# bitsandbytes 0.50 on CPUs with AVX512-BF16 tries to fetch a faster 4-bit kernel from the Hugging
+# Face hub at import and warns "pip install kernels" when it cannot. Offline that is noise, not
+# advice: its built-in CPU kernel is used, and is the one the notebooks are checked with.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 #: The one place the GitHub repository is named: Colab badges and install lines derive from it.
 REPO = "lmcls-org/lmcls"

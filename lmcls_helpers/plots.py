@@ -321,7 +321,7 @@ MEMORY_COLORS = {
 
 #: Segment colours of :func:`memory_phases`: tensors in blues, what is not a tensor in yellow and greys.
 PHASE_COLORS = {
-    "tensors alive after the phase": "#4C72B0", "tensors at the peak": "#4C72B0", "extra tensors at the peak": "#8FAADC",
+    "tensors alive after the phase": "#4C72B0", "tensors at the peak": "#2F4B7C", "extra tensors at the peak": "#8FAADC",
     "reserved by PyTorch, not in tensors": "#CCB974", "allocator cache + CUDA context": "#8C8C8C",
     "CUDA context and others": "#8C8C8C", "driver's count (tensors, cache, CUDA context)": "#B0B0B0",
 }
@@ -348,6 +348,7 @@ def memory_phases(rows: list[dict], capacity_gib: float | None = None, capacity_
     if capacity_gib is not None:
         ax.axhline(capacity_gib, color="red", linestyle="--", linewidth=1.2,
                    label=capacity_label or f"capacity {capacity_gib:.1f} GiB")
+        ax.set_ylim(0, 1.45 * max(capacity_gib, *totals.values()) * scale)  # room for the legend above the line
     ax.set_xticks(range(len(phases)), [p.replace("_", " ") for p in phases], fontsize=7, rotation=20)
     ax.set_ylabel(f"{unit} (2**{30 if unit == 'GiB' else 20} bytes)")
     ax.set_title(title)

@@ -198,7 +198,8 @@ def float_bytes(module) -> int:
 
 
 before = float_bytes(model)
-model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)  # peft calls a renamed
+# transformers method here (is_gradient_checkpointing): the FutureWarning it prints is harmless
 print(f"non-4-bit weights: {before / 2**20:.2f} MiB before, {float_bytes(model) / 2**20:.2f} MiB after")
 
 # %% [markdown]
