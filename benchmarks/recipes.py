@@ -4,10 +4,12 @@
 
 *Tutorial recipe* (the Llama 3 CoLA seed): logits for every position and the whole vocabulary,
 loss through ``model(..., labels=...)``, micro-batch 8, no gradient checkpointing, batches in
-random order; scoring keeps ``(batch, seq, vocab)`` logits and picks one row.
+random order, every batch padded to the longest example in the data (the seed tokenized its whole
+training set in one call with ``padding="longest"``: 86 tokens on CoLA); scoring keeps
+``(batch, seq, vocab)`` logits and picks one row.
 *Lean recipe*: the LM head only where the label is predicted (``batches.label_loss(lean=True)``,
-``scoring.last_token_logits(lean=True)``), gradient checkpointing, micro-batch 32, batches grouped
-by length (dynamic padding).
+``scoring.last_token_logits(lean=True)``), gradient checkpointing, micro-batch 32, dynamic padding
+(each batch to its own longest example) with batches grouped by length.
 
 Fair training: both recipes take the same optimizer steps of ``STEP_EXAMPLES`` (32) examples;
 the tutorial accumulates 4 micro-batches of 8, the lean recipe runs 1 of 32. Each micro-batch's
@@ -16,8 +18,8 @@ gradient is the mean over its 32 examples whatever the micro-batch size (the sca
 ``batches.label_loss`` is designed for). Scoring runs at the recipe's micro-batch size.
 
 ``--ablate`` adds the switches one at a time (cumulative rows): tutorial; + label-position logits;
-+ gradient checkpointing; + micro-batch 32; + length grouping (= lean); on ``cuda`` also
-+ fused AdamW. SDPA attention has no row: transformers already loads Llama with
++ gradient checkpointing; + micro-batch 32; + dynamic padding; + length grouping (= lean); on
+``cuda`` also + fused AdamW. SDPA attention has no row: transformers already loads Llama with
 ``attn_implementation="sdpa"`` by default, so the tutorial recipe has it too.
 
 On ``cuda`` the model is the real Llama-3-8B shape (``shapes`` profile: random weights, 4-bit) and
@@ -73,15 +75,17 @@ class Recipe:
     grad_checkpointing: bool
     micro_batch_size: int
     group_by_length: bool
+    dynamic_padding: bool = True  # False: every batch padded to the data's longest example (tutorial)
     fused_adamw: bool = False  # torch.optim.AdamW(fused=True): one kernel for all parameters (CUDA)
 
 
-TUTORIAL = Recipe("tutorial", "all", False, 8, False)
+TUTORIAL = Recipe("tutorial", "all", False, 8, False, dynamic_padding=False)
 LEAN = Recipe("lean", "label", True, 32, True)
 
 #: Row labels for the table and the chart.
 LABELS = {"tutorial": "tutorial", "label_logits": "+ label-position logits", "checkpointing": "+ grad checkpointing",
-          "micro32": "+ micro-batch 32", "lean": "+ length grouping (= lean)", "fused_adamw": "+ fused AdamW"}
+          "micro32": "+ micro-batch 32", "dynamic_padding": "+ dynamic padding", "lean": "+ length grouping (= lean)",
+          "fused_adamw": "+ fused AdamW"}
 
 
 def ablation(device: str) -> list[Recipe]:
@@ -89,6 +93,7 @@ def ablation(device: str) -> list[Recipe]:
     rows = [TUTORIAL, replace(TUTORIAL, name="label_logits", logits="label")]
     rows.append(replace(rows[-1], name="checkpointing", grad_checkpointing=True))
     rows.append(replace(rows[-1], name="micro32", micro_batch_size=32))
+    rows.append(replace(rows[-1], name="dynamic_padding", dynamic_padding=True))
     rows.append(LEAN)
     if device == "cuda":
         rows.append(replace(LEAN, name="fused_adamw", fused_adamw=True))
@@ -155,7 +160,13 @@ def set_grad_checkpointing(model, on: bool) -> None:
         model.activation_checkpointing_disable()
 
 
-def accumulate_step(recipe: Recipe, model, step: list[list[list[int]]], pad_id: int, device: str = "cpu") -> torch.Tensor:
+def pad_length(data: list[list[int]], recipe: Recipe) -> int | None:
+    """``collate``'s ``pad_to``: None (each batch to its own longest) or the data's longest example."""
+    return None if recipe.dynamic_padding else max(map(len, data))
+
+
+def accumulate_step(recipe: Recipe, model, step: list[list[list[int]]], pad_id: int, device: str = "cpu",
+                    pad_to: int | None = None) -> torch.Tensor:
     """Forward and backward over one step's micro-batches; the gradients add up to the step's mean loss.
 
     Returns that mean loss (detached). The caller steps the optimizer.
@@ -163,7 +174,7 @@ def accumulate_step(recipe: Recipe, model, step: list[list[list[int]]], pad_id: 
     n = sum(len(chunk) for chunk in step)
     total = torch.zeros((), device=device)
     for chunk in step:
-        batch = {k: v.to(device) for k, v in collate(chunk, pad_id).items()}
+        batch = {k: v.to(device) for k, v in collate(chunk, pad_id, pad_to=pad_to).items()}
         loss = loss_for(recipe, model, batch) / n
         loss.backward()
         total += loss.detach()
@@ -208,14 +219,14 @@ def train_throughput(model, data, recipe: Recipe, device: str, pad_id: int = PAD
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-5, **({"fused": True} if recipe.fused_adamw else {}))
-    plan = step_plan(data, recipe, step_examples)
-    accumulate_step(recipe, model, plan[0][:1], pad_id, device)  # one untimed micro-batch: allocator and kernels
+    plan, pad_to = step_plan(data, recipe, step_examples), pad_length(data, recipe)
+    accumulate_step(recipe, model, plan[0][:1], pad_id, device, pad_to)  # one untimed micro-batch: allocator and kernels
     optimizer.zero_grad(set_to_none=True)
     _reset_peak(device)
     _sync(device)
     start = time.perf_counter()
     for step in plan:
-        accumulate_step(recipe, model, step, pad_id, device)
+        accumulate_step(recipe, model, step, pad_id, device, pad_to)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     _sync(device)
@@ -230,13 +241,13 @@ def score_throughput(model, data, recipe: Recipe, device: str, pad_id: int = PAD
     """Examples/s for reading the label position's logits (the label word itself is dropped)."""
     model.eval()
     prompts = [ids[:-1] for ids in data]
-    chunks = micro_batches(prompts, recipe)
+    chunks, pad_to = micro_batches(prompts, recipe), pad_length(prompts, recipe)
     lean = recipe.logits == "label"
     _reset_peak(device)
     _sync(device)
     start = time.perf_counter()
     for chunk in chunks:
-        batch = {k: v.to(device) for k, v in collate(chunk, pad_id).items()}  # its "labels" go unused
+        batch = {k: v.to(device) for k, v in collate(chunk, pad_id, pad_to=pad_to).items()}  # its "labels" go unused
         last_token_logits(model, batch, lean=lean)
     _sync(device)
     seconds = time.perf_counter() - start
@@ -265,7 +276,7 @@ def run(device: str, n_examples: int, ablate: bool = False, repeats: int = 1) ->
     recipes = ablation(device) if ablate else [TUTORIAL, LEAN]
     report = {"device": device, "machine": _machine(device), "n_examples": len(data), "repeats": repeats,
               "step_examples": STEP_EXAMPLES,
-              "mean_seq_len": round(sum(map(len, data)) / len(data), 1),
+              "mean_seq_len": round(sum(map(len, data)) / len(data), 1), "max_seq_len": max(map(len, data)),
               "model": {k: config[k] for k in ("vocab_size", "hidden_size", "num_hidden_layers")},
               "attn_implementation": model.config._attn_implementation,
               "recipes": {r.name: asdict(r) for r in recipes}, "train": {}, "score": {}}
@@ -317,7 +328,7 @@ def _memory_label(report: dict) -> str:
 def table(report: dict) -> str:
     """Examples/s, peak memory and the ratios to the tutorial recipe, one row per recipe."""
     lines = [f"{report['device']} ({report['machine']}), {report['n_examples']} examples, "
-             f"mean length {report['mean_seq_len']} tokens, {report['step_examples']} examples per optimizer step, "
+             f"mean length {report['mean_seq_len']} tokens (longest {report['max_seq_len']}), {report['step_examples']} examples per optimizer step, "
              f"best of {report['repeats']}",
              f"{'recipe':28} {'train ex/s':>10} {'score ex/s':>10} {_memory_label(report):>10} "
              f"{'train x':>8} {'score x':>8} {'memory x':>8}"]

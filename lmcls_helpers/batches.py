@@ -68,17 +68,26 @@ def encode_examples(
     return encoded
 
 
-def collate(examples: Sequence[Sequence[int]], pad_id: int, padding_side: str = "right") -> dict[str, torch.Tensor]:
+def collate(
+    examples: Sequence[Sequence[int]], pad_id: int, padding_side: str = "right", pad_to: int | None = None
+) -> dict[str, torch.Tensor]:
     """Pad token-id lists into a batch whose ``labels`` are -100 except at each label word.
 
     Returns ``input_ids``, ``attention_mask`` and ``labels``, all (batch, seq). The label word is
     the last real token, found with ``last_token_index`` so that either padding side works.
+    ``seq`` is the batch's longest example (dynamic padding), or ``pad_to``: the CoLA tutorial
+    tokenized its whole training set in one call, so every batch was as long as the longest example.
     """
     if padding_side not in ("left", "right"):
         raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}.")
     if len(examples) == 0 or any(len(ids) < 2 for ids in examples):
         raise ValueError("Each example needs at least two tokens (a prompt and its label word), and a batch at least one.")
     seq_len = max(len(ids) for ids in examples)
+    if pad_to is not None:
+        if pad_to < seq_len:
+            raise ValueError(f"pad_to={pad_to} is shorter than the batch's longest example ({seq_len} tokens): "
+                             "pass the longest length in the data, or None for dynamic padding.")
+        seq_len = pad_to
     input_ids = torch.full((len(examples), seq_len), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(examples), seq_len), dtype=torch.long)
     for row, ids in enumerate(examples):

@@ -109,10 +109,12 @@ def test_labels_must_be_class_indices(llama3_tokenizer):
 # --- collate: the targets ---------------------------------------------------------------------------
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.lists(st.integers(1, 500), min_size=2, max_size=12), min_size=1, max_size=6),
-       st.sampled_from(["left", "right"]))
-def test_only_the_label_position_is_a_target(examples, side):
-    batch = collate(examples, pad_id=0, padding_side=side)
-    seq = max(map(len, examples))
+       st.sampled_from(["left", "right"]), st.sampled_from([None, 0, 5]))
+def test_only_the_label_position_is_a_target(examples, side, extra):
+    longest = max(map(len, examples))
+    pad_to = None if extra is None else longest + extra  # the tutorial's padding: to the data's longest
+    batch = collate(examples, pad_id=0, padding_side=side, pad_to=pad_to)
+    seq = pad_to or longest
     assert batch["input_ids"].shape == batch["labels"].shape == (len(examples), seq)
     for row, ids in enumerate(examples):
         mask = batch["attention_mask"][row].bool()
@@ -131,6 +133,8 @@ def test_collate_refuses_bad_input():
         collate([], 0)
     with pytest.raises(ValueError):
         collate([[5]], 0)  # a label word with no prompt before it
+    with pytest.raises(ValueError, match="pad_to=2 is shorter"):
+        collate([[1, 2, 3]], 0, pad_to=2)
 
 
 # --- the step plan ----------------------------------------------------------------------------------

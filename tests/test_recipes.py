@@ -21,6 +21,7 @@ from benchmarks.recipes import (
     attach_lora,
     loss_for,
     micro_batches,
+    pad_length,
     set_grad_checkpointing,
     step_plan,
 )
@@ -98,11 +99,22 @@ def test_both_recipes_take_the_same_optimizer_steps():
         step_plan(data, TUTORIAL, step_examples=12)
 
 
+def test_the_tutorial_pads_every_batch_to_the_longest_example_in_the_data():
+    data = random_examples(50)
+    longest = max(map(len, data))
+    assert pad_length(data, TUTORIAL) == longest and pad_length(data, LEAN) is None
+    widths = {r.name: [collate(c, 0, pad_to=pad_length(data, r))["input_ids"].shape[1] for c in micro_batches(data, r)]
+              for r in (TUTORIAL, LEAN)}
+    assert set(widths["tutorial"]) == {longest}, "one tokenizer call over the whole set: every batch is as wide"
+    assert sum(widths["lean"]) < longest * len(widths["lean"]), "dynamic padding must make some batches narrower"
+
+
 def test_ablation_switches_one_thing_per_row():
     rows = ablation("cpu")
     assert rows[0] == TUTORIAL and rows[-1] == LEAN
     for before, after in zip(rows, rows[1:]):
-        changed = [k for k in ("logits", "grad_checkpointing", "micro_batch_size", "group_by_length", "fused_adamw")
+        changed = [k for k in ("logits", "grad_checkpointing", "micro_batch_size", "dynamic_padding", "group_by_length",
+                               "fused_adamw")
                    if getattr(before, k) != getattr(after, k)]
         assert len(changed) == 1, (before, after)
     assert ablation("cuda")[-1] == replace(LEAN, name="fused_adamw", fused_adamw=True)
@@ -141,7 +153,7 @@ def test_one_step_of_the_lean_recipe_equals_the_tutorial_step_on_the_tiny_model(
             set_grad_checkpointing(model, recipe.grad_checkpointing)
             assert model.get_base_model().is_activation_checkpointing is recipe.grad_checkpointing
             model.zero_grad(set_to_none=True)
-            loss = accumulate_step(recipe, model, step, pad_id)
+            loss = accumulate_step(recipe, model, step, pad_id, pad_to=pad_length(data, recipe))
             grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
             results[recipe.name] = (loss, grads)
     finally:
@@ -165,8 +177,9 @@ def test_lean_scoring_predicts_what_full_logits_predict_on_the_tiny_model(tiny):
         for recipe in (TUTORIAL, LEAN):
             chunks = micro_batches(prompts, recipe)
             order = [tuple(p) for c in chunks for p in c]
-            logits = torch.cat([label_logits(model, collate(c, pad_id), label_ids, lean=recipe.logits == "label")
-                                for c in chunks])  # (32, 2)
+            pad_to = pad_length(prompts, recipe)
+            logits = torch.cat([label_logits(model, collate(c, pad_id, pad_to=pad_to), label_ids,
+                                             lean=recipe.logits == "label") for c in chunks])  # (32, 2)
             scores[recipe.name] = dict(zip(order, logits))
     assert scores["lean"].keys() == scores["tutorial"].keys()
     keys = list(scores["tutorial"])
