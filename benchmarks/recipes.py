@@ -328,8 +328,8 @@ def _memory_label(report: dict) -> str:
 def table(report: dict) -> str:
     """Examples/s, peak memory and the ratios to the tutorial recipe, one row per recipe."""
     lines = [f"{report['device']} ({report['machine']}), {report['n_examples']} examples, "
-             f"mean length {report['mean_seq_len']} tokens (longest {report['max_seq_len']}), {report['step_examples']} examples per optimizer step, "
-             f"best of {report['repeats']}",
+             f"mean length {report['mean_seq_len']} tokens (longest {report['max_seq_len']}), "
+             f"{report['step_examples']} examples per optimizer step, best of {report['repeats']}",
              f"{'recipe':28} {'train ex/s':>10} {'score ex/s':>10} {_memory_label(report):>10} "
              f"{'train x':>8} {'score x':>8} {'memory x':>8}"]
     for name, train in report["train"].items():
