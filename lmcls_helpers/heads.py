@@ -24,7 +24,9 @@ READS = ("last_real", "minus_one")
 
 
 class BinaryHead(nn.Linear):
-    """``Linear(hidden, 1)`` kept in float32: one logit per position, ``sigmoid(logit) = P(label 1)``.
+    """``Linear(hidden, 1)`` with a bias, kept in float32: one logit per position, ``sigmoid(logit) = P(label 1)``.
+
+    The tutorial's ``Linear(4096, 1, bias=False)`` had no bias; ours learns the threshold too.
 
     The hidden states arrive in the model's compute dtype (bf16 on a GPU); the head casts them up
     so its 4,097 parameters train in full precision whatever the base model's dtype.
@@ -60,6 +62,24 @@ def _hidden_size(model) -> int:
     return hidden
 
 
+def binary_head(hidden_size: int, seed: int | None = None) -> BinaryHead:
+    """A fresh :class:`BinaryHead`; ``seed`` draws its initial values from a private generator.
+
+    The same seed gives the same head, whichever model it is put on, and the global RNG is left
+    alone (notebook 6 redraws the head under several seeds to show what a lost head costs).
+    """
+    if seed is None:
+        return BinaryHead(hidden_size)  # nn.Linear's own initialisation, from the global RNG
+    with torch.random.fork_rng(devices=[]):  # nn.Linear's constructor draws from the global RNG: restore it after
+        head = BinaryHead(hidden_size)
+    generator = torch.Generator().manual_seed(seed)
+    bound = 1 / hidden_size**0.5  # nn.Linear's default range, drawn from our own generator
+    with torch.no_grad():
+        head.weight.uniform_(-bound, bound, generator=generator)
+        head.bias.uniform_(-bound, bound, generator=generator)
+    return head
+
+
 def add_binary_head(model, seed: int | None = None):
     """Replace the causal LM's vocabulary head with a :class:`BinaryHead`; returns ``model``.
 
@@ -75,14 +95,7 @@ def add_binary_head(model, seed: int | None = None):
     hidden = _hidden_size(model)
     old = model.get_output_embeddings()
     device = old.weight.device if old is not None else next(model.parameters()).device
-    head = BinaryHead(hidden)
-    if seed is not None:
-        generator = torch.Generator().manual_seed(seed)
-        bound = 1 / hidden**0.5  # nn.Linear's default range, drawn from our own generator
-        with torch.no_grad():
-            head.weight.uniform_(-bound, bound, generator=generator)
-            head.bias.uniform_(-bound, bound, generator=generator)
-    model.set_output_embeddings(head.to(device))
+    model.set_output_embeddings(binary_head(hidden, seed).to(device))
     # A tied LM head shares the input embeddings' matrix; the new head must not be re-tied to it.
     for config in {id(c): c for c in (model.config, model.config.get_text_config())}.values():
         config.tie_word_embeddings = False
@@ -125,7 +138,9 @@ def load_head_classifier(model, folder: str | Path, seed: int | None = None):
     """A fresh causal LM + its saved LoRA adapter and head, ready to score (eval mode).
 
     Refuses an adapter saved without ``modules_to_save=[HEAD_MODULE]``: loading it would keep
-    the freshly drawn random head and silently predict noise.
+    the freshly drawn random head, and the adapters trained around another random head then give
+    predictions that depend on this draw, not on training (notebook 6, section 7: depending on the
+    seed, right, inverted or one class for every input).
     """
     from peft import PeftModel
 

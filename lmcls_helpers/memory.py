@@ -44,6 +44,23 @@ GPUS = {
 }
 
 
+def cuda_context_gib(data: Mapping | None = None) -> dict[str, float]:
+    """GiB the driver counts beyond the tensors right after loading, per GPU of :data:`GPUS` (notebook 5).
+
+    The CUDA context (kernels, library handles) plus the allocator's first cache: the budget for
+    tensors is a GPU's capacity minus this. H100: the shipped measurement's driver's count minus its
+    allocated bytes. T4: the tutorial's driver's count after loading minus the same allocated bytes
+    (the loaded 4-bit model has the same tensors on any GPU). GPUs without a figure of their own get
+    the larger of the two, a cautious budget.
+    """
+    data = load_measurements() if data is None else data
+    loaded = data["phases"]["model_loaded_4bit"]
+    known = {"H100 80 GB": loaded["smi"] - loaded["allocated"]}
+    if "seed_tutorial_T4_figures_GB" in data:  # the reference file carries the tutorial's T4 figures
+        known["T4 16 GB"] = data["seed_tutorial_T4_figures_GB"]["model"] - loaded["allocated"]
+    return {gpu: known.get(gpu, max(known.values())) for gpu in GPUS}
+
+
 def cublas_workspace_mib(device: str) -> float:
     """PyTorch's default cuBLAS workspace per thread on this machine's GPU (0 on the CPU)."""
     if device != "cuda":

@@ -6,6 +6,13 @@ as the 8B model: bitsandbytes quantizes and runs ``Linear4bit`` on the CPU too.
 
 from __future__ import annotations
 
+import gc
+import os
+import sys
+import weakref
+from contextlib import contextmanager
+from pathlib import Path
+
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, BitsAndBytesConfig
 
@@ -36,12 +43,90 @@ def require_bitsandbytes() -> None:
         ) from err
 
 
+#: The base models ``load_model`` returned that are still alive (weak references: they do not keep them alive).
+_LIVE_MODELS: weakref.WeakSet = weakref.WeakSet()
+_LOADS = {"count": 0}
+
+
+def load_count() -> int:
+    """Base models loaded in this process so far (each notebook's time plan checks its own count)."""
+    return _LOADS["count"]
+
+
+def free_gpu_memory() -> None:
+    """What really frees a model after ``del``: collect reference cycles, then return cached GPU blocks.
+
+    ``del model`` removes one name; the weights go only when nothing refers to them, and PyTorch
+    modules sit in reference cycles that only the garbage collector breaks. On a GPU, PyTorch then
+    keeps the freed blocks reserved for itself until ``empty_cache`` hands them back.
+    """
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def one_model_at_a_time(profile) -> bool:
+    """True on a GPU (two 4-bit 8B bases do not fit a T4), or anywhere with ``LMCLS_ONE_MODEL=1`` (``make test``)."""
+    return profile.device == "cuda" or os.environ.get("LMCLS_ONE_MODEL") == "1"
+
+
+def _names_holding(model) -> list[str]:
+    """Notebook variables that refer to ``model`` or to a peft wrapper around it (for the error message)."""
+    names = []
+    for name, value in list(vars(sys.modules["__main__"]).items()):
+        try:
+            base = value.get_base_model() if hasattr(value, "get_base_model") else None
+        except Exception:  # an object whose attribute lookup fails is not a peft model
+            base = None
+        if not name.startswith("_") and (value is model or base is model):
+            names.append(name)
+    return names
+
+
+def require_no_live_model() -> None:
+    """Refuse to load a second base model while one lives, naming the variables that keep it alive."""
+    if _LIVE_MODELS:
+        gc.collect()  # a model whose names are all gone may still sit in a reference cycle
+    if not _LIVE_MODELS:
+        return
+    # No local may refer to a live model when we raise: the traceback (kept by IPython) would keep it alive.
+    names = sorted({n for m in list(_LIVE_MODELS) for n in _names_holding(m)})
+    held = f"held by {', '.join(names)}" if names else "held by an object that still refers to it"
+    fix = f"`del {', '.join(names)}`" if names else "`del` every variable that refers to it (a peft model, a list)"
+    raise RuntimeError(
+        f"A base model is already loaded ({held}), and this profile loads one at a time (two 8B models do not "
+        f"fit a T4; LMCLS_ONE_MODEL=1 applies the rule on the CPU). Run {fix}, then "
+        "`free_gpu_memory()` (from lmcls_helpers.models), and load again."
+    )
+
+
+@contextmanager
+def _quiet_progress(local: bool):
+    """No "Loading weights" bar for a local model that loads in a second; a download keeps its bar."""
+    from transformers.utils import logging as hf_logging
+
+    if not local:
+        yield
+        return
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
 def load_model(profile, quantize: bool | None = None, quant_type: str = "nf4", double_quant: bool = False):
     """The profile's causal LM in eval mode: 4-bit if ``quantize`` (default: the profile's choice).
 
     The ``shapes`` profile builds the 8B architecture from its config with random weights
-    (:func:`random_model`): true-scale memory and speed on any GPU, with no download.
+    (:func:`random_model`): true-scale memory and speed on any GPU, with no download. On a GPU (or
+    with ``LMCLS_ONE_MODEL=1``) it refuses to load while an earlier model is alive
+    (:func:`require_no_live_model`). A 401/403 from the hub becomes the steps to get access.
     """
+    if one_model_at_a_time(profile):
+        require_no_live_model()
     quantize = profile.load_in_4bit if quantize is None else quantize
     quantization_config = None
     if quantize:
@@ -60,9 +145,20 @@ def load_model(profile, quantize: bool | None = None, quant_type: str = "nf4", d
             kwargs["quantization_config"] = quantization_config
         if profile.device == "cuda":
             kwargs["device_map"] = {"": 0}
-        model = AutoModelForCausalLM.from_pretrained(profile.model_id, **kwargs)
+        try:
+            with _quiet_progress(local=Path(profile.model_id).is_dir()):
+                model = AutoModelForCausalLM.from_pretrained(profile.model_id, **kwargs)
+        except OSError as err:  # transformers wraps the hub's 401/403 in an OSError
+            from .hub import explain_hub_error
+
+            explained = explain_hub_error(err, profile.model_id)
+            if explained is None:
+                raise
+            raise explained from err
     keep_cpu_4bit_trainable(model)
     model.eval()
+    _LIVE_MODELS.add(model)
+    _LOADS["count"] += 1
     return model
 
 

@@ -23,3 +23,21 @@ def repo_root() -> Path:
 def build_dir(*parts: str) -> Path:
     """``<root>/build/<parts>``; the folder is created when ``parts`` name a folder."""
     return repo_root().joinpath("build", *parts)
+
+
+#: Where Colab mounts Google Drive (`from google.colab import drive; drive.mount("/content/drive")`).
+COLAB_DRIVE = Path("/content/drive/MyDrive")
+
+
+def checkpoint_dir(notebook: str, drive: Path | None = COLAB_DRIVE) -> Path:
+    """Where ``notebook`` keeps its checkpoints: on Google Drive when it is mounted, else under ``build/``.
+
+    A Colab disconnect erases the VM's disk, ``build/`` included: the very failure that resuming
+    from a checkpoint exists for. With Drive mounted, checkpoints survive it, and a new session
+    resumes from them. ``drive=None`` always uses ``build/`` (``LMCLS_CHECKPOINTS`` overrides both).
+    """
+    if env := os.environ.get("LMCLS_CHECKPOINTS"):
+        return Path(env) / notebook
+    if drive is not None and Path(drive).is_dir():
+        return Path(drive) / "lmcls" / "checkpoints" / notebook
+    return build_dir("checkpoints", notebook)

@@ -23,17 +23,32 @@ def savefig(fig: plt.Figure, name: str) -> Path:
     return path
 
 
+def show(fig: plt.Figure, name: str) -> None:
+    """Save ``fig`` (see :func:`savefig`), then display that PNG inline and close the figure.
+
+    Displaying the saved PNG, not relying on a backend, is why figures appear in every executed
+    notebook: ``make run`` and nbmake set ``MPLBACKEND=Agg``, under which ``plt.show()`` draws
+    nothing. Closing the figure stops an inline backend (Jupyter, Colab) from drawing it twice.
+    Returns None, so a cell ending in ``plots.show(...)`` echoes nothing.
+    """
+    from IPython.display import Image, display
+
+    path = savefig(fig, name)
+    plt.close(fig)
+    display(Image(data=path.read_bytes(), format="png"))
+
 def padding_layout(batch, tokenizer, marks=None, title: str = "") -> plt.Figure:
     """The attention mask of a padded batch as a grid, each cell labelled with its token (notebook 1).
 
     ``marks`` (one position per row, e.g. ``last_token_index``) are outlined in red.
     """
     import numpy as np
+    from matplotlib.colors import ListedColormap
 
     mask = batch["attention_mask"].numpy()
     pieces = [tokenizer.convert_ids_to_tokens(row) for row in batch["input_ids"].tolist()]
     fig, ax = plt.subplots(figsize=(min(1.0 + 0.62 * mask.shape[1], 12), 0.45 * len(mask) + 1.1))
-    ax.imshow(mask, cmap="Greens", vmin=-0.6, vmax=1.4, aspect="auto")
+    ax.imshow(mask, cmap=ListedColormap(["white", "#a1d99b"]), vmin=0, vmax=1, aspect="auto")  # 0 white, 1 green
     for r, row in enumerate(pieces):
         for c, piece in enumerate(row):
             short = piece if len(piece) <= 8 else piece[:7] + "…"
@@ -44,7 +59,8 @@ def padding_layout(batch, tokenizer, marks=None, title: str = "") -> plt.Figure:
     ax.set_yticks(np.arange(len(mask)))
     ax.set_xlabel("position in the padded batch")
     ax.set_ylabel("row")
-    ax.set_title(title or f"padding side = {tokenizer.padding_side} (green: real tokens, white: padding)")
+    marked = "" if marks is None else ", red box: last real token"
+    ax.set_title(title or f"padding side = {tokenizer.padding_side} (green: real tokens, white: padding{marked})")
     fig.tight_layout()
     return fig
 
@@ -83,18 +99,36 @@ def score_histogram(probs, labels, class_names=("unacceptable", "acceptable"), t
     return fig
 
 
-def bar_chart(values: dict, xlabel: str, title: str, reference: dict | None = None) -> plt.Figure:
-    """Horizontal bars, one per named value, optionally with reference values as markers (notebook 2)."""
+def bar_chart(values: dict, xlabel: str, title: str, reference: dict | None = None,
+              reference_label: str = "reference") -> plt.Figure:
+    """Horizontal bars, one per named value (notebook 2).
+
+    ``reference`` values that measure something else (another model, split or method) get a panel
+    of their own with its own x axis, labelled ``reference_label``, so the two are never read on
+    one scale and no legend can hide a marker.
+    """
     names = list(values)
-    fig, ax = plt.subplots(figsize=SMALL)
-    ax.barh(names, [values[n] for n in names], color="tab:blue", label="this run")
+    if not reference:
+        fig, ax = plt.subplots(figsize=SMALL)
+        axes = [ax]
+    else:
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.5), sharey=True)
+    axes[0].barh(names, [values[n] for n in names], color="tab:blue")
+    axes[0].axvline(0, color="black", linewidth=0.8)
+    axes[0].set_xlabel(xlabel)
+    axes[0].invert_yaxis()
     if reference:
-        ref = [(i, reference[n]) for i, n in enumerate(names) if n in reference]
-        ax.scatter([v for _, v in ref], [i for i, _ in ref], color="tab:red", marker="D", zorder=3, label="reference")
-        ax.legend(loc="lower right", fontsize=8)
-    ax.invert_yaxis()
-    ax.set_xlabel(xlabel)
-    ax.set_title(title)
+        shown = [n for n in names if n in reference]
+        axes[1].barh(shown, [reference[n] for n in shown], color="tab:grey")
+        for n in shown:
+            axes[1].text(reference[n], names.index(n), f" {reference[n]:.3f}", va="center", fontsize=8)
+        axes[1].set_xlim(0, max(reference[n] for n in shown) * 1.25)
+        axes[1].set_xlabel(reference_label)
+        axes[0].set_title("this run", fontsize=10)
+        axes[1].set_title("reference (not comparable)", fontsize=10)
+        fig.suptitle(title)
+    else:
+        axes[0].set_title(title)
     fig.tight_layout()
     return fig
 
@@ -182,16 +216,29 @@ def stacked_gib(parts: dict, measured: float | None = None, title: str = "") -> 
 
 
 def metric_by_precision(
-    values: dict, ylabel: str, title: str = "", band: tuple[float, float] | None = None, band_label: str = ""
+    values: dict,
+    ylabel: str,
+    title: str = "",
+    band: tuple[float, float] | None = None,
+    band_label: str = "",
+    intervals: dict | None = None,
 ) -> plt.Figure:
-    """One bar per precision, with a shaded interval (e.g. a 95% bootstrap interval) (notebook 3)."""
+    """One point per precision, with optional error bars ``{name: (low, high)}`` (e.g. a paired bootstrap)
+    and a shaded band (e.g. one model's own interval, for contrast) (notebook 3)."""
     fig, ax = plt.subplots(figsize=SMALL)
     names = list(values)
     if band is not None:
         ax.axhspan(*band, color="tab:orange", alpha=0.25, zorder=0, label=band_label or "95% interval")
+    if intervals:
+        ax.axhline(0, color="grey", linewidth=0.8, zorder=1)
+        low = [values[n] - intervals[n][0] for n in names]
+        high = [intervals[n][1] - values[n] for n in names]
+        ax.errorbar(names, [values[n] for n in names], yerr=[low, high], fmt="none", ecolor="tab:blue",
+                    capsize=4, zorder=2, label="paired 95% interval")
     ax.scatter(names, [values[n] for n in names], color="tab:blue", s=50, zorder=3, label="this run")
+    offset, align = ((6, 3), "left") if intervals else ((0, 7), "center")  # beside the error bar, not on it
     for i, n in enumerate(names):
-        ax.annotate(f"{values[n]:.3f}", (i, values[n]), textcoords="offset points", xytext=(0, 7), ha="center", fontsize=8)
+        ax.annotate(f"{values[n]:.3f}", (i, values[n]), textcoords="offset points", xytext=offset, ha=align, fontsize=8)
     ax.legend(fontsize=8)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
@@ -327,11 +374,17 @@ PHASE_COLORS = {
 }
 
 
+def _phase_label(phase: str) -> str:
+    """A measured phase's name as a tick label; the tutorial's recipe is called the tutorial's (notebook 5)."""
+    return phase.replace("seed", "tutorial").replace("_", " ")
+
+
 def memory_phases(rows: list[dict], capacity_gib: float | None = None, capacity_label: str = "",
-                  title: str = "") -> plt.Figure:
+                  title: str = "", ymax: float | None = None) -> plt.Figure:
     """Stacked bars per phase from ``memory.phase_segments`` rows, with the device's capacity as a line (notebook 5).
 
-    Bars under 1 GiB (the tiny profile) are drawn in MiB.
+    Bars under 1 GiB (the tiny profile) are drawn in MiB. ``ymax`` (GiB) fixes the scale, so that two
+    GPUs' figures compare at a glance; a capacity above it is named at the top instead of drawn.
     """
     phases = list(dict.fromkeys(r["phase"] for r in rows))
     totals = {p: sum(r["GiB"] for r in rows if r["phase"] == p) for p in phases}
@@ -345,11 +398,17 @@ def memory_phases(rows: list[dict], capacity_gib: float | None = None, capacity_
         ax.bar(x, r["GiB"] * scale, bottom=bottom[r["phase"]], width=0.6, label=label,
                color=PHASE_COLORS.get(r["segment"], "#DD8452"), edgecolor="white", linewidth=0.5)
         bottom[r["phase"]] += r["GiB"] * scale
-    if capacity_gib is not None:
-        ax.axhline(capacity_gib, color="red", linestyle="--", linewidth=1.2,
-                   label=capacity_label or f"capacity {capacity_gib:.1f} GiB")
+    label = capacity_label or (f"capacity {capacity_gib:.1f} GiB" if capacity_gib is not None else "")
+    if capacity_gib is not None and (ymax is None or capacity_gib <= ymax):
+        ax.axhline(capacity_gib, color="red", linestyle="--", linewidth=1.2, label=label)
+    elif capacity_gib is not None:
+        ax.annotate(f"{label}: above this scale", (0.99, 0.97), xycoords="axes fraction", ha="right", va="top",
+                    fontsize=7, color="red")
+    if ymax is not None:
+        ax.set_ylim(0, ymax * scale)
+    elif capacity_gib is not None:
         ax.set_ylim(0, 1.45 * max(capacity_gib, *totals.values()) * scale)  # room for the legend above the line
-    ax.set_xticks(range(len(phases)), [p.replace("_", " ") for p in phases], fontsize=7, rotation=20)
+    ax.set_xticks(range(len(phases)), [_phase_label(p) for p in phases], fontsize=7, rotation=20)
     ax.set_ylabel(f"{unit} (2**{30 if unit == 'GiB' else 20} bytes)")
     ax.set_title(title)
     ax.legend(fontsize=7, loc="upper left")
@@ -443,7 +502,7 @@ def estimate_vs_measured(table, title: str = "") -> plt.Figure:
     for i, ratio in enumerate(table["estimated / measured"]):
         ax.annotate(f"{ratio:.3f}", (table["estimated GiB"].iloc[i] * scale, y[i] + 0.2), fontsize=7, va="center",
                     xytext=(3, 0), textcoords="offset points")
-    ax.set_yticks(y, [p.replace("_", " ") for p in table.index], fontsize=7)
+    ax.set_yticks(y, [_phase_label(p) for p in table.index], fontsize=7)
     ax.invert_yaxis()
     ax.set_xlim(0, 1.35 * max(table["measured GiB"].max(), table["estimated GiB"].max()) * scale)
     ax.set_xlabel(f"{unit} (numbers: estimated / measured)")
@@ -466,12 +525,19 @@ def memory_explorer(config, capacities: dict, **defaults) -> None:
     settings = {"batch_size": 8, "seq_len": 86, "lora_r": 8, "grad_checkpointing": False, "logits": "all",
                 "optimizer": "adamw", "double_quant": False, **defaults}
 
-    def draw(values: dict) -> plt.Figure:
+    def draw(values: dict):
+        """The figure as a PNG image: displays the same under every backend (a Figure under Agg shows its repr)."""
+        import io
+
+        from IPython.display import Image
+
         est = estimate_training_memory(config, **values)
         fig = memory_components({"this setting": est}, capacities, xmax=1.08 * max(capacities.values()),
                                 title=f"peak {est['total']:.1f} GiB: batch {values['batch_size']}, seq {values['seq_len']}")
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
         plt.close(fig)
-        return fig
+        return Image(data=buffer.getvalue(), format="png")
 
     try:
         import ipywidgets as w

@@ -4,7 +4,11 @@ Every notebook runs the same code on two worlds. ``tiny`` (the default) is CPU-o
 offline: a locally built tiny Llama and synthetic data under ``build/tiny/``. ``full`` is the
 Colab-GPU world of the Llama 3 CoLA tutorial: the real 8B model and the real CoLA data.
 ``shapes`` is the real 8B *architecture* with random weights, for measuring memory and speed
-on any GPU without a download. Choose with ``LMCLS_PROFILE`` or ``get_profile("full")``.
+on any GPU without a download. ``small`` sits between: a real pre-trained Llama (SmolLM2-135M,
+built once under ``build/small/`` by ``make small``) in 4-bit NF4 on the CPU, on the real CoLA.
+Choose with ``LMCLS_PROFILE`` or ``get_profile("full")``. On ``small`` and ``full``,
+``LMCLS_MODEL`` (a hub id or a local folder) swaps in another Llama-architecture model and
+``LMCLS_COLA_DIR`` points at an unzipped ``cola_public/`` folder.
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ class Profile:
     # training (notebook 4); names shared by all notebooks
     train_batch_size: int = 8  # the batch size the maths wants
     micro_batch_size: int = 8  # the batch size the device holds at once
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, about 30% more time
     num_epochs: int = 1
     lr: float = 1e-4
     weight_decay: float = 0.05
@@ -92,7 +97,7 @@ class Profile:
         return replace(self, **changes)
 
 
-def _tiny() -> Profile:
+def _tiny(require_device: bool = True) -> Profile:
     root = build_dir("tiny")
     return Profile(
         name="tiny",
@@ -151,20 +156,44 @@ def _require_gpu_and_bitsandbytes(name: str) -> None:
         ) from err
 
 
-def _full() -> Profile:
-    _require_gpu_and_bitsandbytes("full")
-    dtype = _cuda_compute_dtype()
+def _needs_checkpointing(dtype: torch.dtype, micro_batch_size: int) -> bool:
+    """Whether a micro-batch of the tutorial's 86-token prompts needs gradient checkpointing to fit this GPU.
+
+    Asks the memory estimator (notebook 5) about the 8B shape against the GPU's capacity net of its
+    CUDA context, keeping 10% free for the allocator's fragmentation and for longer prompts than
+    the tutorial's. On a T4, micro-batch 8 without checkpointing (14.2 GiB estimated) would leave
+    a few hundred MiB: too tight. Without a GPU (a time budget computed on a laptop) it answers for a T4.
+    """
+    from .memory import GPUS, cuda_context_gib, estimate_training_memory
+
+    if torch.cuda.is_available():
+        capacity = torch.cuda.get_device_properties(0).total_memory / 2**30
+        context = max(cuda_context_gib().values())
+    else:
+        capacity, context = GPUS["T4 16 GB"]["capacity_gib"], cuda_context_gib()["T4 16 GB"]
+    peak = estimate_training_memory(LLAMA3_8B_CONFIG, batch_size=micro_batch_size, seq_len=86, dtype=dtype)["total"]
+    return peak > 0.9 * (capacity - context)
+
+
+def _full(require_device: bool = True) -> Profile:
+    if require_device or torch.cuda.is_available():
+        _require_gpu_and_bitsandbytes("full")
+        dtype = _cuda_compute_dtype()
+    else:  # planning a Colab session from a laptop (benchmarks.colab_budget): a free T4, fp16
+        dtype = torch.float16
+    model_id = _custom_model() or "meta-llama/Meta-Llama-3-8B"
     return Profile(
         name="full",
-        model_id="meta-llama/Meta-Llama-3-8B",
-        tokenizer_id="meta-llama/Meta-Llama-3-8B",
-        cola_root=Path.cwd() / "cola_public",
+        model_id=model_id,
+        tokenizer_id=model_id,
+        cola_root=_cola_root(),
         ledger_path=build_dir("tiny", "ledger", "ledger.csv"),
         device="cuda",
         compute_dtype=dtype,
         eval_batch_size=16 if dtype == torch.bfloat16 else 8,
         train_batch_size=8,
-        micro_batch_size=8 if dtype == torch.bfloat16 else 4,
+        micro_batch_size=8,  # a T4 holds 8 with gradient checkpointing; the tutorial ran 4 without
+        gradient_checkpointing=_needs_checkpointing(dtype, 8),
         num_epochs=1,
         lr=1e-4,
         weight_decay=0.05,
@@ -174,23 +203,116 @@ def _full() -> Profile:
     )
 
 
-def _shapes() -> Profile:
-    _require_gpu_and_bitsandbytes("shapes")
-    return replace(_full(), name="shapes", model_config=dict(LLAMA3_8B_CONFIG))
+def _shapes(require_device: bool = True) -> Profile:
+    return replace(_full(require_device), name="shapes", model_config=dict(LLAMA3_8B_CONFIG))
 
 
-PROFILES = {"tiny": _tiny, "full": _full, "shapes": _shapes}
+def _cola_root() -> Path:
+    """``$LMCLS_COLA_DIR`` when set (a folder holding ``raw/in_domain_train.tsv`` etc.), else ``./cola_public``."""
+    env = os.environ.get("LMCLS_COLA_DIR")
+    return Path(env).expanduser().resolve() if env else Path.cwd() / "cola_public"
 
 
-def get_profile(name: str | None = None) -> Profile:
+def _cola_reachable(timeout: float = 5.0) -> bool:
+    """Whether CoLA's zip can be downloaded from here (one HEAD request)."""
+    import urllib.request
+
+    from .data import COLA_URL
+
+    try:
+        with urllib.request.urlopen(urllib.request.Request(COLA_URL, method="HEAD"), timeout=timeout):
+            return True
+    except Exception:  # no network, DNS failure, proxy refusal: all mean "offline" here
+        return False
+
+
+def _require_cola(root: Path) -> None:
+    """Stop now, with the ways to get it, when real CoLA is neither on disk nor downloadable."""
+    from .data import COLA_SPLITS
+
+    missing = [f"raw/{s}.tsv" for s in COLA_SPLITS if not (root / "raw" / f"{s}.tsv").exists()]
+    if not missing:
+        return
+    if os.environ.get("LMCLS_COLA_DIR"):
+        raise RuntimeError(
+            f"LMCLS_COLA_DIR={root} lacks {', '.join(missing)}: point it at an unzipped cola_public/ folder "
+            "(`lmcls_helpers.data.download_cola(dest)` creates one under dest)."
+        )
+    if _cola_reachable():
+        return  # the notebooks download it into the working directory (data.download_cola)
+    raise RuntimeError(
+        f"The 'small' profile runs on the real CoLA corpus, which is not in {root} and cannot be downloaded "
+        "(no network). Either run `from lmcls_helpers.data import download_cola; download_cola(DEST)` once "
+        "on a machine with network access and set LMCLS_COLA_DIR=DEST/cola_public, or copy an unzipped "
+        "cola_public/ folder here, or use the offline 'tiny' profile (unset LMCLS_PROFILE)."
+    )
+
+
+def _custom_model(label_words: tuple[str, str] = LABEL_WORDS) -> str | None:
+    """``$LMCLS_MODEL`` (hub id or local folder), checked now: Llama projections, one-token label words."""
+    model_id = os.environ.get("LMCLS_MODEL", "").strip()
+    if not model_id:
+        return None
+    from .small import check_custom_model
+
+    check_custom_model(model_id, label_words)
+    return model_id
+
+
+def _small(require_device: bool = True) -> Profile:
+    """SmolLM2-135M-Instruct (a real pre-trained Llama, 30 layers, width 576) in NF4 on the CPU, real CoLA.
+
+    Sizes fit a notebook suite into about 30 minutes of a 4-core laptop (scoring about 10 examples/s,
+    LoRA training about 2 examples/s at the pattern prompt's 47 tokens), and give notebook 4 enough
+    steps (about 56 of 16 examples) to move past few-shot on real CoLA.
+    """
+    from .small import ensure_built, small_dir
+
+    cola_root = _cola_root()
+    if require_device:
+        _require_cola(cola_root)
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise RuntimeError("The 'small' profile loads the model in 4 bits and needs bitsandbytes: "
+                               "`pip install bitsandbytes` (0.50 or newer runs 4-bit layers on the CPU).")
+    model_id = _custom_model() or str(ensure_built() if require_device else small_dir())
+    return Profile(
+        name="small",
+        model_id=model_id,
+        tokenizer_id=model_id,
+        cola_root=cola_root,
+        ledger_path=build_dir("tiny", "ledger", "ledger.csv"),
+        device="cpu",
+        compute_dtype=torch.float32,
+        eval_batch_size=64,
+        max_eval_examples=200,
+        train_batch_size=16,
+        micro_batch_size=8,
+        num_epochs=1,
+        lr=3e-4,
+        weight_decay=0.0,
+        warmup_steps=5,
+        eval_every=15,
+        max_train_examples=1000,
+        max_steps=8,
+        lora_r=8,
+        lora_alpha=16,
+        seed=42,
+    )
+
+
+PROFILES = {"tiny": _tiny, "full": _full, "shapes": _shapes, "small": _small}
+
+
+def get_profile(name: str | None = None, require_device: bool = True) -> Profile:
     """The profile called ``name``, else ``$LMCLS_PROFILE``, else ``tiny``.
 
     ``full`` and ``shapes`` stop here, in the first cell, when there is no GPU or no bitsandbytes.
+    ``require_device=False`` gives their sizes anyway (for a T4), to plan a session without a GPU.
     """
     name = (name or os.environ.get("LMCLS_PROFILE") or "tiny").strip().lower()
     if name not in PROFILES:
         raise ValueError(f"Unknown profile {name!r}: choose one of {sorted(PROFILES)}.")
-    return PROFILES[name]()
+    return PROFILES[name](require_device)
 
 
 def environment_report(profile: Profile) -> str:

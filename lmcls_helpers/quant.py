@@ -72,6 +72,34 @@ def dequantize_4bit_by_hand(
     return (values * absmax.float()[:, None]).flatten()
 
 
+def cpu_has_avx512f() -> bool:
+    """Whether bitsandbytes' CPU library takes its AVX-512 code paths here (it asks the CPU, not PyTorch).
+
+    Notebook 3, exercise 1: bitsandbytes 0.50's AVX-512 ``dequantize_4bit`` mis-scales blocks that do
+    not tile a row; the scalar path taken on other CPUs (AVX2 only, ARM) is right.
+    """
+    try:
+        from bitsandbytes.cextension import lib
+
+        return bool(lib.has_avx512f_cpu())
+    except Exception:  # no native CPU library, or an older one without the probe
+        return False
+
+
+def avx512_scale_index(shape: tuple[int, ...], blocksize: int) -> torch.Tensor:
+    """Which absmax each weight is multiplied by in bitsandbytes 0.50's AVX-512 CPU ``dequantize_4bit``.
+
+    The kernel walks the matrix row by row and reads ``absmax[row * (n // blocksize) + column // blocksize]``
+    for a row of ``n`` weights. That equals the true block, ``(row * n + column) // blocksize``, only
+    when ``blocksize`` divides ``n``; with blocks longer than a row, ``n // blocksize`` is 0 and every
+    weight gets ``absmax[0]``. Returns an int64 tensor of ``shape`` (notebook 3, exercise 1).
+    """
+    n = shape[-1]
+    rows = torch.arange(math.prod(shape[:-1]))[:, None]
+    cols = torch.arange(n)[None, :]
+    return (rows * (n // blocksize) + cols // blocksize).reshape(shape)
+
+
 def _kind(name: str) -> str:
     """Which part of a Llama a parameter belongs to, from its name."""
     if "embed_tokens" in name:

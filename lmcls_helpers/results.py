@@ -81,5 +81,39 @@ def summary_table() -> str:
     return "\n".join(lines)
 
 
+#: What must never reach a reader's output: object reprs and stray return values that say nothing.
+UNREADABLE = ("<torch._C.Generator", "<Figure size", "PosixPath(", " object at 0x", "<matplotlib.")
+
+
+def check_executed(folder: Path, figures: Path | None = None) -> list[str]:
+    """Problems in executed notebooks (``make run``): missing inline figures, machine paths, object reprs.
+
+    A notebook must show at least as many PNGs inline as it saved under ``build/figures/`` (files
+    named after its number, like ``02_*.png``); no output may name the checkout's absolute path.
+    """
+    figures = build_dir("figures") if figures is None else figures
+    root = str(build_dir().parent)
+    problems = []
+    for path in sorted(Path(folder).glob("*.ipynb")):
+        cells = json.loads(path.read_text())["cells"]
+        outputs = [o for c in cells if c["cell_type"] == "code" for o in c.get("outputs", [])]
+        shown = sum("image/png" in o.get("data", {}) for o in outputs)
+        saved = len(list(figures.glob(f"{path.stem.split('_')[0]}_*.png")))
+        if shown < saved:
+            problems.append(f"{path.name}: {shown} inline figure(s) but {saved} saved under {figures.name}/")
+        for o in outputs:
+            text = "".join(o.get("text", "")) + "".join(o.get("data", {}).get("text/plain", ""))
+            for bad in (root, *UNREADABLE):
+                if bad in text:
+                    problems.append(f"{path.name}: an output shows {bad!r}: {text.strip()[:120]!r}")
+    return problems
+
+
 if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:2] == ["--check"]:
+        found = check_executed(Path(sys.argv[2]))
+        print("\n".join(found) or f"executed notebooks in {sys.argv[2]}: every figure inline, no paths or reprs")
+        sys.exit(1 if found else 0)
     print(summary_table())

@@ -141,14 +141,27 @@ def _mistral_from_file(path: Path) -> PreTrainedTokenizerBase:
     return LlamaTokenizer.from_pretrained(str(path.parent), add_bos_token=True)
 
 
+def piece_text(tokenizer: PreTrainedTokenizerBase, token_id: int) -> str:
+    """The text one token stands for, leading space included (``▁Him`` -> ``' Him'``).
+
+    Decoding a single SentencePiece token drops its ``▁`` (the decoder strips the space it treats as
+    the start of a text), which would hide exactly the space that makes ``▁Him`` differ from ``Him``.
+    """
+    piece = tokenizer.convert_ids_to_tokens(token_id)
+    text = tokenizer.decode([token_id])
+    if piece.startswith("▁") and not text.startswith(" "):
+        text = " " + text
+    return text
+
+
 def token_table(tokenizer: PreTrainedTokenizerBase, text: str, add_special_tokens: bool = True) -> pd.DataFrame:
-    """One row per token: position, id, the raw piece (``Ġ``/``▁`` visible) and its decoded text."""
+    """One row per token: id, the raw piece (``Ġ``/``▁`` visible) and the text it stands for (spaces kept)."""
     ids = tokenizer.encode(text, add_special_tokens=add_special_tokens)
     return pd.DataFrame(
         {
             "id": ids,
             "piece": tokenizer.convert_ids_to_tokens(ids),
-            "text": [repr(tokenizer.decode([i])) for i in ids],
+            "text": [repr(piece_text(tokenizer, i)) for i in ids],
         }
     )
 

@@ -24,7 +24,7 @@
 # `' acceptable'` and `' unacceptable'`, as the next token after a prompt. That only works if the
 # tokenizer cooperates. In this notebook you will learn:
 #
-# - why `' acceptable'` (with a leading space) and `'acceptable'` are different tokens, in byte-level BPE (`Ġ`) and SentencePiece (`▁`);
+# - why a word after a space and the same word glued to the text before it are different tokens, in byte-level BPE (`Ġ`) and SentencePiece (`▁`);
 # - what to do when a label word splits into several tokens;
 # - which special tokens (BOS, EOS) the tokenizer adds, and why Llama 3 has no pad token;
 # - how left and right padding move "the last token", and how to find it in either case;
@@ -96,9 +96,9 @@ token_table(tokenizer, "Him and me are going to the store.")
 #
 # ## 2. A leading space makes a different token
 #
-# Because spaces stick to the *following* word, `"acceptable"` at the start of a text and
-# `" acceptable"` in the middle of one are different pieces with different ids. Our label word
-# always follows other text, so it is the spaced version we must score.
+# Because spaces stick to the *following* word, `"acceptable"` and `" acceptable"` can be different
+# pieces with different ids. Our label word always follows other text, so it is the spaced version
+# we must score. First, each word encoded on its own:
 
 # %%
 words = ["acceptable", " acceptable", "unacceptable", " unacceptable"]
@@ -114,15 +114,39 @@ pieces
 # In Llama 3, `' acceptable'` and `' unacceptable'` are single pieces, while `'unacceptable'`
 # without its space falls apart into `un` + `acceptable`. Mistral's SentencePiece vocabulary marks
 # the space with `▁` instead of `Ġ`, and it has no single piece for `▁unacceptable` at all.
-# Here are the ids our later notebooks rely on:
+#
+# Mistral shows `▁acceptable` for *both* `'acceptable'` and `' acceptable'`. That is not a
+# contradiction: a SentencePiece tokenizer puts a `▁` in front of every text that does not already
+# start with one (its *dummy prefix*, section 4), so a word encoded on its own always looks spaced.
+# The difference shows where it matters, in the middle of a text. Here is the tutorial's answer
+# line `A: acceptable`, with and without the space after the colon:
 
 # %%
-llama3_label_ids = label_token_ids(tokenizers["Llama 3"], [" acceptable", " unacceptable"])
+mid_text = pd.DataFrame({name: {text: tok.tokenize(text) for text in ("A: acceptable", "A:acceptable")}
+                         for name, tok in tokenizers.items()}).T
+mid_text
+
+# %%
+for name in ("Llama 3", "Mistral 7B"):
+    spaced, glued = (tokenizers[name].tokenize(t)[2:] for t in ("A: acceptable", "A:acceptable"))
+    assert len(spaced) == 1 and spaced[0][0] in "Ġ▁", f"{name}: ' acceptable' after 'A:' is one spaced piece"
+    assert spaced[0] not in glued, f"{name}: without the space, 'acceptable' must be a different piece"
+
+# %% [markdown]
+# With the space, both real tokenizers produce one spaced piece (`Ġacceptable`, `▁acceptable`);
+# glued to the colon, the word becomes different pieces with different ids. So the rule holds for
+# both families, but only *inside* a text can you see it in SentencePiece.
+#
+# Here are the ids our later notebooks rely on, in **label order**: label 0 is `' unacceptable'`,
+# label 1 is `' acceptable'`, everywhere in this course.
+
+# %%
+llama3_label_ids = label_token_ids(tokenizers["Llama 3"], [" unacceptable", " acceptable"])  # label 0, label 1
 llama3_label_ids
 
 # %%
-assert llama3_label_ids == [22281, 44085], "Llama 3's ' acceptable' is 22281 and ' unacceptable' is 44085"
-results.record("llama3_label_ids", llama3_label_ids)
+assert llama3_label_ids == [44085, 22281], "Llama 3: ' unacceptable' (label 0) is 44085, ' acceptable' (label 1) is 22281"
+_ = results.record("llama3_label_ids", llama3_label_ids)
 
 # %% [markdown]
 # ## 3. When a label word is several tokens
@@ -197,7 +221,9 @@ for name in ("Llama 3", "Mistral 7B"):
     print(f"{name:10}  {tok.convert_ids_to_tokens(tok('Fine.').input_ids)}   bos={tok.bos_token!r} eos={tok.eos_token!r} pad={tok.pad_token!r}")
 
 # %% [markdown]
-# Llama 3 has **no pad token**, so it cannot pad a batch:
+# Llama 3 has **no pad token**. Its base model never needed one: pre-training packs documents back
+# to back into full-length training sequences, so no sequence is ever short and nothing is ever
+# padded. Without a pad token the tokenizer cannot pad a batch:
 
 # %%
 llama3 = tokenizers["Llama 3"]
@@ -207,9 +233,20 @@ except ValueError as err:
     print(type(err).__name__, ":", str(err)[:160])
 
 # %% [markdown]
-# The usual fix is `pad_token = eos_token`. It is safe because the **attention mask** tells the
-# model to ignore padded positions, and a causal model's real tokens never look *ahead* at padding
-# anyway. What matters is that we never *read* a prediction at a padded position (next section).
+# The usual fix is `pad_token = eos_token`: borrow an existing token instead of adding a new,
+# untrained embedding row. Which token fills the gaps does not matter, because the model never
+# lets a real token see it:
+#
+# - with **right** padding the pads come *after* the text, and the causal mask already stops every
+#   real token from looking ahead, so the pads are invisible to it;
+# - with **left** padding the pads come *before* the text, where the causal mask would let real
+#   tokens see them; only the **attention mask** (0 at pads) hides them. The real tokens also sit at
+#   shifted positions (Hugging Face's Llama numbers the columns 0, 1, 2, … whatever the mask says),
+#   but Llama's rotary position embedding (RoPE) makes attention depend only on the *distance*
+#   between two tokens, so the shift changes nothing beyond rounding.
+#
+# What remains is never to *read* a prediction at a padded position (next section). Notebook 2
+# checks on a real model that left and right padding give the same scores.
 
 # %%
 llama3.pad_token = llama3.eos_token
@@ -227,7 +264,7 @@ assert batch["input_ids"].shape[0] == 2 and (batch["attention_mask"][0] == 0).an
 # the one right before the label word would go. With right padding that is *not* the last column.
 
 # %%
-texts = ["Fine.", "Him and I are going to the store.", "The dogs barks."]
+texts = ["Fine!", "Him and I are going to the store.", "The dogs barks"]  # three different last tokens
 batches = {}
 for side in ("right", "left"):
     llama3.padding_side = side
@@ -237,12 +274,12 @@ batches["right"]["attention_mask"]  # (batch, seq): 1 = real token, 0 = padding
 # %%
 llama3.padding_side = "right"
 fig = plots.padding_layout(batches["right"], llama3, marks=last_token_index(batches["right"]["attention_mask"]))
-plots.savefig(fig, "01_padding_right")
+plots.show(fig, "01_padding_right")
 
 # %%
 llama3.padding_side = "left"
 fig = plots.padding_layout(batches["left"], llama3, marks=last_token_index(batches["left"]["attention_mask"]))
-plots.savefig(fig, "01_padding_left")
+plots.show(fig, "01_padding_left")
 
 # %% [markdown]
 # The red boxes are `last_token_index(attention_mask)`: the position of the last 1 in each row.
@@ -257,8 +294,16 @@ for side, b in batches.items():
     print(f"{side:5} padding   [:, -1] reads {minus_one}   last real token: {last_real}")
 
 # %%
-picked = {side: b["input_ids"][torch.arange(3), last_token_index(b["attention_mask"])] for side, b in batches.items()}
-assert torch.equal(picked["left"], picked["right"]), "left and right padding agree on the last real token"
+lengths = torch.tensor([len(llama3(t).input_ids) for t in texts])  # unpadded token counts (BOS included)
+width = batches["right"]["input_ids"].shape[1]
+assert torch.equal(last_token_index(batches["right"]["attention_mask"]), lengths - 1), "right padding: the text ends at length - 1"
+assert torch.equal(last_token_index(batches["left"]["attention_mask"]), torch.full((3,), width - 1)), "left padding: the final column"
+own_last = torch.tensor([llama3(t).input_ids[-1] for t in texts])  # '!', '.', 'arks': all different
+for side, b in batches.items():
+    picked = b["input_ids"][torch.arange(3), last_token_index(b["attention_mask"])]
+    assert torch.equal(picked, own_last), f"{side} padding: each row's own last token"
+print("positions:", {side: last_token_index(b["attention_mask"]).tolist() for side, b in batches.items()},
+      " lengths:", lengths.tolist())
 
 # %% [markdown]
 # ## 7. The few-shot prompt, as the model sees it
@@ -290,7 +335,7 @@ label_ids = template.check(llama3, profile.label_words)
 
 # %%
 assert label_ids == [44085, 22281], "label 0 = ' unacceptable', label 1 = ' acceptable'"
-results.record("llama3_prompt_tokens", len(table))
+_ = results.record("llama3_prompt_tokens", len(table))
 
 # %% [markdown]
 # The tiny BPE tokenizer was trained so that the same prompt and label words work for it too; that
@@ -309,15 +354,15 @@ tiny_ids
 # %%
 from lmcls_helpers.tokens import explorer
 
-explorer(tokenizers, text=" Him and me are going to the store. - unacceptable")
+_ = explorer(tokenizers, text=" Him and me are going to the store. - unacceptable")
 
 # %% [markdown]
 # ## Summary
 #
-# - A label word is a **token**, not a word: `' acceptable'` (22281) and `'acceptable'` are different ids in Llama 3.
+# - A label word is a **token**, not a word: `' acceptable'` (22281) and `'acceptable'` are different ids in Llama 3; in SentencePiece the difference shows inside a text (`A: acceptable` vs `A:acceptable`).
 # - A label word that splits into pieces cannot be scored with one logit; choose single-token words **per tokenizer**.
 # - Tokenizers add BOS for you; use `add_special_tokens=False` when looking up a single word.
-# - Llama 3 has no pad token; `pad_token = eos_token` is safe as long as predictions are never read at padding.
+# - Llama 3 has no pad token (pre-training packs documents, so it never pads); `pad_token = eos_token` is safe because the causal mask (right padding) or the attention mask (left padding) hides the pads, as long as predictions are never read at padding.
 # - "The last token" is `last_token_index(attention_mask)`, which is right for left *and* right padding.
 #
 # ## Exercises
@@ -339,20 +384,24 @@ else:
 # %% [markdown]
 # **2. The shortcut that only works one way.** Many tutorials compute the last position as
 # `attention_mask.sum(dim=1) - 1`, the number of real tokens minus one. That is right for right
-# padding only. Compute the last real position of every row of `batches["left"]` from its
-# attention mask alone, without `last_token_index`, in a way that is right for **both** sides.
+# padding only. Write a function that finds the last real position of every row from an attention
+# mask alone, without `last_token_index`, and is right for **both** sides: the check runs it on
+# `batches["left"]` and `batches["right"]`.
 # *Hint:* `mask.sum(dim=1) - 1` fails on the left; `flip(dims=[1])` and `argmax` find the *last* 1.
 
 # %%
-last_positions = None  # your answer: a (batch,) tensor computed from batches["left"]["attention_mask"]
+my_last_index = None  # your answer: a function, attention mask (batch, seq) -> (batch,) positions
 
 # %%
-if last_positions is None:
-    print("Exercise 2 not attempted yet: set last_positions above.")
+if my_last_index is None:
+    print("Exercise 2 not attempted yet: define my_last_index above.")
 else:
-    assert torch.equal(last_positions, last_token_index(batches["left"]["attention_mask"])), "not the last 1 of each row"
-    shortcut = batches["left"]["attention_mask"].sum(dim=1) - 1
-    print("solved; the shortcut would have said", shortcut.tolist(), "instead of", last_positions.tolist())
+    for side, b in batches.items():
+        mask = b["attention_mask"]
+        assert torch.equal(my_last_index(mask), last_token_index(mask)), f"{side} padding: not the last 1 of each row"
+    left_mask = batches["left"]["attention_mask"]
+    print("solved for both sides; on the left the shortcut would have said", (left_mask.sum(dim=1) - 1).tolist(),
+          "instead of", my_last_index(left_mask).tolist())
 
 # %% [markdown]
 # **3. Prompt length.** How many tokens does the tiny BPE tokenizer need for `prompt`, compared

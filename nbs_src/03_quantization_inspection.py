@@ -27,7 +27,7 @@
 # - blockwise absmax quantization by hand (scale, nearest level, two codes per byte), equal bit for bit to bitsandbytes;
 # - what double quantization saves, in bits per weight;
 # - how to read a 4-bit model's parameter table, and why Llama-3-8B weighs 5.6 GiB in NF4 instead of 15;
-# - how to judge an accuracy difference between precisions: check the sampling noise first.
+# - how to judge an accuracy difference between precisions: pair the predictions before believing it.
 
 # %%
 PROFILE = None  # None: $LMCLS_PROFILE, else "tiny" (CPU, offline). On a Colab GPU runtime: "full".
@@ -54,7 +54,6 @@ print(environment_report(profile))
 import gc
 import math
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
@@ -66,7 +65,7 @@ from lmcls_helpers.profiles import LLAMA3_8B_CONFIG
 require_bitsandbytes()  # stops here, with the fix, if bitsandbytes is missing or cannot load
 import bitsandbytes.functional as bnbf
 
-torch.manual_seed(profile.seed)
+_ = torch.manual_seed(profile.seed)
 
 # %% [markdown]
 # ## 1. Sixteen numbers
@@ -116,8 +115,7 @@ print(f"rebuilt NF4 equals bitsandbytes' table (largest difference {(rebuilt - n
 
 # %%
 fig = plots.levels_on_normal_cdf({"NF4": nf4_levels, "FP4": fp4_levels}, z_at_one)
-plots.savefig(fig, "03_levels")
-plt.show()
+plots.show(fig, "03_levels")
 
 # %% [markdown]
 # NF4's points climb in nearly equal steps (the ticks on the left are evenly spaced): each level owns
@@ -223,8 +221,7 @@ fp4_error = fp4_dequantized - weight  # (out_features, in_features)
 
 # %%
 fig = plots.code_usage({"NF4": unpacked, "FP4": quant.unpack_codes(fp4_packed)}, {"NF4": nf4_levels, "FP4": fp4_levels})
-plots.savefig(fig, "03_code_usage")
-plt.show()
+plots.show(fig, "03_code_usage")
 
 # %% [markdown]
 # NF4's middle levels are used almost evenly. The outer ones are used less: the largest of 64 normal
@@ -235,8 +232,7 @@ plt.show()
 
 # %%
 fig = plots.error_histogram({"NF4": nf4_error, "FP4": fp4_error}, "dequantized − original weight")
-plots.savefig(fig, "03_error_histogram")
-plt.show()
+plots.show(fig, "03_error_histogram")
 
 # %%
 nf4_mean_abs_error = results.record("nf4_mean_abs_error", nf4_error.abs().mean().item())
@@ -307,6 +303,24 @@ print(f"scales: largest relative error {((absmax_dq - absmax).abs() / absmax).ma
 # %%
 quantization_config = bnb_config(profile, quant_type="nf4")
 {k: v for k, v in quantization_config.to_dict().items() if k.startswith(("load_in_4bit", "bnb_4bit"))}
+
+# %% [markdown]
+# Two of these settings are easy to confuse, and neither changes how many bits a weight takes:
+#
+# - **`bnb_4bit_compute_dtype`** is the dtype a `Linear4bit` layer dequantizes its weight *into* on every
+#   forward pass (section 2's dequantize step), and so the dtype of the matrix multiply and of its output.
+#   Storage stays 4-bit; this only decides the precision of the arithmetic (here `profile.compute_dtype`).
+# - **`bnb_4bit_quant_storage`** is the dtype of the tensor that *holds* the packed codes: `uint8` by
+#   default, two codes per element. The Mistral ledger tutorial sets `bfloat16`: then each 2-byte element
+#   holds four codes. The bytes are the same; only their label changes, which lets FSDP shard the
+#   4-bit weights together with the bf16 ones (it wants one dtype per flattened group).
+
+# %%
+packed_bf16, _ = bnbf.quantize_4bit(weight, blocksize=blocksize, quant_type="nf4", quant_storage=torch.bfloat16)
+print(f"uint8 storage: {tuple(packed_bnb.shape)} {packed_bnb.dtype}, {packed_bnb.nbytes:,} bytes; "
+      f"bf16 storage: {tuple(packed_bf16.shape)} {packed_bf16.dtype}, {packed_bf16.nbytes:,} bytes")
+assert packed_bf16.nbytes == packed_bnb.nbytes, "the storage dtype should not change the byte count"
+assert torch.equal(packed_bf16.view(torch.uint8).flatten(), packed_bnb.flatten()), "same bytes, another label"
 
 # %% [markdown]
 # `quant.parameter_table` lists each parameter as stored: shape, dtype, `numel`, bytes, plus the bytes
@@ -381,20 +395,28 @@ tables_8b = {
 quant.by_kind(tables_8b["NF4"])
 
 # %% [markdown]
-# An H100 measured `torch.cuda.max_memory_allocated()` right after loading the 8B shape in NF4
-# (no double quantization, bf16 compute); the figure comes from the project's reference measurements,
-# shipped with this package (`lmcls_helpers/measurements/gpu_measurements.json`). Estimate next to measurement:
+# An estimate is only worth something next to a measurement. Where section 4's model sits on a GPU we
+# measure it now: `torch.cuda.memory_allocated()` holds that model and nothing else, and on the `full`
+# profile that model *is* Llama-3-8B in NF4. On a CPU there is nothing to measure, so we fall back on a
+# **shipped measurement**: `torch.cuda.max_memory_allocated()` read on an H100 right after loading the
+# 8B shape in NF4 (no double quantization, bf16 compute), stored with this package in
+# `lmcls_helpers/measurements/gpu_measurements.json`. Either way the estimate is computed here, from the config.
 
 # %%
 nf4_8b_weights_gib = results.record("nf4_8b_weights_gib", quant.total_bytes(tables_8b["NF4"]) / 2**30)
-measured_gib = quant.gpu_measurement("model_loaded_4bit", "allocated")
 for name, t in tables_8b.items():
     print(f"{name:>20}: {quant.total_bytes(t) / 2**30:6.2f} GiB")
-print(f"{'measured NF4 (H100)':>20}: {measured_gib:6.2f} GiB   estimate / measured = {nf4_8b_weights_gib / measured_gib:.3f}")
-assert 0.97 < nf4_8b_weights_gib / measured_gib <= 1.0, "weights and scales should explain nearly all of the measurement"
+if next(model.parameters()).is_cuda:  # measured live: section 4's model (Llama-3-8B on the full profile)
+    measured_gib, estimate_gib = torch.cuda.memory_allocated() / 2**30, quant.total_bytes(table) / 2**30
+    source = f"measured now on this {torch.cuda.get_device_name()} (torch.cuda.memory_allocated, section 4's model)"
+else:  # no GPU here: the shipped H100 figure for the 8B shape
+    measured_gib, estimate_gib = quant.gpu_measurement("model_loaded_4bit", "allocated"), nf4_8b_weights_gib
+    source = "shipped H100 measurement for the 8B shape, not measured on this machine"
+print(f"estimate {estimate_gib:.3f} GiB, {source}: {measured_gib:.3f} GiB; estimate / measured = {estimate_gib / measured_gib:.3f}")
+assert 0.97 < estimate_gib / measured_gib <= 1.0, "weights and scales should explain nearly all of the measurement"
 
 # %% [markdown]
-# Weights and scales account for 99% of what PyTorch allocated. The rest, about 47 MiB (the
+# On the H100, weights and scales account for 99% of what PyTorch allocated. The rest, about 47 MiB (the
 # measurement is rounded to 0.01 GiB), has not been traced. Buffers the table leaves out (rotary
 # frequencies, bitsandbytes' 16-entry code tables) come to kilobytes. The likeliest cause is the
 # caching allocator: `memory_allocated` counts the blocks it hands out, and a block can be up to
@@ -406,12 +428,34 @@ assert 0.97 < nf4_8b_weights_gib / measured_gib <= 1.0, "weights and scales shou
 # %%
 parts = {name: quant.gib_by_part(t) for name, t in tables_8b.items()}  # {format: {part: GiB}}
 fig = plots.stacked_gib(parts, measured=measured_gib, title="Llama-3-8B weights by part of the model")
-plots.savefig(fig, "03_8b_footprint")
-plt.show()
+plots.show(fig, "03_8b_footprint")
 
 # %% [markdown]
 # 4-bit storage shrinks the projections about 3.5× (4.5 bits instead of 16); the embedding and LM head
 # are untouched and now make up a third of the model. Double quantization trims the scales by 0.3 GiB.
+#
+# **"7B × 0.5 byte = 3.5 GB"?** The Mistral ledger tutorial sizes its 4-bit Mistral-7B that way. Its own
+# config (NF4, double quantization, bf16 storage and compute) lets us price it properly. Mistral-7B has
+# Llama's layout with a 32,000-token vocabulary, 32 layers, hidden size 4,096, MLP width 14,336, 32 query
+# and 8 key/value heads, and an LM head separate from the embedding; only its vocabulary differs from
+# Llama-3-8B's among the numbers that set the sizes.
+
+# %%
+mistral_config = {**LLAMA3_8B_CONFIG, "vocab_size": 32000, "tie_word_embeddings": False}
+mistral = quant.predicted_table(mistral_config, dtype=torch.bfloat16, double_quant=True)
+packed_gb = mistral.loc[mistral["quantized"], "bytes"].sum() / 1e9  # 0.5 byte per quantized weight
+scales_gb = mistral["state_bytes"].sum() / 1e9
+kept_gb = mistral.loc[~mistral["quantized"], "bytes"].sum() / 1e9  # embedding, norms, LM head in bf16
+mistral_gb = quant.total_bytes(mistral) / 1e9
+print(f"Mistral-7B: {mistral['weights'].sum() / 1e9:.2f} B weights; naive 0.5 byte each = {mistral['weights'].sum() * 0.5 / 1e9:.2f} GB")
+print(f"  4-bit projections {packed_gb:.2f} GB + double-quantized scales {scales_gb:.2f} GB "
+      f"+ bf16 embedding/norms/LM head {kept_gb:.2f} GB = {mistral_gb:.2f} GB ({mistral_gb * 1e9 / 2**30:.2f} GiB)")
+assert mistral_gb > mistral["weights"].sum() * 0.5 / 1e9, "the real footprint should exceed the naive one"
+
+# %% [markdown]
+# The half-byte rule gets the projections right and forgets two things: the scales, and the 0.26
+# billion embedding and LM-head weights that stay in bf16 at 2 bytes each (four times the rule). Add
+# `bnb_4bit_quant_storage="bfloat16"` and nothing changes: the same bytes, labelled bf16.
 
 # %% [markdown]
 # ## 6. What 4 bits cost in accuracy
@@ -484,6 +528,8 @@ arch = model_config(profile)
 runs = {}
 for name, options in precisions.items():
     options = {"quantize": True, **options}
+    if torch.cuda.is_available():  # hand the freed model's cached blocks back, or mem_get_info undercounts
+        torch.cuda.empty_cache()
     needed = quant.total_bytes(quant.predicted_table(arch, dtype=profile.compute_dtype, quantize=options["quantize"]))
     if not quant.fits_in_memory(needed, profile.device):
         print(f"{name}: skipped, its weights alone need {needed / 2**30:.1f} GiB")
@@ -493,7 +539,6 @@ for name, options in precisions.items():
     runs[name] = {"result": result, "perplexity": perplexity(model, tokenizer, sentences, profile.eval_batch_size)}
     del model
     gc.collect()
-    torch.cuda.empty_cache()  # no-op without a GPU
 print("evaluated:", list(runs))
 
 # %% [markdown]
@@ -518,32 +563,69 @@ summary = pd.DataFrame(
 mcc_by_precision = results.record("mcc_by_precision", summary["MCC"].round(4).to_dict())
 summary.round(4)
 
+
 # %% [markdown]
-# Before reading anything into those MCC differences, measure how much MCC moves when nothing but the
-# *sample of sentences* changes: resample the reference's (label, prediction) pairs with replacement
-# and recompute MCC, 1,000 times.
+# Before reading anything into those MCC differences, ask how much they would move if we had drawn
+# other sentences. All five precisions answered the **same** sentences, so the right question is about
+# the *difference*: resample sentence indices with replacement once, compute both MCCs on that same
+# resample, subtract, and repeat 1,000 times (a *paired* bootstrap). An unpaired interval around one
+# model's MCC answers another question (how precisely that one MCC is known) and is far too wide for
+# comparing two models that agree on almost every sentence.
+
+# %%
+def mcc_of(labels, preds):
+    """Matthews correlation of binary labels and predictions along the last axis (vectorized over resamples)."""
+    tp, tn = ((labels == 1) & (preds == 1)).sum(-1), ((labels == 0) & (preds == 0)).sum(-1)
+    fp, fn = ((labels == 0) & (preds == 1)).sum(-1), ((labels == 1) & (preds == 0)).sum(-1)
+    denominator = np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn).astype(float))
+    return np.where(denominator > 0, (tp * tn - fp * fn) / np.where(denominator > 0, denominator, 1), 0.0)
+
 
 # %%
 from sklearn.metrics import matthews_corrcoef
 
+ref_labels = np.asarray(runs[reference]["result"].labels)  # (n,)
+assert abs(mcc_of(ref_labels, np.asarray(ref_preds)) - matthews_corrcoef(ref_labels, ref_preds)) < 1e-9
 rng = np.random.default_rng(profile.seed)
-ref_labels = runs[reference]["result"].labels
 resamples = rng.integers(0, len(ref_labels), size=(1000, len(ref_labels)))  # (1000, n) sentence indices
-boot = np.array([matthews_corrcoef(ref_labels[i], ref_preds[i]) for i in resamples])
-low, high = np.percentile(boot, [2.5, 97.5])
-print(f"{reference} MCC {summary.loc[reference, 'MCC']:.3f}, 95% interval [{low:.3f}, {high:.3f}] on n = {len(ref_labels)}")
+ref_boot = mcc_of(ref_labels[resamples], np.asarray(ref_preds)[resamples])  # (1000,)
+paired = {}  # {precision: (difference, low, high)}
+for name, run in runs.items():
+    diff = mcc_of(ref_labels[resamples], np.asarray(run["result"].preds)[resamples]) - ref_boot  # same resamples
+    paired[name] = (run["result"].mcc - runs[reference]["result"].mcc, *np.percentile(diff, [2.5, 97.5]))
+unpaired = np.percentile(ref_boot, [2.5, 97.5]) - runs[reference]["result"].mcc  # one model's own spread
+for name, (d, lo, hi) in paired.items():
+    print(f"{name:>20}: MCC − {reference} = {d:+.3f}, paired 95% interval [{lo:+.3f}, {hi:+.3f}]")
+print(f"unpaired 95% interval of {reference}'s MCC alone: [{unpaired[0]:+.3f}, {unpaired[1]:+.3f}] on n = {len(ref_labels)}")
 
 # %%
 fig = plots.metric_by_precision(
-    summary["MCC"].to_dict(), "MCC (dev, few-shot)", f"few-shot MCC by precision, n = {len(ref_labels)}",
-    band=(low, high), band_label=f"95% interval of {reference} (resampled sentences)",
+    {name: d for name, (d, _, _) in paired.items()}, f"MCC − MCC of {reference}",
+    f"few-shot MCC difference by precision, n = {len(ref_labels)}",
+    band=tuple(unpaired), band_label=f"unpaired 95% interval of {reference} (for contrast)",
+    intervals={name: (lo, hi) for name, (_, lo, hi) in paired.items()},
 )
-plots.savefig(fig, "03_mcc_by_precision")
-plt.show()
+plots.show(fig, "03_mcc_by_precision")
+
+# %% [markdown]
+# McNemar's test looks at the same pairing from the other side: only the sentences whose answer
+# changed carry information, `b` that went from right to wrong and `c` from wrong to right. If the
+# precision made no difference, each change is a coin flip, and the p-value is that of a binomial test.
+
+# %%
+from scipy.stats import binomtest
+
+ref_right = np.asarray(ref_preds) == ref_labels
+for name, run in runs.items():
+    right = np.asarray(run["result"].preds) == ref_labels
+    b, c = int((ref_right & ~right).sum()), int((~ref_right & right).sum())
+    p = binomtest(b, b + c).pvalue if b + c else 1.0
+    print(f"{name:>20}: {b} right -> wrong, {c} wrong -> right, McNemar p = {p:.3f}")
 
 # %% [markdown]
 # The self-check asks what "NF4 costs little" should mean, wherever the unquantized model fits: the
-# language model's perplexity moves by less than 10%, and fewer than 1 sentence in 10 gets another answer.
+# language model's perplexity moves by less than 10%, fewer than 1 sentence in 10 gets another answer,
+# and the paired interval of the MCC difference contains zero or lies within 0.05 of it.
 
 # %%
 assert set(runs) >= {"nf4", "fp4"}, "the 4-bit runs should always fit"
@@ -552,42 +634,81 @@ if baseline in runs:  # skipped above on a card too small for the unquantized mo
     flip_rate = summary.loc["nf4", "flipped"] / len(sentences)
     assert abs(ppl_change) < 0.10, f"NF4 moved perplexity by {ppl_change:+.1%}: more than rounding should"
     assert flip_rate < 0.10, f"NF4 changed {flip_rate:.1%} of the answers"
+    _, lo, hi = paired["nf4"]
+    assert lo <= 0 <= hi or max(abs(lo), abs(hi)) < 0.05, f"NF4's MCC moved by [{lo:+.3f}, {hi:+.3f}]"
     print(f"NF4 vs {baseline}: perplexity {ppl_change:+.1%}, {flip_rate:.1%} of the answers changed")
 else:
     print(f"{baseline} did not fit on this device: nothing unquantized to compare NF4 with")
 
+# %%
+for name in runs:
+    print(f"{name:>20}: {int(summary.loc[name, 'flipped'])} of {len(ref_labels)} answers changed, perplexity "
+          f"{summary.loc[name, 'perplexity'] / summary.loc[reference, 'perplexity'] - 1:+.1%} against {reference}")
+
 # %% [markdown]
-# **How to read this.** A precision whose point sits inside the shaded band is indistinguishable from the
-# reference on this many sentences. The "flipped" column is the sharper, *paired* view: it counts the
-# sentences whose answer actually changed, and when quantization flips only a few borderline
-# sentences, the MCC can move either way, up as easily as down. Perplexity, on the same sentences,
-# can also move a few percent in either direction: a small, briefly trained model is not at a sharp
-# optimum, so random nudges to its weights need not hurt it. Neither makes 4 bits better than the
-# unquantized model.
+# **How to read this.** A paired interval that contains zero means this many sentences cannot tell the
+# two precisions apart. When quantization flips only a few borderline sentences, the MCC can move either
+# way, up as easily as down, and the "flipped" column and McNemar's counts show how few sentences any
+# difference rests on. Perplexity, on the same sentences, can also move a few percent in either
+# direction: a small, briefly trained model is not at a sharp optimum, so random nudges to its weights
+# need not hurt it. Neither makes 4 bits better than the unquantized model.
 #
-# The Llama 3 CoLA tutorial is a good example of how easily one run misleads. It reports a few-shot
-# MCC of 0.555 for the 4-bit model on its 856-sentence validation split, and, on the 516 out-of-domain
-# test sentences, 0.508 without quantization against 0.495 with it. Comparing 0.555 with 0.508 would
-# compare two different sets of sentences. The test-set gap of 0.013 is well inside the noise: at
-# n ≈ 500 and MCC ≈ 0.5 the standard error of MCC is about (1 − 0.5²) / √500 ≈ 0.03, so a 95% interval
-# reaches about ±0.07. Had 4-bit come out ahead, it would not have shown that quantization helps:
-# it adds noise to every weight, which is not a regularizer you can count on. What the numbers do
-# show is that NF4 costs little on this task; to claim more, use many more sentences or several
-# independent splits, and compare paired predictions.
+# On the tiny profile, this run printed just one changed answer out of 500 for each of the four 4-bit
+# variants, a paired interval that touches zero, and perplexity changes of +0.5% for NF4 against about
+# +4% for FP4 (the list above). What that shows: our scoring runs the same way on every 4-bit path, and
+# rounding errors of this size move few answers of this model. What it cannot show is how much 4 bits
+# cost a real LLM, or how FP4 and NF4 rank there: the tiny model is small and briefly trained on
+# synthetic text, its weights are neither as many nor distributed like an 8B model's, and where most
+# scores sit far from the decision boundary a perturbation has few answers to flip, so "almost no
+# flips" says little, and a ranking of FP4 against NF4 by its perplexity would not carry over. Section 2's errors on real weight matrices are the better guide to FP4 against NF4.
+#
+# The Llama 3 CoLA tutorial shows how easily one run misleads. It reports a few-shot MCC of 0.555 for
+# the 4-bit model on its 856-sentence validation split, and, on the 516 out-of-domain test sentences,
+# 0.508 without quantization against 0.495 with it. Comparing 0.555 with 0.508 would compare two
+# different sets of sentences. Whether the 0.013 gap on the same 516 sentences means anything depends
+# on the pairing, which the tutorial does not report: how many answers changed, and in which direction.
+# The cell below tries every confusion matrix on 516 sentences with the split's 354 acceptable ones,
+# keeps those that give MCC 0.508 and those that give 0.495, and asks what the paired counts between
+# two of them could be: the fewest answers that must change, and the most lopsided change (right to
+# wrong against wrong to right) with the smallest McNemar p-value.
+
+# %%
+n_pos, n_neg = 354, 162  # CoLA's out-of-domain dev split: 354 of 516 sentences acceptable
+tp, tn = np.meshgrid(np.arange(n_pos + 1), np.arange(n_neg + 1), indexing="ij")  # every confusion matrix
+fp, fn = n_neg - tn, n_pos - tp
+mcc_grid = (tp * tn - fp * fn) / np.sqrt(np.maximum((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn), 1).astype(float))
+at_508, at_495 = np.argwhere(np.abs(mcc_grid - 0.508) < 5e-4), np.argwhere(np.abs(mcc_grid - 0.495) < 5e-4)
+delta = at_495[None, :, :] - at_508[:, None, :]  # (n_508, n_495, 2): change in (TP, TN) from 16-bit to 4-bit
+worse, better = np.maximum(-delta, 0).sum(-1).ravel(), np.maximum(delta, 0).sum(-1).ravel()  # fewest flips each way
+mcnemar = {(w, b): binomtest(w, w + b).pvalue for w, b in set(zip(worse.tolist(), better.tolist()))}
+fewest, strongest = min(mcnemar, key=sum), min(mcnemar, key=mcnemar.get)
+for what, (w, b) in [("fewest changed answers", fewest), ("most lopsided change", strongest)]:
+    print(f"{what:>22}: {w} right -> wrong, {b} wrong -> right, McNemar p = {mcnemar[w, b]:.1e}")
+
+# %% [markdown]
+# The same two MCCs fit a couple of flipped borderline sentences, which no test could tell from chance,
+# and a wholesale shift of the 4-bit model's answers that McNemar's test would flag beyond doubt (both
+# printed above: MCC barely notices when errors move between the two classes). The unpaired yardstick,
+# a standard error of about (1 − 0.5²) / √500 ≈ 0.03 for each MCC, cannot decide between those cases,
+# and neither can the two numbers: only the paired counts can. Had 4-bit come out ahead, it would not
+# have shown that quantization helps either: it adds noise to every weight, which is not a regularizer
+# you can count on. To claim a difference, report `b` and `c` (or a paired interval) on many sentences.
 
 # %% [markdown]
 # ## Summary
 #
 # - NF4's 16 levels are normalized quantiles of N(0, 1), so near-normal weights use all codes about
-#   equally; FP4 wastes a code on −0 and crowds its levels near zero, and its errors are larger.
+#   equally. FP4 spends four codes within 0.006 of zero (+0, −0, ±1/192) and then jumps to ±0.167,
+#   so the many weights in between share few levels, and its errors are larger.
 # - 4-bit quantization is three short steps per block of 64: divide by the absmax, round to the
 #   nearest level, pack two codes per byte (first code in the high nibble). Ours equals bitsandbytes bit for bit.
 # - The scales are fp32: +0.5 bits per weight. Double quantization stores them in 8 bits (blocks of
 #   256) and brings the overhead down to 0.127 bits, without changing a single 4-bit code.
 # - A 4-bit model's `numel` counts bytes, not weights; embeddings, norms and the LM head stay in the
-#   compute dtype. From its config, Llama-3-8B is 5.61 GiB in NF4, 99% of the 5.66 GiB measured on an H100.
-# - MCC differences between precisions on a few hundred sentences are mostly sampling noise; count
-#   flipped predictions and check the bootstrap interval before believing them.
+#   compute dtype. From its config, Llama-3-8B is 5.61 GiB in NF4, 99% of the 5.66 GiB an H100 measured;
+#   "parameters × 0.5 byte" forgets the scales and the 16-bit embedding and LM head.
+# - Precisions scored on the same sentences are compared *paired*: count the flipped answers (McNemar)
+#   or bootstrap the MCC difference on shared resamples. Two MCCs alone cannot show a difference.
 
 # %% [markdown]
 # ## Exercises
@@ -598,9 +719,26 @@ else:
 #
 # *Hint:* `quant.quantize_4bit_by_hand(weight, nf4_levels, b)` returns `(packed, absmax)`, and
 # `quant.dequantize_4bit_by_hand(packed, absmax, nf4_levels, b)` undoes it (flat; reshape to `weight.shape`).
-# Why not bitsandbytes' own `dequantize_4bit`? In bitsandbytes 0.50 its CPU kernel mis-scales blocks
-# longer than one row of the matrix, which happens in the tiny model (rows of 64) from block 128 on.
-# The hand-made reference is what caught it.
+# Why not bitsandbytes' own `dequantize_4bit`? In bitsandbytes 0.50.2 it is wrong on some CPUs. Its C
+# library asks the CPU for **AVX-512F** (recent Intel Xeons, AMD Zen 4 and later) and then takes a
+# vectorized path that gives the weight in row `r`, column `c` the scale `absmax[r * (n // b) + c // b]`
+# for rows of `n` weights and blocks of `b`. That is the right block only when `b` divides `n`; with
+# blocks longer than a row (the tiny model's rows of 64, from block 128 on) `n // b` is 0 and every
+# weight gets the first block's scale. On CPUs without AVX-512F (an AVX2-only EPYC, ARM) a scalar loop
+# does it right, and a GPU runs its own CUDA kernel. The hand-made reference is what caught it; the
+# next cell shows which case holds on this machine.
+
+# %%
+rows_of_64 = weight.reshape(-1, 64)  # the tiny model's row length, whatever this profile's matrix is
+probe_packed, probe_state = bnbf.quantize_4bit(rows_of_64, blocksize=128, quant_type="nf4")  # on the CPU
+probe_levels = nf4_levels[quant.unpack_codes(probe_packed).long()].reshape(rows_of_64.shape)
+by_hand = probe_levels * probe_state.absmax.repeat_interleave(2)[:, None]  # blocks of 128 = pairs of rows
+from_bnb = bnbf.dequantize_4bit(probe_packed, probe_state)
+avx512_reading = probe_levels * probe_state.absmax[quant.avx512_scale_index(rows_of_64.shape, 128)]
+case = "agrees with the hand-made one" if torch.equal(from_bnb, by_hand) else (
+    "mis-scales, exactly as described" if torch.equal(from_bnb, avx512_reading) else "differs in a new way")
+print(f"AVX-512F: {quant.cpu_has_avx512f()}; bitsandbytes' CPU dequantize_4bit, blocks of 128 on rows of 64: {case}")
+assert case != "differs in a new way", "bitsandbytes' CPU dequantization changed: re-read the hint above"
 
 # %%
 block_errors = {}  # your answer: {blocksize: mean absolute error}, for at least three block sizes
@@ -634,19 +772,20 @@ else:
     print("correct: an outlier only hurts its own 64-weight block")
 
 # %% [markdown]
-# **3. Mistral-7B.** The ledger notebook (6) uses Mistral-7B. Its config differs from Llama-3-8B's in
-# `vocab_size` (32,000) and `rope_theta`; hidden size, intermediate size, layer and head counts are the
-# same. Compute `mistral_nf4_gib`, its NF4 weight footprint in GiB, and explain in one sentence why it
-# is about 1.5 GiB lighter than Llama-3-8B.
+# **3. Llama-3-70B.** Its config differs from Llama-3-8B's in `hidden_size` (8,192), `intermediate_size`
+# (28,672), `num_hidden_layers` (80) and `num_attention_heads` (64); the vocabulary and the 8 key/value
+# heads are the same. Compute `llama70b_nf4_gib`, its NF4 footprint with double quantization in GiB.
+# Does it fit on a 40 GB A100 (about 39.4 GiB usable), before a single activation?
 #
-# *Hint:* `quant.predicted_table({**LLAMA3_8B_CONFIG, "vocab_size": 32000})`, then `quant.total_bytes`.
+# *Hint:* `quant.predicted_table({**LLAMA3_8B_CONFIG, ...}, double_quant=True)`, then `quant.total_bytes`.
 
 # %%
-mistral_nf4_gib = None  # your answer: a float, in GiB
+llama70b_nf4_gib = None  # your answer: a float, in GiB
 
 # %%
-if mistral_nf4_gib is None:
-    print("Exercise 3 not attempted yet: set mistral_nf4_gib above.")
+if llama70b_nf4_gib is None:
+    print("Exercise 3 not attempted yet: set llama70b_nf4_gib above.")
 else:
-    assert 4.0 < mistral_nf4_gib < 4.3, f"{mistral_nf4_gib:.2f} GiB: did you use NF4 and bf16 for the other layers?"
-    print(f"correct: {mistral_nf4_gib:.2f} GiB; the 4x smaller vocabulary shrinks the 16-bit embedding and LM head")
+    assert 36.5 < llama70b_nf4_gib < 37.1, f"{llama70b_nf4_gib:.2f} GiB: NF4 projections, bf16 for the rest, double quant?"
+    print(f"correct: {llama70b_nf4_gib:.2f} GiB of weights leaves about {39.4 - llama70b_nf4_gib:.1f} GiB of a 40 GB card "
+          "for activations; without double quantization (+3 GiB of scales) the weights alone would not fit")

@@ -53,7 +53,6 @@ results.start("05_gpu_memory")
 print(environment_report(profile))
 
 # %%
-import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 from peft import LoraConfig, get_peft_model
@@ -112,10 +111,26 @@ side_by_side = pd.DataFrame({
 side_by_side.round(2)
 
 # %% [markdown]
-# The driver's count is 0.6 to 1.1 GiB above the tensors' peak in every phase: that is the CUDA
-# context and the allocator's cache, not anything the model needs. The tutorial's "training
-# 14.68 of 14.748" is therefore not "the tensors filled the T4": the caching allocator keeps freed
-# blocks, and on a nearly full card it holds all it can. Section 6 estimates the T4's real tensor peak.
+# On the H100 the driver's count is 0.6 to 1.1 GiB above the tensors' peak in every phase: the CUDA
+# context and the allocator's cache, not anything the model needs. Right after loading, before the
+# cache has grown, the difference is mostly the context. The loaded 4-bit model is the same tensors
+# on any GPU, so the tutorial's T4 figure for that phase, minus the H100's tensors, gives the T4's:
+
+# %%
+contexts = memory.cuda_context_gib(shipped)  # GiB per GPU: driver's count minus tensors, right after loading
+loaded = h100["model_loaded_4bit"]
+print(f"H100: {loaded['smi']:.3f} GiB driver's count - {loaded['allocated']:.2f} GiB of tensors = "
+      f"{contexts['H100 80 GB']:.2f} GiB\nT4:   {tutorial['model']:.2f} GiB driver's count - {loaded['allocated']:.2f} "
+      f"GiB of tensors = {contexts['T4 16 GB']:.2f} GiB")
+assert all(0 < v < loaded["allocated"] / 4 for v in contexts.values()), contexts
+
+# %% [markdown]
+# The context is not one fixed cost: it depends on the GPU, the driver and the CUDA version (which
+# kernels are loaded up front), and here the T4's is a third of the H100's. So each GPU gets its
+# own budget, its capacity minus its context (cards with no figure of their own get the H100's
+# larger one). The tutorial's "training 14.68 of 14.748" is not "the tensors filled the T4" either:
+# the caching allocator keeps freed blocks, and on a nearly full card it holds all it can. Section 6
+# estimates the T4's real tensor peak and what is left of its budget.
 #
 # ## 2. Measuring the four phases
 #
@@ -238,33 +253,31 @@ if meter.device == "cuda":
 fig = plots.memory_phases(memory.phase_segments(meter.phases),
                           capacity_gib=meter.phases["train_step_seed_recipe"].get("capacity"),
                           title=f"this run ({profile.name} profile, batch {batch_size} × {seq_len} tokens)")
-plots.savefig(fig, "05_phases_this_run")
-plt.show()
+plots.show(fig, "05_phases_this_run")
 
 # %% [markdown]
 # The same phases for Llama-3-8B, measured on an H100 and shipped with the package. Their
 # measurements have no `reserved`, so the cache and the CUDA context share one segment.
 
 # %%
-h100_gpu = memory.GPUS["H100 80 GB"]["capacity_gib"]
+h100_gpu, t4 = memory.GPUS["H100 80 GB"]["capacity_gib"], memory.GPUS["T4 16 GB"]["capacity_gib"]
+ymax = 1.45 * max(t4, *(m["smi"] for m in h100.values() if "smi" in m))  # one GiB scale for the H100 and the T4
 fig = plots.memory_phases(memory.phase_segments({p: h100[p] for p in (*phase_names.values(), "train_step_label_position_logits")}),
-                          capacity_gib=h100_gpu, capacity_label=f"H100 capacity ≈ {h100_gpu} GiB",
+                          capacity_gib=h100_gpu, capacity_label=f"H100 capacity ≈ {h100_gpu} GiB", ymax=ymax,
                           title="Llama-3-8B, NF4, batch 8 × 86 tokens (H100, shipped)")
-plots.savefig(fig, "05_phases_h100")
-plt.show()
+plots.show(fig, "05_phases_h100")
 
 # %% [markdown]
-# On an 80 GB card the recipe uses a sixth of the memory. The interesting card is the T4 of the
-# tutorial: its driver's counts, redrawn with the T4's capacity where it belongs.
+# On an 80 GB card the recipe uses under a fifth of the memory. The interesting card is the T4 of the
+# tutorial: its driver's counts on the same GiB scale, with the T4's capacity where it belongs.
 
 # %%
-t4 = memory.GPUS["T4 16 GB"]["capacity_gib"]
 tutorial_phases = {name: {"smi": tutorial[key]} for name, key in
                    zip(phase_names, ("model", "forward", "with_lora", "training"))}
 fig = plots.memory_phases(memory.phase_segments(tutorial_phases), capacity_gib=t4,
-                          capacity_label=f"T4 capacity {t4} GiB", title="the tutorial's T4 figures (driver's count)")
-plots.savefig(fig, "05_phases_tutorial_t4")
-plt.show()
+                          capacity_label=f"T4 capacity {t4} GiB", ymax=ymax,
+                          title="the tutorial's T4 figures (driver's count)")
+plots.show(fig, "05_phases_tutorial_t4")
 
 # %% [markdown]
 # ## 4. Predicting the peak, term by term
@@ -329,8 +342,8 @@ with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
 print(f"{len(saved)} saved tensors, {sum(b for b, _, _ in saved.values()) / MIB:.2f} MiB")
 
 # %% [markdown]
-# Grouped by shape, the pattern of one decoder block shows: per LoRA projection an fp32 copy of
-# its input and a dropout mask (a bool on the GPU, fp32 noise on the CPU), each RMSNorm's fp32
+# Grouped by shape, the pattern of one decoder block shows: per LoRA projection its fp32 input after
+# dropout and the dropout mask (a bool on the GPU, fp32 noise on the CPU), each RMSNorm's fp32
 # input, SDPA's query, key, value and output, and SwiGLU's three `(batch, seq, intermediate)` tensors.
 
 # %%
@@ -365,8 +378,14 @@ del out
 # $$\underbrace{2(4TH)}_{\text{norms}} + \underbrace{cT(2H + 2H_{kv})}_{\text{attention}} + \underbrace{3cTM}_{\text{SwiGLU}} + \underbrace{(4 + m)\,T(6H + M) + 7 \cdot 4Tr}_{\text{LoRA inputs, masks}}$$
 #
 # with m = 1 byte per mask value on a GPU. For Llama-3-8B at 8 × 86 tokens that is 219 MiB per
-# block, 6.8 GiB for 32 blocks: more than the weights. Note the LoRA term: dropout makes every
-# adapter keep its own fp32 copy of its input, 127 of the 219 MiB.
+# block, 6.8 GiB for 32 blocks: more than the weights. Note the LoRA term, 128 of the 219 MiB.
+# peft casts each adapter's input to fp32 (the adapters' dtype), dropout draws a new mask per
+# adapter, and A keeps its own dropped-out fp32 input for its backward pass: 4 bytes per value,
+# 102 MiB. Dropout itself keeps the mask: 1 byte per value on a GPU (a bool), 26 MiB; on the CPU
+# it keeps fp32 noise, 4 bytes. Without dropout (`lora_dropout=0`, or evaluation mode) there is no
+# mask, and the rest depends on the compute dtype: in 16-bit compute every adapter still keeps its
+# own fp32 cast of the input; in fp32 compute the cast changes nothing and adapters that read the
+# same input share it (exercise 2 measures the difference).
 #
 # **Logits.** The tutorial's loss computes `(batch, seq, vocab)` logits and
 # transformers upcasts them to fp32 for the loss. When the backward pass starts, four such
@@ -412,6 +431,10 @@ h100_estimates = memory.estimate_measurement(shipped)  # batch 8 x 86 tokens, NF
 h100_check = memory.compare(shipped["phases"], h100_estimates)
 h100_check.round(4)
 
+# %%
+fig = plots.estimate_vs_measured(h100_check, title="estimate vs the shipped H100 measurement (Llama-3-8B)")
+plots.show(fig, "05_estimate_vs_h100")
+
 # %% [markdown]
 # The same check for every measurement file shipped in `lmcls_helpers/measurements/` (the reference, plus
 # any `gpu_measurements_<gpu>.json` a GPU run of this notebook has added):
@@ -439,8 +462,7 @@ run_estimates = memory.estimate_phases(config, batch_size=batch_size, seq_len=se
                                        workspace_mib=memory.cublas_workspace_mib(profile.device))
 run_check = memory.compare(meter.phases, run_estimates)
 fig = plots.estimate_vs_measured(run_check, title=f"estimate vs this run ({profile.name} profile)")
-plots.savefig(fig, "05_estimate_vs_this_run")
-plt.show()
+plots.show(fig, "05_estimate_vs_this_run")
 
 # %%
 run_error = float(run_check["relative error"].abs().max())
@@ -452,26 +474,25 @@ run_check.round(4)
 # ## 6. What if: other GPUs, other knobs
 #
 # With a formula we can try what we cannot run. The baseline is the tutorial's step with padded
-# batches (batch 8, 86 tokens, bf16, AdamW, r = 8); each variant changes one knob. The budget on a
-# GPU is its capacity minus the CUDA context, which the shipped H100 run shows: driver's count
-# minus tensors right after loading.
+# batches (batch 8, 86 tokens, bf16, AdamW, r = 8); each variant changes one knob. The budget for
+# tensors on a GPU is its capacity minus its own CUDA context (section 1).
 
 # %%
-context = h100["model_loaded_4bit"]["smi"] - h100["model_loaded_4bit"]["allocated"]
+budgets = {gpu: spec["capacity_gib"] - contexts[gpu] for gpu, spec in memory.GPUS.items()}  # GiB for tensors
+print("budget = capacity - CUDA context:", {gpu: f"{spec['capacity_gib']} - {contexts[gpu]:.2f} = {budgets[gpu]:.2f}"
+                                            for gpu, spec in memory.GPUS.items()})
 base = dict(batch_size=8, seq_len=86)
 variants = {"tutorial recipe": {}, "batch 16": {"batch_size": 16}, "sequence 256": {"seq_len": 256},
             "gradient checkpointing": {"grad_checkpointing": True}, "label-position logits": {"logits": "label"},
             "8-bit AdamW": {"optimizer": "adamw8bit"}, "double quantization": {"double_quant": True},
             "LoRA r = 64": {"lora_r": 64}, "label logits + checkpointing": {"logits": "label", "grad_checkpointing": True}}
 what_if = {name: memory.estimate_training_memory(LLAMA3_8B_CONFIG, **{**base, **knobs}) for name, knobs in variants.items()}
-print(f"CUDA context (+ a little cache): {context:.2f} GiB")
 pd.DataFrame(what_if).T.round(2)
 
 # %%
-capacities = {gpu: spec["capacity_gib"] for gpu, spec in memory.GPUS.items()}
-fig = plots.memory_components(what_if, capacities, title="Llama-3-8B training step, one knob at a time")
-plots.savefig(fig, "05_what_if_knobs")
-plt.show()
+fig = plots.memory_components(what_if, budgets, title="Llama-3-8B training step, one knob at a time "
+                              "(red: capacity minus CUDA context)")
+plots.show(fig, "05_what_if_knobs")
 
 # %% [markdown]
 # Activations dominate every variant except checkpointing; the logits come second. Which fit where,
@@ -479,18 +500,18 @@ plt.show()
 
 # %%
 headroom = pd.DataFrame({
-    gpu: {name: spec["capacity_gib"] - context - memory.estimate_training_memory(
+    gpu: {name: budgets[gpu] - memory.estimate_training_memory(
         LLAMA3_8B_CONFIG, **{**base, **knobs}, workspace_mib=spec["workspace_mib"])["total"]
         for name, knobs in variants.items()}
     for gpu, spec in memory.GPUS.items()})
 fig = plots.fits_heatmap(headroom)
-plots.savefig(fig, "05_fits_heatmap")
-plt.show()
+plots.show(fig, "05_fits_heatmap")
+print("GiB left on the T4:", headroom["T4 16 GB"].round(2).to_dict())
 
 # %% [markdown]
-# The tutorial's recipe with plain AdamW misses the T4 by a hair; its 8-bit Adam saves about 0.1 GiB
-# and squeezes it in with nothing to spare. Label-position logits alone leave almost a GiB free,
-# checkpointing seven.
+# Every single knob fits the T4 except a bigger batch, a longer sequence and rank 64. Even the
+# tutorial's recipe with plain AdamW fits, with about a third of a GiB left; its 8-bit Adam adds
+# about 0.1 GiB more room. Label-position logits alone leave about 1.4 GiB, checkpointing over seven.
 # How far does each recipe stretch the batch? One line per recipe, the GPUs as horizontal lines:
 
 # %%
@@ -498,10 +519,9 @@ recipes = {"tutorial": {}, "label logits": {"logits": "label"}, "checkpointing":
            "label logits + checkpointing": {"logits": "label", "grad_checkpointing": True}}
 sizes = [1, 2, 4, 8, 12, 16, 24, 32, 48, 64]
 curves = {name: (sizes, [memory.estimate_training_memory(LLAMA3_8B_CONFIG, batch_size=b, seq_len=86, **knobs)["total"]
-                         + context for b in sizes]) for name, knobs in recipes.items()}
-fig = plots.memory_sweep(curves, capacities, title="Llama-3-8B step + CUDA context, 86-token prompts")
-plots.savefig(fig, "05_batch_sweep")
-plt.show()
+                         for b in sizes]) for name, knobs in recipes.items()}
+fig = plots.memory_sweep(curves, budgets, title="Llama-3-8B step, 86-token prompts (red: capacity minus CUDA context)")
+plots.show(fig, "05_batch_sweep")
 
 # %%
 t4_spec = memory.GPUS["T4 16 GB"]
@@ -509,21 +529,27 @@ t4_peak = memory.estimate_training_memory(LLAMA3_8B_CONFIG, batch_size=8, seq_le
                                           dtype=torch.float16, workspace_mib=t4_spec["workspace_mib"])["total"]
 results.record("t4_tutorial_step_estimated_gib", round(t4_peak, 3))
 results.record("h100_seed_step_estimated_gib", round(h100_estimates["train_step_seed_recipe"]["total"], 3))
+t4_context = contexts["T4 16 GB"]
 print(f"the tutorial's T4 step (fp16, 8-bit AdamW, padded batch of 8): {t4_peak:.2f} GiB of tensors at the peak, "
-      f"+ {context:.2f} GiB context = {t4_peak + context:.2f} of {t4_spec['capacity_gib']} GiB")
+      f"+ {t4_context:.2f} GiB context = {t4_peak + t4_context:.2f} of {t4_spec['capacity_gib']} GiB, "
+      f"{t4_spec['capacity_gib'] - t4_peak - t4_context:.2f} GiB left")
+assert t4_peak + t4_context <= t4_spec["capacity_gib"], "the tutorial's step ran on a T4: the estimate must fit it"
 
 # %% [markdown]
-# So the tutorial really was at the edge: about 14.1 GiB of tensors at the peak, 14.7 with the
-# context, on a 14.75 GiB card. A few more tokens per prompt and it would not have run; exercise 1
-# finds how far the lean recipe goes on the same card.
+# So the tutorial's step fitted its T4 with room, though not much: about 14.1 GiB of tensors at the
+# peak, 14.3 with the T4's own 0.19 GiB context, on a 14.75 GiB card, half a GiB left. Its driver's
+# count of 14.68 is the caching allocator filling that room with freed blocks, not tensors that
+# needed it. With the H100's 0.64 GiB context the same step would have had almost nothing left: the
+# context is worth measuring on the card you plan for. Exercise 1 finds how far the lean recipe goes
+# on the same card.
 #
 # ## 7. Explore
 #
 # Move the sliders to see the estimate for any setting (in Jupyter or Colab; a rendered notebook
-# shows the default setting's figure). The red lines are the GPUs' capacities.
+# shows the default setting's figure). The red lines are the GPUs' capacities minus their CUDA context.
 
 # %%
-plots.memory_explorer(LLAMA3_8B_CONFIG, capacities)
+plots.memory_explorer(LLAMA3_8B_CONFIG, budgets)
 
 # %% [markdown]
 # ## Summary
@@ -534,15 +560,16 @@ plots.memory_explorer(LLAMA3_8B_CONFIG, capacities)
 #   6.8 GiB of activations and, with logits for every position, 1.15 GiB of logits.
 # - Each component is a byte count with a reason; together they predict every measured phase within 1%.
 # - Label-position logits and gradient checkpointing change no gradient and save the most memory;
-#   8-bit Adam and double quantization save little for LoRA; the T4 run was at the edge.
+#   8-bit Adam and double quantization save little for LoRA. The tutorial's T4 step fitted with
+#   about half a GiB to spare, once the T4's own CUDA context (0.19 GiB, not the H100's 0.64) is used.
 #
 # ## Exercises
 #
 # **1. The largest batch on a free T4.** With label-position logits, gradient checkpointing,
 # 8-bit AdamW and fp16 (the T4 has no fast bf16), padded 86-token batches: what is the largest
-# batch size whose step fits the T4 with the CUDA context? *Hint:* loop over batch sizes with
+# batch size whose step fits the T4 with its CUDA context? *Hint:* loop over batch sizes with
 # `memory.estimate_training_memory(..., workspace_mib=t4_spec["workspace_mib"])` and compare
-# `total + context` with `t4_spec["capacity_gib"]`.
+# `total + t4_context` with `t4_spec["capacity_gib"]`.
 
 # %%
 t4_max_batch = None  # your answer: an int
@@ -555,7 +582,7 @@ else:
                    workspace_mib=t4_spec["workspace_mib"])
 
     def fits(b):
-        return memory.estimate_training_memory(LLAMA3_8B_CONFIG, batch_size=b, **lean_t4)["total"] + context <= t4_spec["capacity_gib"]
+        return memory.estimate_training_memory(LLAMA3_8B_CONFIG, batch_size=b, **lean_t4)["total"] + t4_context <= t4_spec["capacity_gib"]
 
     assert fits(t4_max_batch) and not fits(t4_max_batch + 1), "not the largest batch that fits"
     print(f"Right: {t4_max_batch} sequences per step, against the tutorial's 8.")

@@ -21,9 +21,9 @@
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/lmcls-org/lmcls/blob/main/notebooks/06_last_token_head.ipynb)
 #
 # Notebooks 2 and 4 read the answer from two label words of the LM head. A popular alternative,
-# used by the Mistral-7B ledger tutorial (Income / Expense lines, 99.73% test accuracy), throws the
-# LM head away and puts `Linear(4096, 1)` in its place: one logit, a sigmoid, a threshold. What you
-# will learn:
+# used by the Mistral-7B ledger tutorial (Income / Expense lines from a real ledger, 99.73% test
+# accuracy), throws the LM head away and puts `Linear(4096, 1)` in its place: one logit, a sigmoid, a
+# threshold. (Our ledger lines are synthetic, on both profiles.) What you will learn:
 #
 # - how to build that head on the hidden state of the **last real token**, and train it with
 #   `BCEWithLogitsLoss` next to a LoRA adapter;
@@ -62,7 +62,6 @@ import time
 import warnings
 from functools import partial
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
@@ -79,7 +78,14 @@ from transformers import (
 from lmcls_helpers import plots
 from lmcls_helpers.batches import collate, encode_examples, label_loss, step_batches, train_val_split
 from lmcls_helpers.data import download_cola, load_cola, load_ledger
-from lmcls_helpers.heads import HEAD_MODULE, add_binary_head, head_logits, load_head_classifier, saved_head_keys
+from lmcls_helpers.heads import (
+    HEAD_MODULE,
+    add_binary_head,
+    binary_head,
+    head_logits,
+    load_head_classifier,
+    saved_head_keys,
+)
 from lmcls_helpers.models import LLAMA_PROJECTIONS, bnb_config, keep_cpu_4bit_trainable, load_model
 from lmcls_helpers.paths import build_dir
 from lmcls_helpers.profiles import LLAMA3_8B_CONFIG
@@ -90,7 +96,7 @@ from lmcls_helpers.tokens import last_token_index, load_tokenizer
 torch.manual_seed(profile.seed)
 notebook_start = time.perf_counter()
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")  # peft 0.21 calls a renamed transformers method
-transformers.utils.logging.disable_progress_bar()  # the base model is loaded about twenty times below
+transformers.utils.logging.disable_progress_bar()  # the base model is loaded afresh for every run below
 
 # %% [markdown]
 # ## 1. Two tasks, one shape
@@ -149,7 +155,9 @@ print(f"Llama-3-8B's LM head: ({c['vocab_size']}, {c['hidden_size']}), {c['vocab
 
 # %% [markdown]
 # `add_binary_head` swaps it for a `BinaryHead`: a `Linear(hidden, 1)` kept in float32 (it casts
-# the incoming 16-bit hidden states up), drawn from a fixed seed.
+# the incoming 16-bit hidden states up), drawn from a fixed seed. Ours has a **bias**, so it learns
+# its threshold as well as its direction; the tutorial's `Linear(4096, 1, bias=False)` had none
+# (4,096 weights, against 4,097 here).
 
 # %%
 model = add_binary_head(model, seed=profile.seed)
@@ -171,8 +179,7 @@ print(f"logits {tuple(logits.shape)}; last real token at {last.tolist()}; positi
 
 # %%
 fig = plots.two_reads_layout(batch, tokenizer, last, title="right padding: last real token (red) vs position -1 (blue)")
-plots.savefig(fig, "06_two_reads")
-plt.show()
+plots.show(fig, "06_two_reads")
 
 # %% [markdown]
 # In every row but the longest, position -1 (blue) is an eos used as padding. The tutorial's
@@ -186,8 +193,10 @@ pd.DataFrame({"real tokens": batch["attention_mask"].sum(1).cpu().numpy(),
               "P(label 1) = sigmoid(logit at last real)": torch.sigmoid(at_last).cpu().numpy()}).round(3)
 
 # %%
-torch.testing.assert_close(at_last, logits[torch.arange(len(last)), last, 0], msg="head_logits gathers at last_token_index")
-torch.testing.assert_close(at_last[-1], at_minus_one[-1], msg="the longest row has no padding: both reads agree")
+torch.testing.assert_close(at_last, logits[torch.arange(len(last)), last, 0], **profile.tolerance,
+                           msg="head_logits gathers at last_token_index")
+torch.testing.assert_close(at_last[-1], at_minus_one[-1], **profile.tolerance,
+                           msg="the longest row has no padding: both reads agree")
 
 
 # %% [markdown]
@@ -366,7 +375,7 @@ with torch.no_grad():
     x = head_logits(untrained, tokenizer(texts, return_tensors="pt", padding=True).to(profile.device))  # (micro,)
     y = torch.tensor(labels, dtype=torch.float32, device=x.device)
     by_hand = -(y * torch.log(torch.sigmoid(x)) + (1 - y) * torch.log(1 - torch.sigmoid(x))).sum()
-torch.testing.assert_close(loss, by_hand)
+torch.testing.assert_close(loss, by_hand, **profile.tolerance)  # two forward passes: equal up to the dtype's rounding
 print(f"untrained head: {loss.item() / len(texts):.3f} per example (a coin flip scores log 2 = {np.log(2):.3f})")
 del untrained
 
@@ -374,7 +383,10 @@ del untrained
 # ## 5. The padding bug, measured
 #
 # Two heads, identical in everything (data, order, seed, steps) except the position they read while
-# training and scoring: the tutorial's position -1 of a right-padded batch, or the last real token.
+# training and scoring: the tutorial's position -1, or the last real token. Both see our batches:
+# padded on the right to the longest sentence of each micro-batch (dynamic padding), with an
+# attention mask. That is not quite the tutorial's pipeline (no mask, every line padded to the
+# longest in the file); section 10 runs that one on the ledger.
 
 # %%
 bug_runs, bug_models = {}, {}
@@ -386,7 +398,7 @@ for read in ("minus_one", "last_real"):
     bug_runs[read] = {"scores": scores, "seconds": seconds, "trainable": trainable, **metrics(scores, dev_labels)}
 buggy, fixed = bug_models.pop("minus_one"), bug_models.pop("last_real")
 bug_table = pd.DataFrame({k: {m: v[m] for m in ("MCC", "accuracy", "seconds")} for k, v in bug_runs.items()}).T
-bug_table.index = ["position -1 (tutorial)", "last real token"]
+bug_table.index = ["position -1", "last real token"]
 bug_table.round(3)
 
 # %%
@@ -433,14 +445,21 @@ assert margin >= 3 * margin_sd, "the last-real-token head must beat the -1 read 
 fig = plots.score_strips({"position -1": bug_runs["minus_one"]["scores"], "last real token": bug_runs["last_real"]["scores"]},
                          dev_labels, class_names=("unacceptable", "acceptable"),
                          title="dev logits of the two heads (right-padded batches)")
-plots.savefig(fig, "06_bug_scores")
-plt.show()
+plots.show(fig, "06_bug_scores")
+
+# %%
+above_zero = pd.DataFrame({name: [float((bug_runs[read]["scores"][np.asarray(dev_labels) == k] > 0).mean()) for k in (0, 1)]
+                           for name, read in (("position -1", "minus_one"), ("last real token", "last_real"))},
+                          index=["unacceptable", "acceptable"]).T
+above_zero.columns.name = "share with logit > 0"
+above_zero.round(2)
 
 
 # %% [markdown]
-# The last-real-token head puts most unacceptable sentences (red) far below 0 and the acceptable
-# ones (blue) above it. The position -1 head smears both classes across 0: its score carries
-# something other than the sentence.
+# A good head puts nearly all acceptable sentences above 0 and most unacceptable ones below it, and
+# the table gives the shares for both heads. On the tiny profile the last-real-token head does
+# that; the position -1 head puts nearly **every** sentence above 0, of either class: it predicts
+# "acceptable" almost regardless of the sentence, and its scores barely separate the two colours.
 
 # %% [markdown]
 # ## 6. Why it can look fine, and when it breaks
@@ -473,12 +492,15 @@ pad_curves = {(name, i): score_with_pads(m, dev_texts[i], read)
               for name, m, read in [("position -1", buggy, "minus_one"), ("last real token", fixed, "last_real")]
               for i in range(3)}
 fig = plots.score_vs_pads(pad_curves, title="one sentence, more and more padding after it")
-plots.savefig(fig, "06_score_vs_pads")
-plt.show()
+plots.show(fig, "06_score_vs_pads")
 
 # %%
-assert all(np.ptp(v) < 0.05 for (name, _), v in pad_curves.items() if name == "last real token"), \
-    "padding must not move the last-real-token score (beyond float rounding)"
+for (name, i), v in pad_curves.items():
+    if name == "last real token":  # masked pads change only the rounding: allow the compute dtype's tolerance
+        np.testing.assert_allclose(v, np.full(len(v), v[0]), **profile.tolerance,
+                                   err_msg=f"padding must not move the last-real-token score (sentence {i})")
+print("largest swing over 0..16 pads:",
+      {name: round(max(np.ptp(v) for (n, _), v in pad_curves.items() if n == name), 3) for name, _ in pad_curves})
 
 
 # %% [markdown]
@@ -508,16 +530,20 @@ pads_per_row(train_texts, dev_texts)
 layouts = {f"right-padded batches of {profile.eval_batch_size}": dict(padding_side="right"),
            "no padding (as if one at a time)": dict(unpadded=True),
            "left-padded batches": dict(padding_side="left")}
-layout_rows = {}
+layout_rows, fixed_by_layout = {}, {}
 for name, kwargs in layouts.items():
+    fixed_by_layout[name] = head_scores(fixed, dev_texts, "last_real", **kwargs)  # (dev,)
     layout_rows[name] = {"position -1 head": metrics(head_scores(buggy, dev_texts, "minus_one", **kwargs), dev_labels)["MCC"],
-                         "last-real-token head": metrics(head_scores(fixed, dev_texts, "last_real", **kwargs), dev_labels)["MCC"]}
+                         "last-real-token head": metrics(fixed_by_layout[name], dev_labels)["MCC"]}
 results.record("layout_mcc", layout_rows)
 pd.DataFrame(layout_rows).T.round(3)
 
 # %%
+fixed_scores_right = fixed_by_layout[next(iter(layouts))]
+for name, scores in fixed_by_layout.items():  # the same scores up to the compute dtype's rounding
+    np.testing.assert_allclose(scores, fixed_scores_right, **profile.tolerance,
+                               err_msg=f"the layout must not change the last-real-token head's scores ({name})")
 fixed_mccs = [row["last-real-token head"] for row in layout_rows.values()]
-assert max(fixed_mccs) - min(fixed_mccs) < 0.01, "the layout must not change the last-real-token head's predictions"
 buggy_mccs = [row["position -1 head"] for row in layout_rows.values()]
 print(f"position -1 head: MCC {min(buggy_mccs):.2f} to {max(buggy_mccs):.2f}, depending on the layout; "
       f"last-real-token head: {fixed_mccs[0]:.2f} in every layout")
@@ -539,7 +565,7 @@ fixed_left = head_scores(fixed, dev_texts, "last_real", padding_side="left")
 print(f"largest difference: {np.abs(fixed_right - fixed_left_minus_one).max():.1e} (left padding + -1), "
       f"{np.abs(fixed_right - fixed_left).max():.1e} (left padding + last_token_index)")
 for other in (fixed_left_minus_one, fixed_left):
-    assert ((other > 0) == (fixed_right > 0)).mean() >= 0.99, "both fixes must give the same predictions"
+    np.testing.assert_allclose(other, fixed_right, **profile.tolerance, err_msg="both fixes must give the same scores")
 del buggy  # free its memory: on a GPU every model here holds a full 4-bit copy of the base
 
 # %% [markdown]
@@ -548,7 +574,8 @@ del buggy  # free its memory: on a GPU every model here holds a full 4-bit copy 
 # for train and test, 23 for validation) and passed no attention mask: the pad count was a fixed
 # function of the sentence, and its test file happened to share the training file's width. Change
 # the batch size, sort by length, serve one request at a time, or meet one longer sentence, and the
-# pad counts change under a model that learned to read them.
+# pad counts change under a model that learned to read them. Section 10 trains a head exactly that
+# way on the ledger and scores it both ways.
 #
 # ## 7. Saving the head with the adapter
 #
@@ -602,16 +629,66 @@ pd.DataFrame({"trained head in modules_to_save (section 5)": metrics(bug_runs["l
               "frozen random head, after save + load": metrics(naive_scores, dev_labels)}).T.round(3)
 
 # %%
+naive_agreement = ((naive_scores > 0) == (frozen_scores > 0)).mean()
 print(f"frozen random head: MCC {frozen_mcc:.2f} as trained, {naive_mcc:+.2f} after save + load "
-      f"(trained head: {bug_runs['last_real']['MCC']:.2f})")
-assert naive_mcc < frozen_mcc - 0.2, "reloaded under a new random head, the adapters must lose what they learned"
+      f"(trained head: {bug_runs['last_real']['MCC']:.2f}); {naive_agreement:.1%} of predictions as trained")
 
 # %% [markdown]
 # The tutorial's setup does learn: the adapters bend the hidden states toward whatever direction the
 # frozen random head happens to point, and come close to a trained head. But that direction lives
-# only in the training process. Reloaded under a new random head, the same adapters score an MCC
-# near 0: no better than a coin flip. `load_head_classifier` refuses such a folder instead of
-# returning a model that predicts noise:
+# only in the training process. The reload drew another random head (seed `profile.seed + 1`) and
+# the score changed completely. Is that number a property of the saved adapters? Keep the adapters
+# and redraw only the head, under a few seeds. A head is one matrix product on the hidden state at
+# the last real token, so we compute those hidden states once and apply each head to them:
+
+# %%
+@torch.inference_mode()
+def head_inputs(model, texts) -> torch.Tensor:
+    """What a head reads: the final (normed) hidden state at each text's last real token. (n, hidden)"""
+    decoder = model.get_base_model().get_decoder()  # the LoRA-adapted transformer, without its head
+    out = []
+    for start in range(0, len(texts), profile.eval_batch_size):
+        batch = tokenizer(texts[start : start + profile.eval_batch_size], return_tensors="pt", padding=True).to(profile.device)
+        hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        out.append(hidden[torch.arange(len(hidden)), last_token_index(batch["attention_mask"])].float().cpu())
+    return torch.cat(out)
+
+
+naive_hidden = head_inputs(naive, dev_texts)  # (dev, hidden)
+with torch.no_grad():  # the reload's own head, redrawn from its seed, must give the reload's scores
+    redrawn = binary_head(hidden_size, seed=profile.seed + 1)(naive_hidden)[:, 0].numpy()
+np.testing.assert_allclose(redrawn, naive_scores, **profile.tolerance, err_msg="a head is a matrix product on these states")
+print(f"hidden states at the last real token: {tuple(naive_hidden.shape)}")
+
+# %%
+reload_rows = {}
+for seed in range(profile.seed, profile.seed + 8):  # profile.seed drew the head the adapters were trained with
+    with torch.no_grad():
+        scores = binary_head(hidden_size, seed=seed)(naive_hidden)[:, 0].numpy()  # (dev,)
+    reload_rows[seed] = {**metrics(scores, dev_labels), "predicted acceptable": (scores > 0).mean(),
+                         "same prediction as trained": ((scores > 0) == (frozen_scores > 0)).mean()}
+reload_table = pd.DataFrame(reload_rows).T
+reload_table.index.name = "head seed at reload"
+results.record("frozen_head_reloaded_mcc_by_seed", {str(k): float(v) for k, v in reload_table.MCC.items()})
+reload_table.round(3)
+
+# %%
+trained_seed, other_seeds = reload_table.loc[profile.seed], reload_table.drop(index=profile.seed)
+assert trained_seed["same prediction as trained"] >= 0.98, "the training head's seed must give back the trained model"
+assert other_seeds["same prediction as trained"].max() <= 0.95, \
+    "under any other head seed the reloaded adapters must change at least 5% of the trained predictions"
+print(f"other head seeds: MCC from {other_seeds.MCC.min():+.2f} to {other_seeds.MCC.max():+.2f}; "
+      f"{(other_seeds.MCC < 0).sum()} of {len(other_seeds)} below 0; "
+      f"at most {other_seeds['same prediction as trained'].max():.0%} of predictions as trained")
+
+# %% [markdown]
+# Only the seed the adapters were trained with gives back the trained classifier. Every other draw
+# changes a large share of the predictions, and the table shows which way at random: some heads
+# point nearly against the learned direction (MCC far below 0, the classifier inverted), some
+# happen to point near it (MCC above 0), and some put every sentence on one side of their
+# threshold (MCC 0, a constant). The saved adapters alone do not define a classifier.
+# `load_head_classifier` refuses such a folder instead of returning a model whose predictions
+# depend on a random draw:
 
 # %%
 try:
@@ -706,7 +783,7 @@ with torch.no_grad():
     hidden = seqcls.get_base_model().model(**batch).last_hidden_state  # (4, seq, hidden)
     last = last_token_index(batch["attention_mask"])  # (4,)
     by_hand = seqcls.get_base_model().score(hidden[torch.arange(len(last)), last])  # (4, 2)
-    torch.testing.assert_close(seqcls(**batch).logits, by_hand)
+    torch.testing.assert_close(seqcls(**batch).logits, by_hand, **profile.tolerance)
 print("the score layer reads the same position as last_token_index")
 del seqcls
 transformers.logging.set_verbosity_error()  # we have read the load report once; the next 4 loads would repeat it
@@ -796,11 +873,12 @@ bare = run("linear head", train_sentences, train_labels, dev_sentences, dev_labe
 contrast_table.loc["linear head, bare sentence"] = [bare[k] for k in contrast_table.columns]
 results.record("head_bare_sentence_mcc", bare["MCC"])
 results.record("head_bare_sentence_accuracy", bare["accuracy"])
-print(f"linear head: MCC {bare['MCC']:.2f} on bare sentences, {contrast['linear head']['MCC']:.2f} with the prompt")
+print(f"linear head: MCC {bare['MCC']:.2f} on bare sentences, {contrast['linear head']['MCC']:.2f} with the prompt "
+      f"({1 - bare['MCC'] / contrast['linear head']['MCC']:.0%} of it lost without the prompt)")
 contrast_table.round(3)
 
 # %% [markdown]
-# Without the prompt the same head loses much of its MCC (on the tiny profile, about two thirds).
+# Without the prompt the same head loses much of its MCC (the share is printed above).
 # The prompt, not the read-out, carries most of the gain: the pretrained model has read grammar
 # judgements, and at the end of the prompt its hidden state already leans toward the answer. A head
 # on a bare sentence has to learn the task from the labels alone, within the same budget.
@@ -839,8 +917,7 @@ results.record("fewshot_mcc", fewshot_mcc)
 results.record("sample_efficiency_mcc", {m: {str(n): float(v) for n, v in col.items()} for m, col in curve_table.items()})
 fig = plots.sample_efficiency(curve_table, title=f"dev MCC after {profile.max_steps} steps, by training-set size",
                               reference={"label words, 0 examples (few-shot)": fewshot_mcc})
-plots.savefig(fig, "06_sample_efficiency")
-plt.show()
+plots.show(fig, "06_sample_efficiency")
 
 # %%
 lead = curve_table["label words"] - curve_table.drop(columns="label words").max(axis=1)
@@ -855,15 +932,18 @@ print("MCC lead of label words over the better head, by training-set size:", lea
 #
 # ## 10. The ledger lines
 #
-# The tutorial's own task, with bare lines as the tutorial fed them. The same two heads as in
-# section 5 (last real token, position -1), each trained for `num_epochs` over the ledger's training
+# The tutorial's own task, with bare lines as the tutorial fed them. One caveat before any number:
+# our ledger is **synthetic on both profiles** (generated lines, not the tutorial's data), so the
+# accuracies below compare read-outs on this data; they cannot confirm or refute the tutorial's
+# 99.73%. First the same two heads as in section 5 (last real token, position -1, both in our
+# masked, dynamically padded batches), each trained for `num_epochs` over the ledger's training
 # lines, scored on the held-out quarter in the first two layouts of section 6:
 
 # %%
 ledger_texts, ledger_labels = list(ledger_test.text), list(ledger_test.label)
 ledger_steps = profile.num_epochs * -(-len(ledger_train) // profile.train_batch_size)  # ceil: one pass per epoch
 ledger_rows, ledger_cost = {}, {}
-for read, name in (("last_real", "last real token"), ("minus_one", "position -1 (tutorial)")):
+for read, name in (("last_real", "last real token"), ("minus_one", "position -1")):
     model = head_model()
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     seconds = train(model, head_loss(read), list(ledger_train.text), list(ledger_train.label), num_steps=ledger_steps)
@@ -881,24 +961,72 @@ pads_per_row(ledger_train.text, ledger_test.text)
 batched, alone = list(layouts)[:2]
 ledger_accuracy = ledger_rows[("last real token", batched)]["accuracy"]
 results.record("ledger_head_accuracy", ledger_accuracy)
-results.record("ledger_head_minus1_accuracy", ledger_rows[("position -1 (tutorial)", batched)]["accuracy"])
-results.record("ledger_head_minus1_accuracy_unpadded", ledger_rows[("position -1 (tutorial)", alone)]["accuracy"])
-print(f"ledger test accuracy of the head: {ledger_accuracy:.2%} (the tutorial reports 99.73% for Mistral-7B)")
+results.record("ledger_head_minus1_accuracy", ledger_rows[("position -1", batched)]["accuracy"])
+results.record("ledger_head_minus1_accuracy_unpadded", ledger_rows[("position -1", alone)]["accuracy"])
+print(f"ledger test accuracy of the head: {ledger_accuracy:.2%} on our synthetic ledger "
+      "(the tutorial reports 99.73% for Mistral-7B on its real one)")
 
 # %%
-minus_one = {layout: ledger_rows[("position -1 (tutorial)", layout)]["accuracy"] for layout in (batched, alone)}
-print(f"the tutorial's -1 read: {minus_one[batched]:.1%} in batches, {minus_one[alone]:.1%} one line at a time; "
+minus_one = {layout: ledger_rows[("position -1", layout)]["accuracy"] for layout in (batched, alone)}
+print(f"the -1 read: {minus_one[batched]:.1%} in batches, {minus_one[alone]:.1%} one line at a time; "
       f"last real token: {ledger_rows[('last real token', alone)]['accuracy']:.1%} one line at a time")
 
 # %% [markdown]
-# On the tiny profile the head comes close to the tutorial's 99.73% (Mistral-7B, four epochs). And the
-# tutorial's -1 read **looks fine** in batches: a few points lower, a respectable number nobody would
-# question, although the test batches put several times more pads after a line than training did
-# (the table above). That is section 6's summary effect: every pad position reads the whole line,
-# and the head learned to read such summaries. What it rarely saw is *no* padding: then -1 is the
-# last digit of the amount. Score the lines one at a time, as a service would, and the same model
-# drops further (on the tiny profile to about 90%), while the last-real-token head does not move.
-# A test set scored in batches hides the bug.
+# PROSE_MASKED
+#
+# ### The tutorial's own pipeline
+#
+# The tutorial did not batch like this. It tokenized each file once, padded every line with eos to
+# the **longest line in that file**, and called the model on the token ids alone: **no attention
+# mask**, so every position, pads included, attends to everything before it. Every batch then has
+# the same width, and a line's pad count depends on its own length and the file's longest line,
+# not on its batch-mates. The same loop and budget, with the tutorial's batches and its -1 read:
+
+# %%
+def file_width(texts) -> int:
+    """The longest line of a file, in tokens: the width the tutorial padded every line of it to."""
+    return max(len(ids) for ids in tokenizer(list(texts))["input_ids"])
+
+
+def tutorial_batch(texts, width: int) -> dict:
+    """The tutorial's batches: eos-padded on the right to `width` tokens, and no attention mask."""
+    ids = [x + [tokenizer.pad_token_id] * (width - len(x)) for x in tokenizer(list(texts))["input_ids"]]
+    input_ids = torch.tensor(ids, device=profile.device)  # (batch, width)
+    return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}  # all ones: the same as no mask
+
+
+train_width, test_width = file_width(ledger_train.text), file_width(ledger_texts)
+print(f"the tutorial's layout here: every training line padded to {train_width} tokens, every test line to {test_width}")
+
+
+# %%
+def tutorial_loss(model, texts, labels):
+    logits = head_logits(model, tutorial_batch(texts, train_width), "minus_one")  # (micro,): the last pad, or the line's end
+    return bce(logits, torch.tensor(labels, dtype=torch.float32, device=logits.device))
+
+
+@torch.inference_mode()
+def tutorial_scores(model, texts, width: int) -> np.ndarray:
+    """The tutorial's test: every line padded to `width`, read at -1, in batches."""
+    step = profile.eval_batch_size
+    return np.concatenate([head_logits(model, tutorial_batch(texts[i : i + step], width), "minus_one").float().cpu().numpy()
+                           for i in range(0, len(texts), step)])
+
+
+model = head_model()
+train(model, tutorial_loss, list(ledger_train.text), list(ledger_train.label), num_steps=ledger_steps)
+tutorial_rows = {f"batched, every line padded to {test_width} tokens (its test)":
+                 metrics(tutorial_scores(model, ledger_texts, test_width), ledger_labels),
+                 "one line at a time (no padding)": metrics(head_scores(model, ledger_texts, "minus_one", unpadded=True),
+                                                           ledger_labels)}
+del model
+free_gpu_memory()
+tutorial_table = pd.DataFrame(tutorial_rows).T
+results.record("ledger_tutorial_pipeline_accuracy", dict(zip(["padded", "one_at_a_time"], tutorial_table.accuracy)))
+tutorial_table.round(4)
+
+# %% [markdown]
+# PROSE_TUTORIAL
 #
 # Section 8's contrast on the ledger, with the ledger's budget (one pass, `ledger_steps`): the
 # linear head above, label words, and `SequenceClassification`. The heads read bare lines. Label
@@ -948,8 +1076,8 @@ print(f"notebook ran in {notebook_seconds:.0f} s")
 #   replaces a 525M-weight LM head with 4,097 weights.
 # - `get_peft_model` trains only the adapter's matrices and freezes every other weight, a new head
 #   included, with or without 4-bit loading. Name the head in `modules_to_save` so that it trains
-#   **and** is saved with the adapter; a head left out comes back random on reload, and adapters
-#   trained around it then score no better than a coin flip.
+#   **and** is saved with the adapter; a head left out comes back random on reload, and the adapters
+#   trained around the old one then classify right, inverted or constant, depending on that draw.
 # - `logits[:, -1, :]` on right-padded batches reads an eos pad: a summary of the sentence whose value
 #   depends on how many pads follow, so on the batch-mates. It can look fine in one layout (the ledger
 #   in batches) and fail in another (one line at a time). Read at `last_token_index`, or pad left.
@@ -1007,6 +1135,6 @@ else:
     save_head(original, folder)
     restored = PeftModel.from_pretrained(add_binary_head(load_model(profile), seed=profile.seed + 1), folder)
     load_head(restored, folder)
-    assert np.array_equal(head_scores(original, dev_texts[:64]), head_scores(restored, dev_texts[:64])), \
-        "the restored model must score exactly like the original"
+    np.testing.assert_allclose(head_scores(restored, dev_texts[:64]), head_scores(original, dev_texts[:64]),
+                               **profile.tolerance, err_msg="the restored model must score like the original")
     print("correct: the head came back with the adapter")

@@ -13,6 +13,7 @@ from lmcls_helpers.heads import (
     HEAD_MODULE,
     BinaryHead,
     add_binary_head,
+    binary_head,
     head_logits,
     load_head_classifier,
     saved_head_keys,
@@ -49,6 +50,22 @@ def make_batch(rows: list[list[int]], side: str) -> dict[str, torch.Tensor]:
 
 
 rows_strategy = st.lists(st.lists(st.integers(2, 63), min_size=1, max_size=12), min_size=1, max_size=5)
+
+
+def test_binary_head_is_reproducible_per_seed_and_leaves_the_global_rng_alone():
+    state = torch.random.get_rng_state()
+    a, b, c = binary_head(HIDDEN, seed=3), binary_head(HIDDEN, seed=3), binary_head(HIDDEN, seed=4)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert torch.equal(a.weight, b.weight) and torch.equal(a.bias, b.bias)
+    assert not torch.equal(a.weight, c.weight)
+    assert a.bias.shape == (1,)  # unlike the tutorial's bias=False head
+    bound = 1 / HIDDEN**0.5
+    assert a.weight.abs().max() <= bound and a.bias.abs().max() <= bound
+
+
+def test_add_binary_head_draws_the_same_head_as_binary_head():
+    model = add_binary_head(tiny_llama(), seed=7)
+    torch.testing.assert_close(model.get_output_embeddings().weight, binary_head(HIDDEN, seed=7).weight)
 
 
 def test_head_replaces_the_vocabulary_head(model):

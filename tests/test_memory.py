@@ -135,6 +135,17 @@ def test_estimates_within_ten_percent_of_every_shipped_measurement(name):
         assert table["relative error"].abs().max() < 0.10, (padding, table)
 
 
+def test_cuda_context_per_gpu_from_the_driver_counts_after_loading():
+    """T4 from the tutorial's figure, H100 from its own; the others get the larger, never the smaller."""
+    data = memory.load_measurements()
+    ctx = memory.cuda_context_gib(data)
+    assert set(ctx) == set(memory.GPUS)
+    assert ctx["T4 16 GB"] == pytest.approx(5.85 - 5.66) and ctx["H100 80 GB"] == pytest.approx(6.298 - 5.66)
+    assert all(v == max(ctx.values()) for gpu, v in ctx.items() if gpu not in ("T4 16 GB", "H100 80 GB"))
+    without_tutorial = {k: v for k, v in data.items() if k != "seed_tutorial_T4_figures_GB"}
+    assert set(memory.cuda_context_gib(without_tutorial).values()) == {ctx["H100 80 GB"]}
+
+
 def test_phase_segments_split_each_bar_into_what_each_number_adds():
     rows = memory.phase_segments({
         "gpu": {"allocated": 5.0, "peak": 7.0, "reserved": 8.0, "smi": 8.5},

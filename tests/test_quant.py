@@ -251,10 +251,47 @@ def test_hand_dequantizer_is_right_when_blocks_span_rows(blocksize):
     assert torch.equal(ours, bnbf.dequantize_4bit(packed_bnb, state).flatten())
 
 
-@pytest.mark.xfail(strict=True, reason="bitsandbytes 0.50.2's CPU dequantize_4bit mis-scales blocks longer than a "
-                   "row. When this passes, update notebook 3's exercise 1 hint and drop this test.")
-def test_bitsandbytes_cpu_dequantize_with_blocks_longer_than_a_row():
+def _nearest_level_dequantization(weight: torch.Tensor, levels: torch.Tensor, blocksize: int) -> torch.Tensor:
+    """Dequantized weights straight from the fp32 weights: absmax per block, then the closest level by distance.
+
+    Independent of the code path under test: no midpoints, no bucketize, no packing.
+    """
+    blocks = weight.float().reshape(-1, blocksize)
+    absmax = blocks.abs().amax(dim=1, keepdim=True)
+    scaled = blocks * (1.0 / absmax)
+    nearest = (scaled[..., None] - levels.float()).abs().argmin(dim=-1)  # first (lower) level wins a tie
+    return (levels.float()[nearest] * absmax).reshape(weight.shape)
+
+
+@pytest.mark.parametrize("blocksize", [32, 64, 128, 256])
+def test_bitsandbytes_cpu_dequantize_with_blocks_longer_than_a_row(blocksize):
+    """bitsandbytes 0.50's CPU dequantize_4bit is right on some CPUs and wrong on others: check ours either way.
+
+    On a CPU with AVX-512F, its vectorized kernel reads ``absmax[row * (n // blocksize) + col // blocksize]``;
+    with rows of 64 and blocks of 128 or 256 every weight gets the first block's absmax, so block j is off
+    by absmax[0] / absmax[j]. Without AVX-512F (e.g. an AVX2-only EPYC) the scalar kernel is right.
+    If bitsandbytes disagrees with us in any other way, this test fails: the bug has changed.
+    """
     weight = torch.randn(32, 64, generator=torch.Generator().manual_seed(1))  # rows of 64, as in the tiny model
-    packed_bnb, state = bnbf.quantize_4bit(weight, blocksize=128, quant_type="nf4")
-    ours = quant.dequantize_4bit_by_hand(packed_bnb.flatten(), state.absmax, NF4, 128).reshape(weight.shape)
-    assert torch.equal(bnbf.dequantize_4bit(packed_bnb, state), ours)
+    packed_bnb, state = bnbf.quantize_4bit(weight, blocksize=blocksize, quant_type="nf4")
+    ours = quant.dequantize_4bit_by_hand(packed_bnb.flatten(), state.absmax, NF4, blocksize).reshape(weight.shape)
+    assert torch.equal(ours, _nearest_level_dequantization(weight, NF4, blocksize)), "our dequantization is wrong"
+    theirs = bnbf.dequantize_4bit(packed_bnb, state)
+    if torch.equal(theirs, ours):  # the scalar kernel, blocks that tile a row, or a fixed bitsandbytes
+        return
+    assert quant.cpu_has_avx512f(), "bitsandbytes disagrees with us without taking its AVX-512 path: a new bug"
+    assert weight.shape[1] % blocksize != 0, "the AVX-512 kernel should be right when the block divides the row"
+    levels = NF4[quant.unpack_codes(packed_bnb).long()].reshape(weight.shape)
+    assert torch.equal(theirs, levels * state.absmax[quant.avx512_scale_index(weight.shape, blocksize)])
+    # Precisely: block 0 is right, every other block j is scaled by absmax[0] / absmax[j].
+    per_block = (theirs.reshape(-1, blocksize), ours.reshape(-1, blocksize))
+    nonzero = per_block[1] != 0
+    ratio = torch.where(nonzero, per_block[0] / per_block[1].where(nonzero, 1.0), float("nan"))
+    expected = (state.absmax[0] / state.absmax)[:, None].expand_as(ratio)
+    torch.testing.assert_close(ratio[nonzero], expected[nonzero], rtol=1e-6, atol=0)
+    assert torch.equal(per_block[0][0], per_block[1][0]) and not torch.equal(per_block[0][1:], per_block[1][1:])
+
+
+def test_avx512_scale_index():
+    assert torch.equal(quant.avx512_scale_index((2, 4), 2), torch.tensor([[0, 1], [2, 3]]).repeat_interleave(2, 1))
+    assert torch.equal(quant.avx512_scale_index((4, 4), 8), torch.zeros(4, 4, dtype=torch.int64))  # the bug

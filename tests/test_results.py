@@ -30,3 +30,25 @@ def test_bad_values_and_names(tmp_root):
         results.record("x", float("nan"))
     with pytest.raises(ValueError, match="stem"):
         results.start("notebooks/02.ipynb")
+
+
+def _notebook(path, outputs):
+    cell = {"cell_type": "code", "source": "", "metadata": {}, "execution_count": 1, "outputs": outputs}
+    path.write_text(json.dumps({"cells": [cell], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
+
+
+def test_check_executed_counts_inline_figures_and_finds_paths_and_reprs(tmp_root):
+    executed, figures = tmp_root / "executed", tmp_root / "figures"
+    executed.mkdir()
+    figures.mkdir()
+    (figures / "07_a.png").write_bytes(b"png")
+    (figures / "07_b.png").write_bytes(b"png")
+    image = {"output_type": "display_data", "data": {"image/png": "iVBOR"}, "metadata": {}}
+    _notebook(executed / "07_demo.ipynb", [image, image])
+    assert results.check_executed(executed, figures) == []
+    path_echo = {"output_type": "execute_result", "execution_count": 1, "metadata": {},
+                 "data": {"text/plain": f"PosixPath('{tmp_root}/build/figures/07_a.png')"}}
+    _notebook(executed / "07_demo.ipynb", [image, path_echo])
+    found = results.check_executed(executed, figures)
+    assert any("1 inline figure(s) but 2 saved" in f for f in found)
+    assert any(str(tmp_root) in f for f in found) and any("PosixPath(" in f for f in found)

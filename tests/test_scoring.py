@@ -106,3 +106,17 @@ def test_bad_inputs(fake, llama3_tokenizer):
             evaluate(fake, llama3_tokenizer, ["a"], [1], PromptTemplate(), LABEL_IDS)
     finally:
         llama3_tokenizer.pad_token = llama3_tokenizer.eos_token
+
+
+def test_recall_by_kind_counts_each_kind_against_its_own_target():
+    import pandas as pd
+
+    from lmcls_helpers.scoring import recall_by_kind
+
+    kinds = pd.DataFrame({"kind": ["none", "none", "agreement", "agreement", "pronoun_case"]})
+    preds = np.array([1, 0, 0, 1, 0])  # acceptable right once; agreement caught once; pronoun caught
+    table = recall_by_kind(kinds, preds)
+    assert table.loc["none", "right"] == 1 and table.loc["agreement", "recall"] == 0.5
+    assert table.loc["pronoun_case", "recall"] == 1.0 and table["sentences"].sum() == 5
+    with pytest.raises(ValueError, match="same split"):
+        recall_by_kind(kinds, preds[:3])

@@ -58,7 +58,7 @@ def test_last_token_index_rejects_wrong_rank():
 
 
 def test_llama3_label_words_have_the_real_ids(llama3_tokenizer):
-    assert label_token_ids(llama3_tokenizer, [" acceptable", " unacceptable"]) == [22281, 44085]
+    assert label_token_ids(llama3_tokenizer, [" unacceptable", " acceptable"]) == [44085, 22281]  # label 0, label 1
     assert len(llama3_tokenizer) == 128256
 
 
@@ -102,6 +102,14 @@ def test_token_table_shows_pieces(llama3_tokenizer):
     table = token_table(llama3_tokenizer, " acceptable", add_special_tokens=False)
     assert table["id"].tolist() == [22281]
     assert table["piece"].tolist() == ["Ġacceptable"]
+
+
+@pytest.mark.parametrize("name", ["llama-3", "mistral-7b"])
+def test_token_table_keeps_the_leading_space(name):
+    tok = load_reference_tokenizer(name)
+    table = token_table(tok, " Him and me", add_special_tokens=False)
+    assert table["text"].tolist() == [repr(" Him"), repr(" and"), repr(" me")]
+    assert table["piece"].tolist()[0] in ("ĠHim", "▁Him")
 
 
 def test_explorer_without_a_frontend_still_prints_every_tokenizer(llama3_tokenizer, capsys):

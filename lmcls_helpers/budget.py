@@ -1,0 +1,178 @@
+"""Time budgets: how long a notebook will take on this runtime, printed before any work starts.
+
+A class hour is the constraint the full profile is built around: every notebook must fit 50
+minutes on a free Colab T4, model loads included. Each notebook's *plan* (base-model loads,
+training examples, scored examples, prompt length) is written down here once, as a function of
+the profile's sizes; :func:`estimate` multiplies it by per-unit rates measured on real runtimes
+(``measurements/runtime_rates.json``, with provenance). ``python -m benchmarks.colab_budget``
+prints the table for every notebook under the full profile, and a unit test holds each to 50
+minutes. At the end of a notebook :func:`check_loads` compares the planned loads with
+``load_model``'s count, so a plan cannot silently drift from the code it describes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
+
+#: Rows per split of the real CoLA corpus (the full and small profiles); the tiny world's are read from disk.
+COLA_SIZES = {"in_domain_train": 8551, "in_domain_dev": 527, "out_of_domain_dev": 516}
+#: Lines in the ledger data set (synthetic on every profile).
+LEDGER_SIZE = 1500
+#: The budget a notebook must fit on a free Colab T4 under the full profile.
+CLASS_MINUTES = 50.0
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The work a notebook does: what its time is made of."""
+
+    loads: int  # base-model loads (from_pretrained + 4-bit quantization)
+    train_examples: int  # examples through forward and backward, summed over every training run
+    scored_examples: int  # examples through a forward pass only
+    seq_len: int = 86  # typical prompt length in tokens (work scales with it)
+    recompute: bool = False  # gradient checkpointing: backward recomputes each block's forward
+    cut: str = ""  # what the full profile leaves out to fit the class, said where the budget is printed
+
+
+@dataclass(frozen=True)
+class Rates:
+    """Seconds per unit on one runtime, at ``seq_len`` tokens; ``assumed`` names the unmeasured ones."""
+
+    name: str
+    load_s: float
+    reload_s: float
+    train_example_s: float
+    score_example_s: float
+    seq_len: int
+    source: str
+    assumed: tuple[str, ...] = ()
+
+
+def load_rates() -> dict[str, Rates]:
+    """The shipped per-unit rates, by runtime name ("T4", "H100", "CPU (tiny)")."""
+    text = resources.files("lmcls_helpers").joinpath("measurements", "runtime_rates.json").read_text()
+    return {name: Rates(name=name, load_s=r["load_s"], reload_s=r["reload_s"], train_example_s=r["train_example_s"],
+                        score_example_s=r["score_example_s"], seq_len=r["seq_len"], source=r["source"],
+                        assumed=tuple(r.get("assumed", ())))
+            for name, r in json.loads(text)["runtimes"].items()}
+
+
+def estimate(plan: Plan, rates: Rates) -> dict[str, float]:
+    """Seconds for each part of ``plan`` at ``rates``: the first load, reloads, training, scoring, total."""
+    scale = plan.seq_len / rates.seq_len
+    # A training step is about one forward and a backward of twice its cost; checkpointing adds a forward.
+    recompute = 4 / 3 if plan.recompute else 1.0
+    parts = {
+        "load_s": rates.load_s if plan.loads else 0.0,
+        "reload_s": max(plan.loads - 1, 0) * rates.reload_s,
+        "train_s": plan.train_examples * rates.train_example_s * scale * recompute,
+        "score_s": plan.scored_examples * rates.score_example_s * scale,
+    }
+    parts["total_s"] = sum(parts.values())
+    return parts
+
+
+def this_runtime(profile) -> str:
+    """The rates that describe this machine: the GPU's name when we have its rates, else the T4's, or the CPU's."""
+    import torch
+
+    if profile.device != "cuda" or not torch.cuda.is_available():
+        return "CPU (tiny)"
+    name = torch.cuda.get_device_name(0)
+    return next((key for key in load_rates() if key in name), "T4")
+
+
+# --- each notebook's plan ------------------------------------------------------------------------
+def split_sizes(profile) -> dict[str, int]:
+    """Rows per CoLA split for ``profile``: read from the tiny world's files, the real corpus's sizes otherwise."""
+    if profile.name == "tiny":
+        from .data import load_cola
+
+        return {name: len(df) for name, df in load_cola(profile.cola_root).items()}
+    return dict(COLA_SIZES)
+
+
+def _first(n: int, limit: int | None) -> int:
+    return n if limit is None else min(n, limit)
+
+
+PLANS: dict[str, Callable[..., Plan]] = {}
+
+
+def plan_for(stem: str, profile, sizes: dict[str, int] | None = None) -> Plan:
+    """The plan of notebook ``stem`` (like '04_training_loop') under ``profile``'s sizes."""
+    if stem not in PLANS:
+        raise ValueError(f"No time plan for {stem!r}: add one to lmcls_helpers.budget.PLANS (known: {sorted(PLANS)}).")
+    return PLANS[stem](profile, split_sizes(profile) if sizes is None else sizes)
+
+
+def report(stem: str, profile) -> str:
+    """The lines a notebook prints after choosing its profile: its plan, and minutes on this runtime and a T4."""
+    plan = plan_for(stem, profile)
+    rates = load_rates()
+    here = this_runtime(profile)
+    lines = [f"plan: {plan.loads} model load(s), {plan.train_examples:,} training examples, "
+             f"{plan.scored_examples:,} scored examples, prompts of about {plan.seq_len} tokens"]
+    for name in dict.fromkeys([here, "T4"]) if profile.device == "cuda" else [here]:
+        est = estimate(plan, rates[name])
+        guess = f" (assumed: {', '.join(rates[name].assumed)})" if rates[name].assumed else ""
+        lines.append(f"about {est['total_s'] / 60:.1f} min on {name}{guess}")
+    if plan.cut:
+        lines.append(f"cut to fit a class hour: {plan.cut}")
+    return "\n".join(lines)
+
+
+def check_loads(stem: str, profile) -> int:
+    """Assert that the notebook loaded as many base models as its plan says; returns the count."""
+    from .models import load_count
+
+    planned, done = plan_for(stem, profile).loads, load_count()
+    if planned != done:
+        raise AssertionError(f"{stem} loaded {done} base model(s) but its plan in lmcls_helpers.budget says {planned}: "
+                             "update the plan so the printed time budget stays true.")
+    return done
+
+
+def _plan_01(profile, sizes) -> Plan:
+    return Plan(loads=0, train_examples=0, scored_examples=0)  # tokenizers only
+
+
+def _plan_02(profile, sizes) -> Plan:
+    dev = _first(sizes["in_domain_dev"], profile.max_eval_examples)
+    ood = _first(sizes["out_of_domain_dev"], profile.max_eval_examples)
+    # dev: left-padded, right-padded, five prompt variants; out of domain once (exercise 1 scores dev once more)
+    return Plan(loads=1, train_examples=0, scored_examples=7 * dev + ood)
+
+
+def _sixteen_bit_fits(profile) -> bool:
+    """Notebook 3 skips the unquantized baseline where its weights alone do not fit (a T4 at 8B)."""
+    import torch
+
+    from . import quant
+    from .models import model_config
+
+    if profile.device != "cuda":
+        return True
+    if not torch.cuda.is_available():  # planning for a T4 from a laptop
+        return False
+    needed = quant.total_bytes(quant.predicted_table(model_config(profile), dtype=profile.compute_dtype, quantize=False))
+    return quant.fits_in_memory(needed, profile.device)
+
+
+def _plan_03(profile, sizes) -> Plan:
+    dev = _first(sizes["in_domain_dev"], profile.max_eval_examples)
+    precisions = 4 + _sixteen_bit_fits(profile)  # NF4, NF4 + double quant, FP4, FP4 + double quant (+ 16-bit)
+    # one NF4 load to inspect, then each precision: scored once with the prompt, once for perplexity
+    return Plan(loads=1 + precisions, train_examples=0, scored_examples=precisions * 2 * dev + 64)
+
+
+def _plan_05(profile, sizes) -> Plan:
+    steps = 5  # the tutorial's step twice, the lean step twice, one more for the what-ifs: a handful of micro-batches
+    return Plan(loads=1, train_examples=steps * profile.micro_batch_size, scored_examples=profile.micro_batch_size)
+
+
+PLANS.update({"01_tokenizer_subtleties": _plan_01, "02_prompt_scoring": _plan_02,
+              "03_quantization_inspection": _plan_03, "05_gpu_memory": _plan_05})

@@ -1,0 +1,62 @@
+"""Time budgets: every notebook has a plan, and under the full profile each fits a class on a free T4."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from benchmarks import colab_budget
+from lmcls_helpers import budget
+from lmcls_helpers.profiles import get_profile
+
+STEMS = sorted(p.stem for p in (Path(__file__).resolve().parent.parent / "nbs_src").glob("*.py"))
+
+
+def test_every_notebook_has_a_plan():
+    assert sorted(budget.PLANS) == STEMS
+
+
+@pytest.mark.parametrize("stem", STEMS)
+def test_each_notebook_fits_a_class_hour_on_a_t4_under_the_full_profile(stem):
+    profile = get_profile("full", require_device=False)
+    plan = budget.plan_for(stem, profile, dict(budget.COLA_SIZES))
+    minutes = budget.estimate(plan, budget.load_rates()["T4"])["total_s"] / 60
+    assert minutes <= budget.CLASS_MINUTES, f"{stem}: {minutes:.1f} T4 minutes ({plan})"
+
+
+def test_estimate_is_rates_times_work():
+    rates = budget.Rates("x", load_s=100, reload_s=10, train_example_s=0.5, score_example_s=0.1, seq_len=50, source="")
+    est = budget.estimate(budget.Plan(loads=3, train_examples=10, scored_examples=20, seq_len=100), rates)
+    assert est == {"load_s": 100, "reload_s": 20, "train_s": 10.0, "score_s": 4.0, "total_s": 134.0}
+    slower = budget.estimate(budget.Plan(loads=0, train_examples=30, scored_examples=0, seq_len=50, recompute=True), rates)
+    assert slower["train_s"] == pytest.approx(20.0) and slower["load_s"] == 0
+
+
+def test_shipped_rates_name_their_source_and_assumptions():
+    rates = budget.load_rates()
+    assert {"T4", "H100", "CPU (tiny)"} <= set(rates)
+    for r in rates.values():
+        assert r.source and r.train_example_s > 0 and r.score_example_s > 0
+        assert set(r.assumed) <= {"load_s", "reload_s", "train_example_s", "score_example_s"}
+
+
+def test_colab_budget_json_lists_every_notebook_under_the_budget(capsys):
+    import json
+
+    colab_budget.main(["--json"])
+    table = json.loads(capsys.readouterr().out)
+    assert sorted(table) == STEMS
+    for row in table.values():
+        assert set(row) == {"t4_minutes", "loads", "train_examples", "scored_examples"}
+        assert row["t4_minutes"] <= budget.CLASS_MINUTES
+
+
+def test_unknown_notebooks_and_drifting_plans_are_named(monkeypatch):
+    profile = get_profile("tiny")
+    with pytest.raises(ValueError, match="No time plan"):
+        budget.plan_for("99_nothing", profile)
+    monkeypatch.setattr("lmcls_helpers.models._LOADS", {"count": 7})
+    with pytest.raises(AssertionError, match="loaded 7 base model"):
+        budget.check_loads("02_prompt_scoring", profile)
+    assert "min on CPU (tiny)" in budget.report("02_prompt_scoring", profile)

@@ -1,0 +1,177 @@
+"""Saved classifiers on the tiny 4-bit model: round trips for both methods, the command line, each error.
+
+One module fixture builds both classifiers (LoRA with random B matrices, so the adapter changes the
+scores), records what the in-memory models score, saves them and frees the models: every test then
+loads at most one base model, as ``LMCLS_ONE_MODEL=1`` (``make test``) requires.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+
+from lmcls_helpers import classify, models
+from lmcls_helpers.classify import METADATA, load_classifier, main, save_classifier
+from lmcls_helpers.data import load_cola
+from lmcls_helpers.heads import HEAD_MODULE, add_binary_head, head_logits
+from lmcls_helpers.profiles import get_profile
+from lmcls_helpers.prompts import PromptTemplate
+from lmcls_helpers.scoring import evaluate
+from lmcls_helpers.tokens import load_tokenizer
+
+HEAD_CLASSES = ("unacceptable", "acceptable")
+
+
+def lora(model, head: bool = False):
+    torch.manual_seed(0)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                        modules_to_save=[HEAD_MODULE] if head else None)
+    peft_model = get_peft_model(model, config)
+    for name, p in peft_model.named_parameters():
+        if "lora_B" in name:  # B starts at zero: make the adapter matter
+            torch.nn.init.normal_(p, std=0.5)
+    return peft_model.eval()
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    profile = get_profile("tiny")
+    dev = load_cola(profile.cola_root)["in_domain_dev"].iloc[:6]
+    sentences, labels = list(dev.sentence), list(dev.label)
+    tokenizer = load_tokenizer(profile, padding_side="left")  # the classifier pads on the right: sides must not matter
+    template = PromptTemplate(tokenizer=tokenizer, label_words=profile.label_words)
+    root = tmp_path_factory.mktemp("classifiers")
+    models.free_gpu_memory()
+
+    words = lora(models.load_model(profile))
+    result = evaluate(words, tokenizer, sentences, labels, template, template.label_ids, batch_size=4)
+    with words.disable_adapter():
+        base = evaluate(words, tokenizer, sentences, labels, template, template.label_ids, batch_size=4)
+    save_classifier(root / "words", words, profile, template)
+    del words
+    models.free_gpu_memory()
+
+    head = lora(add_binary_head(models.load_model(profile), seed=0), head=True)
+    with torch.no_grad():
+        head.base_model.model.lm_head.modules_to_save["default"].bias.fill_(0.3)  # a head unlike any fresh draw
+        batch = tokenizer([template.format(s) for s in sentences], return_tensors="pt", padding=True)
+        head_p1 = torch.sigmoid(head_logits(head, batch)).numpy()
+    save_classifier(root / "head", head, profile, template, class_names=HEAD_CLASSES)
+    del head
+    models.free_gpu_memory()
+    return {"root": root, "sentences": sentences, "profile": profile, "result": result, "base": base, "head_p1": head_p1}
+
+
+def test_label_words_round_trip_gives_evaluate_softmax(saved):
+    expected = torch.softmax(torch.from_numpy(saved["result"].scores).float(), dim=1).numpy()
+    assert np.abs(expected[:, 1] - saved["base"].probs).max() > 1e-3, "the adapter must change the scores"
+    classifier = load_classifier(saved["root"] / "words", batch_size=4)
+    probs = classifier.predict_proba(saved["sentences"])
+    assert probs.shape == (6, 2) and classifier.class_names == ("unacceptable", "acceptable")
+    np.testing.assert_allclose(probs, expected, **saved["profile"].tolerance)
+    np.testing.assert_allclose(probs[:, 1], saved["result"].probs, **saved["profile"].tolerance)
+    assert classifier.predict(saved["sentences"]) == [classifier.class_names[k] for k in saved["result"].preds]
+    for bad in ("", "   "):
+        with pytest.raises(ValueError, match="no sentence to classify"):
+            classifier.predict_proba(["A fine sentence.", bad])
+    with pytest.raises(TypeError, match=r"\[text\]"):
+        classifier.predict("A fine sentence.")
+    del classifier
+    models.free_gpu_memory()
+
+
+def test_linear_head_round_trip_gives_the_head_sigmoid(saved):
+    classifier = load_classifier(saved["root"] / "head")  # draws a fresh head from profile.seed; the saved one replaces it
+    probs = classifier.predict_proba(saved["sentences"])
+    np.testing.assert_allclose(probs[:, 1], saved["head_p1"], **saved["profile"].tolerance)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-6)
+    assert classifier.predict(saved["sentences"]) == [HEAD_CLASSES[int(p > 0.5)] for p in saved["head_p1"]]
+    del classifier
+    models.free_gpu_memory()
+
+
+def test_metadata_is_readable_json(saved):
+    words = json.loads((saved["root"] / "words" / METADATA).read_text())
+    assert words["method"] == "label_words" and words["label_words"] == [" unacceptable", " acceptable"]
+    assert words["class_names"] == ["unacceptable", "acceptable"] and words["template"] == PromptTemplate().text
+    assert words["base_model"] == "build/tiny/model" and words["profile"] == "tiny" and words["lmcls_version"]
+    head = json.loads((saved["root"] / "head" / METADATA).read_text())
+    assert head["method"] == "linear_head" and head["label_words"] is None and head["class_names"] == list(HEAD_CLASSES)
+    assert (saved["root"] / "head" / METADATA).read_text().count("\n") > 5, "indented, one field a line"
+
+
+def test_command_line_prints_label_tab_probability(saved, tmp_path, capsys):
+    texts = saved["sentences"][:3]
+    (tmp_path / "texts.txt").write_text("\n".join(texts[1:]) + "\n")
+    assert main([str(saved["root"] / "words"), texts[0], "--file", str(tmp_path / "texts.txt")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    expected = torch.softmax(torch.from_numpy(saved["result"].scores[:3]).float(), dim=1).numpy()
+    assert len(lines) == 3
+    for line, row in zip(lines, expected):
+        label, prob = line.split("\t")
+        assert label == ("unacceptable", "acceptable")[row.argmax()]
+        assert abs(float(prob) - row.max()) < 1e-4 and len(prob) == 6  # four decimals
+    models.free_gpu_memory()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["TEXT", ""], "no sentence to classify"),
+    ([], "nothing to classify"),
+    (["--file", "no/such/file.txt"], "no such file"),
+])
+def test_command_line_errors_exit_2_without_loading(saved, capsys, args, message):
+    loads = models.load_count()
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(saved["root"] / "words"), *args])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert models.load_count() == loads
+
+
+def test_missing_files_are_named(saved, tmp_path):
+    with pytest.raises(ValueError, match="has no classifier.json.*save_classifier"):
+        load_classifier(tmp_path)
+    copy = shutil.copytree(saved["root"] / "words", tmp_path / "words")
+    (copy / "adapter_model.safetensors").unlink()
+    with pytest.raises(ValueError, match="lacks adapter_model.safetensors: copy the whole folder"):
+        load_classifier(copy)
+
+
+def test_a_folder_from_another_base_model_is_refused(saved, tmp_path):
+    copy = shutil.copytree(saved["root"] / "words", tmp_path / "words")
+    meta = json.loads((copy / METADATA).read_text())
+    meta["base_model"] = "meta-llama/Meta-Llama-3-8B"
+    (copy / METADATA).write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="trained on 'meta-llama/Meta-Llama-3-8B'.*get_profile"):
+        load_classifier(copy)
+    other = saved["profile"].with_(model_id="meta-llama/Meta-Llama-3-8B")
+    with pytest.raises(ValueError, match="trained on 'build/tiny/model'"):
+        load_classifier(saved["root"] / "words", profile=other)
+
+
+def test_base_model_id_is_relative_to_build_and_marks_random_weights(saved):
+    assert classify.base_model_id(saved["profile"]) == "build/tiny/model"
+    assert classify.base_model_id(saved["profile"].with_(model_config={"x": 1})).endswith("(random weights)")
+
+
+def test_save_refuses_what_it_cannot_reload(saved, tmp_path):
+    profile = saved["profile"]
+    base = models.load_model(profile)
+    with pytest.raises(ValueError, match="get_peft_model"):
+        save_classifier(tmp_path / "plain", base, profile)
+    with pytest.raises(ValueError, match="profile the model was loaded with"):
+        save_classifier(tmp_path / "x", lora(base), profile.with_(model_id="meta-llama/Meta-Llama-3-8B"))
+    del base
+    models.free_gpu_memory()
+    no_head = lora(add_binary_head(models.load_model(profile), seed=0), head=False)  # the head not in modules_to_save
+    with pytest.raises(ValueError, match="class_names"):
+        save_classifier(tmp_path / "h", no_head, profile)
+    with pytest.raises(ValueError, match="saved without its head"):
+        save_classifier(tmp_path / "h", no_head, profile, class_names=HEAD_CLASSES)
+    assert not (tmp_path / "h" / METADATA).exists()
+    del no_head
+    models.free_gpu_memory()
