@@ -321,7 +321,12 @@ def environment_report(profile: Profile) -> str:
 
     import transformers
 
-    lines = [f"profile: {profile.name}   model: {profile.model_id}"]
+    model = profile.model_id
+    try:  # a folder in this checkout is shown relative to it: outputs never carry a machine's paths
+        model = str(Path(model).resolve().relative_to(build_dir().parent))
+    except ValueError:
+        pass
+    lines = [f"profile: {profile.name}   model: {model}"]
     versions = {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__}
     for mod in ("peft", "bitsandbytes"):
         try:

@@ -18,7 +18,7 @@ def test_environment_variable_chooses(monkeypatch):
 
 
 def test_unknown_profile_lists_the_choices():
-    with pytest.raises(ValueError, match=r"choose one of \['full', 'shapes', 'tiny'\]"):
+    with pytest.raises(ValueError, match=r"choose one of \['full', 'shapes', 'small', 'tiny'\]"):
         get_profile("huge")
 
 
@@ -61,3 +61,11 @@ def test_tolerance_follows_the_compute_dtype():
     tiny = get_profile("tiny")
     tols = [tiny.with_(compute_dtype=d).tolerance["atol"] for d in (torch.float32, torch.float16, torch.bfloat16)]
     assert tols == sorted(tols) and tols[0] <= 1e-3, "coarser dtypes need looser comparisons"
+
+
+def test_environment_report_names_no_machine_path():
+    from lmcls_helpers.paths import repo_root
+    from lmcls_helpers.profiles import environment_report
+
+    report = environment_report(get_profile("tiny"))
+    assert "model: build/tiny/model" in report and str(repo_root()) not in report
