@@ -1,11 +1,14 @@
 """lmcls helpers: the plumbing behind the notebooks, so the notebooks can keep the lesson.
 
 One module per concern: ``profiles`` (sizes and paths), ``data`` (CoLA and ledger lines),
-``world`` (the offline tiny world), ``tokens``, ``prompts``, ``scoring``, ``models``,
-``quant``, ``memory``, ``heads``, ``checkpoints``, ``plots`` and ``results``.
+``world`` (the offline tiny world), ``small`` (the offline SmolLM2 model), ``hub`` (access to the
+gated Llama 3), ``tokens``, ``prompts``, ``scoring``, ``models``, ``quant``, ``memory``, ``heads``,
+``checkpoints``, ``classify`` (a saved classifier on new text), ``budget`` (time plans),
+``plots`` and ``results``.
 """
 
 import logging
+import warnings
 
 __version__ = "0.1.0"
 
@@ -13,6 +16,9 @@ __version__ = "0.1.0"
 # Face hub at import and warns "pip install kernels" when it cannot. Offline that is noise, not
 # advice: its built-in CPU kernel is used, and is the one the notebooks are checked with.
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+# peft 0.21 calls transformers' renamed `is_gradient_checkpointing` inside PeftModel.from_pretrained and
+# prepare_model_for_kbit_training: a FutureWarning about peft's code, not the reader's (gone in later peft).
+warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*deprecated", category=FutureWarning)
 
 #: The one place the GitHub repository is named: Colab badges and install lines derive from it.
 REPO = "lmcls-org/lmcls"

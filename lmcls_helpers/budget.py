@@ -48,6 +48,7 @@ class Rates:
     score_example_s: float
     seq_len: int
     source: str
+    checkpointing_factor: float = 1.0  # training time with gradient checkpointing / without
     assumed: tuple[str, ...] = ()
 
 
@@ -56,15 +57,14 @@ def load_rates() -> dict[str, Rates]:
     text = resources.files("lmcls_helpers").joinpath("measurements", "runtime_rates.json").read_text()
     return {name: Rates(name=name, load_s=r["load_s"], reload_s=r["reload_s"], train_example_s=r["train_example_s"],
                         score_example_s=r["score_example_s"], seq_len=r["seq_len"], source=r["source"],
-                        assumed=tuple(r.get("assumed", ())))
+                        checkpointing_factor=r.get("checkpointing_factor", 1.0), assumed=tuple(r.get("assumed", ())))
             for name, r in json.loads(text)["runtimes"].items()}
 
 
 def estimate(plan: Plan, rates: Rates) -> dict[str, float]:
     """Seconds for each part of ``plan`` at ``rates``: the first load, reloads, training, scoring, total."""
     scale = plan.seq_len / rates.seq_len
-    # A training step is about one forward and a backward of twice its cost; checkpointing adds a forward.
-    recompute = 4 / 3 if plan.recompute else 1.0
+    recompute = rates.checkpointing_factor if plan.recompute else 1.0  # backward recomputes each block's forward
     parts = {
         "load_s": rates.load_s if plan.loads else 0.0,
         "reload_s": max(plan.loads - 1, 0) * rates.reload_s,
@@ -111,6 +111,9 @@ def plan_for(stem: str, profile, sizes: dict[str, int] | None = None) -> Plan:
 
 def report(stem: str, profile) -> str:
     """The lines a notebook prints after choosing its profile: its plan, and minutes on this runtime and a T4."""
+    import time
+
+    _started[stem] = time.perf_counter()
     plan = plan_for(stem, profile)
     rates = load_rates()
     here = this_runtime(profile)
@@ -125,6 +128,9 @@ def report(stem: str, profile) -> str:
     return "\n".join(lines)
 
 
+_started: dict[str, float] = {}
+
+
 def check_loads(stem: str, profile) -> int:
     """Assert that the notebook loaded as many base models as its plan says; returns the count."""
     from .models import load_count
@@ -136,6 +142,41 @@ def check_loads(stem: str, profile) -> int:
     return done
 
 
+def finish(stem: str, profile) -> str:
+    """The closing line of a notebook: time taken against the plan printed at the top, loads checked."""
+    import time
+
+    loads = check_loads(stem, profile)
+    planned = estimate(plan_for(stem, profile), load_rates()[this_runtime(profile)])["total_s"]
+    taken = time.perf_counter() - _started.get(stem, time.perf_counter())
+    return (f"{stem}: {taken / 60:.1f} min from the budget line to here, planned about {planned / 60:.1f} min "
+            f"on {this_runtime(profile)}; {loads} model load(s), as planned")
+
+
+def _plan_04(profile, sizes) -> Plan:
+    import math
+
+    pool = _first(sizes["in_domain_train"], profile.max_train_examples)
+    val = round(0.1 * pool)  # batches.train_val_split's default fraction
+    val = _first(val, profile.max_eval_examples)
+    test = _first(sizes["out_of_domain_dev"], profile.max_eval_examples)
+    steps = profile.num_epochs * math.ceil((pool - round(0.1 * pool)) / profile.train_batch_size)
+    validations = steps // profile.eval_every + (steps % profile.eval_every != 0)
+    replay = min(profile.resume_replay_steps or profile.eval_every, profile.eval_every)
+    trained = (steps + replay) * profile.train_batch_size + 4 * profile.train_batch_size  # + the gradient checks
+    # few-shot test and validation; each validation; test after training, after reloading, after merging; checks
+    scored = test + val + validations * val + 3 * test + 16 + 3
+    return Plan(loads=3, train_examples=trained, scored_examples=scored, seq_len=_seq_len(profile), recompute=True)
+
+
+def _seq_len(profile) -> int:
+    """Tokens in the few-shot prompt with a sentence: the tutorial's 86 for Llama 3 on CoLA, about 50 in the tiny world."""
+    return 50 if profile.name == "tiny" else 86
+
+
+PLANS["04_training_loop"] = _plan_04
+
+
 def _plan_01(profile, sizes) -> Plan:
     return Plan(loads=0, train_examples=0, scored_examples=0)  # tokenizers only
 
@@ -144,7 +185,7 @@ def _plan_02(profile, sizes) -> Plan:
     dev = _first(sizes["in_domain_dev"], profile.max_eval_examples)
     ood = _first(sizes["out_of_domain_dev"], profile.max_eval_examples)
     # dev: left-padded, right-padded, five prompt variants; out of domain once (exercise 1 scores dev once more)
-    return Plan(loads=1, train_examples=0, scored_examples=7 * dev + ood)
+    return Plan(loads=1, train_examples=0, scored_examples=7 * dev + ood, seq_len=_seq_len(profile))
 
 
 def _sixteen_bit_fits(profile) -> bool:
@@ -166,7 +207,8 @@ def _plan_03(profile, sizes) -> Plan:
     dev = _first(sizes["in_domain_dev"], profile.max_eval_examples)
     precisions = 4 + _sixteen_bit_fits(profile)  # NF4, NF4 + double quant, FP4, FP4 + double quant (+ 16-bit)
     # one NF4 load to inspect, then each precision: scored once with the prompt, once for perplexity
-    return Plan(loads=1 + precisions, train_examples=0, scored_examples=precisions * 2 * dev + 64)
+    return Plan(loads=1 + precisions, train_examples=0, scored_examples=precisions * 2 * dev + 64,
+                seq_len=_seq_len(profile))
 
 
 def _plan_05(profile, sizes) -> Plan:

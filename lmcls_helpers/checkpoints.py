@@ -93,6 +93,12 @@ def save_checkpoint(path: str | Path, model, optimizer, scheduler, step: int, ex
     return path
 
 
+def latest_checkpoint(root: str | Path) -> Path | None:
+    """The newest complete ``step-NNNNN`` folder under ``root`` (what a run cut off by a disconnect resumes from)."""
+    done = [p for p in Path(root).glob("step-*") if (p / STATE_FILE).exists() and (p / ADAPTER_FILE).exists()]
+    return max(done, key=lambda p: int(p.name.split("-")[1]), default=None)
+
+
 def load_checkpoint(path: str | Path, model, optimizer, scheduler) -> dict[str, Any]:
     """Restore a :func:`save_checkpoint` folder into live objects; returns ``{"step", "extra"}``.
 

@@ -45,7 +45,7 @@ if "google.colab" in sys.modules:  # Colab only: this package, and the versions 
     subprocess.run([*pip, "transformers==5.23.0", "peft==0.21.2", "bitsandbytes==0.50.2", "accelerate==1.15.0"], check=True)
 
 # %%
-from lmcls_helpers import results
+from lmcls_helpers import budget, results
 from lmcls_helpers.profiles import environment_report, get_profile
 from lmcls_helpers.world import ensure_world
 
@@ -53,6 +53,7 @@ profile = get_profile(PROFILE)  # the first cell (or $LMCLS_PROFILE) chooses; "t
 ensure_world(profile)  # builds the tiny world under build/ once, then reuses it
 results.start("01_tokenizer_subtleties")
 print(environment_report(profile))
+print(budget.report("01_tokenizer_subtleties", profile))  # how long this notebook takes here, from its plan
 
 # %% [markdown]
 # This notebook needs no GPU and no model, only tokenizers. We load four of them. The tiny ones
@@ -355,6 +356,9 @@ tiny_ids
 from lmcls_helpers.tokens import explorer
 
 _ = explorer(tokenizers, text=" Him and me are going to the store. - unacceptable")
+
+# %%
+print(budget.finish("01_tokenizer_subtleties", profile))  # the time taken against the plan; the loads checked
 
 # %% [markdown]
 # ## Summary

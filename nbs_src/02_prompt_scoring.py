@@ -48,7 +48,8 @@ if "google.colab" in sys.modules:  # Colab only: this package, and the versions 
     subprocess.run([*pip, "transformers==5.23.0", "peft==0.21.2", "bitsandbytes==0.50.2", "accelerate==1.15.0"], check=True)
 
 # %%
-from lmcls_helpers import results
+from lmcls_helpers import budget, results
+from lmcls_helpers.hub import hub_login
 from lmcls_helpers.profiles import environment_report, get_profile
 from lmcls_helpers.world import ensure_world
 
@@ -56,6 +57,8 @@ profile = get_profile(PROFILE)  # the first cell (or $LMCLS_PROFILE) chooses; "t
 ensure_world(profile)  # builds the tiny world under build/ once, then reuses it
 results.start("02_prompt_scoring")
 print(environment_report(profile))
+print(hub_login(profile))  # Llama 3 is gated: stops here with the steps when a token or access is missing
+print(budget.report("02_prompt_scoring", profile))  # how long this notebook takes here, from its plan
 
 # %%
 import numpy as np
@@ -475,7 +478,11 @@ print("ablation, worst to best:", {k: round(v, 3) for k, v in sorted(ablation.it
 # anti-correlate with the labels is worse than a constant guess. On the tiny profile the model
 # was pre-trained on the pattern prompt, so the pattern wins by construction and the other
 # variants are formats it never saw; with Llama 3 the same table is an honest experiment.
-#
+
+# %%
+print(budget.finish("02_prompt_scoring", profile))  # the time taken against the plan; the loads checked
+
+# %% [markdown]
 # ## Summary
 #
 # - Classification by prompting = one forward pass, then compare the two label-word logits at the last real token.

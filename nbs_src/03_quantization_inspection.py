@@ -41,7 +41,8 @@ if "google.colab" in sys.modules:  # Colab only: this package, and the versions 
     subprocess.run([*pip, "transformers==5.23.0", "peft==0.21.2", "bitsandbytes==0.50.2", "accelerate==1.15.0"], check=True)
 
 # %%
-from lmcls_helpers import results
+from lmcls_helpers import budget, results
+from lmcls_helpers.hub import hub_login
 from lmcls_helpers.profiles import environment_report, get_profile
 from lmcls_helpers.world import ensure_world
 
@@ -49,6 +50,8 @@ profile = get_profile(PROFILE)  # the first cell (or $LMCLS_PROFILE) chooses; "t
 ensure_world(profile)  # builds the tiny world under build/ once, then reuses it
 results.start("03_quantization_inspection")
 print(environment_report(profile))
+print(hub_login(profile))  # Llama 3 is gated: stops here with the steps when a token or access is missing
+print(budget.report("03_quantization_inspection", profile))  # how long this notebook takes here, from its plan
 
 # %%
 import gc
@@ -693,6 +696,9 @@ for what, (w, b) in [("fewest changed answers", fewest), ("most lopsided change"
 # and neither can the two numbers: only the paired counts can. Had 4-bit come out ahead, it would not
 # have shown that quantization helps either: it adds noise to every weight, which is not a regularizer
 # you can count on. To claim a difference, report `b` and `c` (or a paired interval) on many sentences.
+
+# %%
+print(budget.finish("03_quantization_inspection", profile))  # the time taken against the plan; the loads checked
 
 # %% [markdown]
 # ## Summary

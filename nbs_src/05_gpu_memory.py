@@ -43,7 +43,8 @@ if "google.colab" in sys.modules:  # Colab only: this package, and the versions 
     subprocess.run([*pip, "transformers==5.23.0", "peft==0.21.2", "bitsandbytes==0.50.2", "accelerate==1.15.0"], check=True)
 
 # %%
-from lmcls_helpers import results
+from lmcls_helpers import budget, results
+from lmcls_helpers.hub import hub_login
 from lmcls_helpers.profiles import environment_report, get_profile
 from lmcls_helpers.world import ensure_world
 
@@ -51,6 +52,8 @@ profile = get_profile(PROFILE)  # the first cell (or $LMCLS_PROFILE) chooses; "t
 ensure_world(profile)  # builds the tiny world under build/ once, then reuses it
 results.start("05_gpu_memory")
 print(environment_report(profile))
+print(hub_login(profile))  # Llama 3 is gated: stops here with the steps when a token or access is missing
+print(budget.report("05_gpu_memory", profile))  # how long this notebook takes here, from its plan
 
 # %%
 import pandas as pd
@@ -550,6 +553,9 @@ assert t4_peak + t4_context <= t4_spec["capacity_gib"], "the tutorial's step ran
 
 # %%
 plots.memory_explorer(LLAMA3_8B_CONFIG, budgets)
+
+# %%
+print(budget.finish("05_gpu_memory", profile))  # the time taken against the plan; the loads checked
 
 # %% [markdown]
 # ## Summary

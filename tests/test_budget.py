@@ -26,7 +26,8 @@ def test_each_notebook_fits_a_class_hour_on_a_t4_under_the_full_profile(stem):
 
 
 def test_estimate_is_rates_times_work():
-    rates = budget.Rates("x", load_s=100, reload_s=10, train_example_s=0.5, score_example_s=0.1, seq_len=50, source="")
+    rates = budget.Rates("x", load_s=100, reload_s=10, train_example_s=0.5, score_example_s=0.1, seq_len=50, source="",
+                         checkpointing_factor=4 / 3)
     est = budget.estimate(budget.Plan(loads=3, train_examples=10, scored_examples=20, seq_len=100), rates)
     assert est == {"load_s": 100, "reload_s": 20, "train_s": 10.0, "score_s": 4.0, "total_s": 134.0}
     slower = budget.estimate(budget.Plan(loads=0, train_examples=30, scored_examples=0, seq_len=50, recompute=True), rates)
@@ -38,7 +39,7 @@ def test_shipped_rates_name_their_source_and_assumptions():
     assert {"T4", "H100", "CPU (tiny)"} <= set(rates)
     for r in rates.values():
         assert r.source and r.train_example_s > 0 and r.score_example_s > 0
-        assert set(r.assumed) <= {"load_s", "reload_s", "train_example_s", "score_example_s"}
+        assert set(r.assumed) <= {"load_s", "reload_s", "train_example_s", "score_example_s", "checkpointing_factor"}
 
 
 def test_colab_budget_json_lists_every_notebook_under_the_budget(capsys):

@@ -145,3 +145,16 @@ def test_fingerprint_survives_moving_a_local_model(tmp_path):
     model, _, _ = build(name=str(tmp_path / "a" / "tiny" / "model"))
     moved, _, _ = build(name="/elsewhere/tiny/model")
     assert fingerprint(model) == fingerprint(moved)
+
+
+def test_latest_checkpoint_is_the_newest_complete_folder(tmp_path):
+    from lmcls_helpers.checkpoints import ADAPTER_FILE, STATE_FILE, latest_checkpoint
+
+    assert latest_checkpoint(tmp_path) is None
+    for step, complete in ((5, True), (40, True), (100, False)):  # step 100 was cut off while being written
+        folder = tmp_path / f"step-{step:05d}"
+        folder.mkdir()
+        (folder / ADAPTER_FILE).write_bytes(b"")
+        if complete:
+            (folder / STATE_FILE).write_bytes(b"")
+    assert latest_checkpoint(tmp_path) == tmp_path / "step-00040"
