@@ -15,6 +15,8 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 export PYTHONHASHSEED := 0
 export MPLBACKEND := Agg
+# An executed notebook is a static page: a progress bar there would show only its first frame.
+export TQDM_DISABLE := 1
 
 .PHONY: setup world small run test lint unit notebooks sync strip bench bench-notebooks clean
 

@@ -117,12 +117,15 @@ def report(stem: str, profile) -> str:
     plan = plan_for(stem, profile)
     rates = load_rates()
     here = this_runtime(profile)
-    lines = [f"plan: {plan.loads} model load(s), {plan.train_examples:,} training examples, "
-             f"{plan.scored_examples:,} scored examples, prompts of about {plan.seq_len} tokens"]
+    work = f"{plan.loads} model load(s), {plan.train_examples:,} training examples, {plan.scored_examples:,} scored examples"
+    if plan.train_examples or plan.scored_examples:
+        work += f", prompts of about {plan.seq_len} tokens"
+    lines = [f"plan: {work}"]
     for name in dict.fromkeys([here, "T4"]) if profile.device == "cuda" else [here]:
         est = estimate(plan, rates[name])
         guess = f" (assumed: {', '.join(rates[name].assumed)})" if rates[name].assumed else ""
-        lines.append(f"about {est['total_s'] / 60:.1f} min on {name}{guess}")
+        idle = " (measured on an idle 2-core CPU; a busy or slower one takes longer)" if name.startswith("CPU") else ""
+        lines.append(f"about {est['total_s'] / 60:.1f} min on {name}{guess}{idle}")
     if plan.cut:
         lines.append(f"cut to fit a class hour: {plan.cut}")
     return "\n".join(lines)
@@ -218,3 +221,81 @@ def _plan_05(profile, sizes) -> Plan:
 
 PLANS.update({"01_tokenizer_subtleties": _plan_01, "02_prompt_scoring": _plan_02,
               "03_quantization_inspection": _plan_03, "05_gpu_memory": _plan_05})
+
+
+def _plan_08(profile, sizes) -> Plan:
+    from pathlib import Path
+
+    from .categories import CATEGORY_NAMES, ledger_categories
+
+    if Path(profile.ledger_path).exists():
+        from .data import load_ledger
+
+        ledger = load_ledger(profile.ledger_path)
+    else:  # the same lines ensure_world writes (the ledger is synthetic on every profile)
+        from . import synthetic, world
+
+        ledger = synthetic.ledger_lines(world.SIZES["ledger"], world.SEED)
+    k = len(CATEGORY_NAMES)
+    test = round(0.25 * len(ledger_categories(ledger, seed=profile.seed)))  # train_val_split(val_fraction=0.25)
+    runs = 4  # label words; linear head plain, weighted, resampled
+    # few-shot: every (line, class) pair with a prompt about k + 1 lines long; 4 lines again for the mean check;
+    # the loss check (2); fine-tuned label words, every pair; the head predicts the test set 4 times
+    scored = (test + 4) * k * (k + 1) + 2 + test * k + 4 * test
+    return Plan(loads=1, train_examples=runs * profile.max_steps * profile.train_batch_size, scored_examples=scored,
+                seq_len=48)
+
+
+PLANS["08_beyond_two_labels"] = _plan_08
+
+
+def _ledger_lines(profile) -> int:
+    """Ledger lines notebook 7 reads: the file's (the same synthetic lines on every profile), capped by the profile."""
+    lines = LEDGER_SIZE
+    if profile.ledger_path.exists():
+        import pandas as pd
+
+        lines = len(pd.read_csv(profile.ledger_path))
+    return _first(lines, profile.ledger_max_lines)
+
+
+def _plan_06(profile, sizes) -> Plan:
+    dev = _first(sizes["in_domain_dev"], profile.max_eval_examples)
+    run = profile.max_steps * profile.train_batch_size  # examples per training run (a small set is cycled)
+    pads = 3 * 17  # three sentences under 0..16 pads, per head
+    # -1 head: dev in 3 layouts + pads; last-real head: 3 layouts + left/-1 + pads; its reload; the frozen head;
+    # its reload (scores + hidden states); the loss check (two micro-batches); the saved classifier's check + 6 sentences
+    scored = (3 * dev + pads) + (4 * dev + pads) + dev + dev + 2 * dev + 2 * profile.micro_batch_size + 16 + 6
+    return Plan(loads=2, train_examples=3 * run, scored_examples=scored, seq_len=_seq_len(profile),
+                recompute=profile.gradient_checkpointing,
+                cut=f"{profile.max_steps} optimizer steps per head (not 250)." if profile.device == "cuda" else "")
+
+
+def _plan_07(profile, sizes) -> Plan:
+    import math
+
+    train = _first(sizes["in_domain_train"], profile.max_train_examples)
+    dev = _first(sizes["in_domain_dev"], profile.max_eval_examples)
+    grid = [n for n in profile.sample_sizes if n < train]
+    run = profile.max_steps * profile.train_batch_size
+    grammar_runs = 4 + 3 * len(grid)  # label words, head, bare head, SequenceClassification; three per grid size
+    lines = _ledger_lines(profile)
+    test = round(0.25 * lines)
+    ledger_run = profile.num_epochs * math.ceil((lines - test) / profile.train_batch_size) * profile.train_batch_size
+    # ledger: two heads (two layouts each), the tutorial's pipeline (two layouts), label words, SequenceClassification
+    grammar_work = grammar_runs * run + (grammar_runs + 1) * dev + 4  # + the few-shot score, the pad-id demo
+    ledger_work = 5 * ledger_run + 8 * test
+    seq_len = _seq_len(profile)
+    ledger_len = 28 if profile.name == "tiny" else 32  # a ledger line: 28 tokens in the tiny world, about 32 in Llama 3's
+    mean_len = round((grammar_work * seq_len + ledger_work * ledger_len) / (grammar_work + ledger_work))
+    cut = ""
+    if profile.device == "cuda":  # the class hour is a GPU's: say what the sizes above leave out
+        cut = (f"{profile.max_steps} optimizer steps per run (not 250), training-set sizes "
+               f"{', '.join(map(str, grid)) or 'none'} besides the full set (not 32, 128, 512), and "
+               + (f"the first {lines:,} ledger lines." if profile.ledger_max_lines else "every ledger line."))
+    return Plan(loads=2, train_examples=grammar_runs * run + 5 * ledger_run,
+                scored_examples=(grammar_runs + 1) * dev + 4 + 8 * test, seq_len=mean_len,
+                recompute=profile.gradient_checkpointing, cut=cut)
+
+
+PLANS.update({"06_last_token_head": _plan_06, "07_readouts_compared": _plan_07})

@@ -1,4 +1,4 @@
-"""A one-logit classification head on a causal LM's last real token (taught in notebook 6).
+"""A one-logit classification head on a causal LM's last real token (taught in notebook 6, used in 7).
 
 The Mistral ledger tutorial swaps the 32,000-word LM head for ``Linear(4096, 1)`` and trains it
 with binary cross-entropy: one logit, a sigmoid, a threshold. Three details decide whether that
@@ -134,6 +134,22 @@ def saved_head_keys(folder: str | Path) -> list[str]:
         return [k for k in f.keys() if f".{HEAD_MODULE}." in f".{k}"]
 
 
+def require_saved_head(folder: str | Path) -> list[str]:
+    """The head's tensor names in a saved adapter; ``ValueError`` when it was saved without them.
+
+    A check on the folder alone, so a notebook can ask before loading a base model (notebook 6,
+    section 7): one 8B base at a time on a T4.
+    """
+    keys = saved_head_keys(folder)
+    if not keys:
+        raise ValueError(
+            f"The adapter in {Path(folder).name} holds LoRA weights but no {HEAD_MODULE!r}: it was saved without "
+            f"LoraConfig(modules_to_save=[{HEAD_MODULE!r}]), so the head would come back random. "
+            "Retrain with the head in modules_to_save (or save its state_dict next to the adapter)."
+        )
+    return keys
+
+
 def load_head_classifier(model, folder: str | Path, seed: int | None = None):
     """A fresh causal LM + its saved LoRA adapter and head, ready to score (eval mode).
 
@@ -144,11 +160,6 @@ def load_head_classifier(model, folder: str | Path, seed: int | None = None):
     """
     from peft import PeftModel
 
-    if not saved_head_keys(folder):
-        raise ValueError(
-            f"The adapter in {folder} holds LoRA weights but no {HEAD_MODULE!r}: it was saved without "
-            f"LoraConfig(modules_to_save=[{HEAD_MODULE!r}]), so the head would come back random. "
-            "Retrain with the head in modules_to_save (or save its state_dict next to the adapter)."
-        )
+    require_saved_head(folder)
     add_binary_head(model, seed=seed)
     return PeftModel.from_pretrained(model, str(folder)).eval()

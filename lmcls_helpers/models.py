@@ -117,13 +117,16 @@ def _quiet_progress(local: bool):
             hf_logging.enable_progress_bar()
 
 
-def load_model(profile, quantize: bool | None = None, quant_type: str = "nf4", double_quant: bool = False):
+def load_model(profile, quantize: bool | None = None, quant_type: str = "nf4", double_quant: bool = False,
+               auto_class=AutoModelForCausalLM, **from_pretrained_kwargs):
     """The profile's causal LM in eval mode: 4-bit if ``quantize`` (default: the profile's choice).
 
     The ``shapes`` profile builds the 8B architecture from its config with random weights
     (:func:`random_model`): true-scale memory and speed on any GPU, with no download. On a GPU (or
     with ``LMCLS_ONE_MODEL=1``) it refuses to load while an earlier model is alive
     (:func:`require_no_live_model`). A 401/403 from the hub becomes the steps to get access.
+    ``auto_class`` (e.g. ``AutoModelForSequenceClassification``, with ``num_labels=2`` among the extra
+    keyword arguments) loads the same base with another head, under the same rules (notebook 7).
     """
     if one_model_at_a_time(profile):
         require_no_live_model()
@@ -132,6 +135,9 @@ def load_model(profile, quantize: bool | None = None, quant_type: str = "nf4", d
     if quantize:
         require_bitsandbytes()
         quantization_config = bnb_config(profile, quant_type, double_quant)
+    if profile.model_config and (auto_class is not AutoModelForCausalLM or from_pretrained_kwargs):
+        raise ValueError(f"Profile {profile.name!r} builds a causal LM from its config: it takes no auto_class or "
+                         "from_pretrained arguments. Use the 'tiny' or 'full' profile for other heads.")
     if profile.model_config:
         from transformers import LlamaConfig
 
@@ -140,14 +146,14 @@ def load_model(profile, quantize: bool | None = None, quant_type: str = "nf4", d
         model = random_model(config, dtype=profile.compute_dtype, device=device,
                              quantization_config=quantization_config, seed=profile.seed)
     else:
-        kwargs = {"dtype": profile.compute_dtype}
+        kwargs = {"dtype": profile.compute_dtype, **from_pretrained_kwargs}
         if quantization_config is not None:
             kwargs["quantization_config"] = quantization_config
         if profile.device == "cuda":
             kwargs["device_map"] = {"": 0}
         try:
             with _quiet_progress(local=Path(profile.model_id).is_dir()):
-                model = AutoModelForCausalLM.from_pretrained(profile.model_id, **kwargs)
+                model = auto_class.from_pretrained(profile.model_id, **kwargs)
         except OSError as err:  # transformers wraps the hub's 401/403 in an OSError
             from .hub import explain_hub_error
 

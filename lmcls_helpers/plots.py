@@ -195,8 +195,12 @@ def error_histogram(errors: dict, xlabel: str, title: str = "") -> plt.Figure:
     return fig
 
 
-def stacked_gib(parts: dict, measured: float | None = None, title: str = "") -> plt.Figure:
-    """Horizontal stacked bars: GiB per model part for each storage format (``{format: {part: GiB}}``)."""
+def stacked_gib(parts: dict, measured: float | None = None, title: str = "",
+                measured_label: str = "measured NF4") -> plt.Figure:
+    """Horizontal stacked bars: GiB per model part for each storage format (``{format: {part: GiB}}``).
+
+    ``measured_label`` says where the dashed line's figure comes from (measured here, or shipped).
+    """
     fig, ax = plt.subplots(figsize=SMALL)
     names = list(parts)
     kinds = list(dict.fromkeys(k for p in parts.values() for k in p))
@@ -206,7 +210,7 @@ def stacked_gib(parts: dict, measured: float | None = None, title: str = "") -> 
         ax.barh(names, widths, left=left, label=kind)
         left = [a + b for a, b in zip(left, widths)]
     if measured is not None:
-        ax.axvline(measured, color="black", linestyle="--", linewidth=1, label=f"measured NF4: {measured:.2f} GiB")
+        ax.axvline(measured, color="black", linestyle="--", linewidth=1, label=f"{measured_label}: {measured:.2f} GiB")
     ax.invert_yaxis()
     ax.set_xlabel("GiB (2**30 bytes)")
     ax.set_title(title)
@@ -339,7 +343,7 @@ def score_vs_pads(curves: dict, title: str = "") -> plt.Figure:
 
 
 def sample_efficiency(table, title: str = "", ylabel: str = "dev MCC", reference: dict | None = None) -> plt.Figure:
-    """One line per method: a metric against the number of training examples, log-scaled (notebook 6).
+    """One line per method: a metric against the number of training examples, log-scaled (notebook 7).
 
     ``reference`` maps a label to a value drawn as a dashed horizontal line (e.g. an untrained baseline).
     """

@@ -70,7 +70,9 @@ class Profile:
     eval_every: int = 200  # optimizer steps between validations
     max_grad_norm: float = 1.0
     max_train_examples: int | None = None
-    max_steps: int | None = None  # optimizer steps per run where a notebook compares many runs (notebook 6)
+    max_steps: int | None = None  # optimizer steps per run where a notebook compares many runs (notebooks 6 and 7)
+    sample_sizes: tuple[int, ...] = (32, 128, 512)  # training-set sizes of notebook 7's sample-efficiency grid
+    ledger_max_lines: int | None = None  # ledger lines notebook 7 uses (None: all)
     resume_replay_steps: int | None = None  # notebook 4 replays this many steps after a resume (None: to the next checkpoint)
     lora_r: int = 8
     lora_alpha: int = 16
@@ -200,7 +202,9 @@ def _full(require_device: bool = True) -> Profile:
         weight_decay=0.05,
         warmup_steps=100,
         eval_every=100,
-        max_steps=250,
+        max_steps=80,  # notebooks 6 and 7 train 3 and 12 runs: 640 examples each fits both into a class hour on a T4
+        sample_sizes=(64,),
+        ledger_max_lines=400,
         max_train_examples=4000,  # 3,600 to train on, 400 to validate: training fits a class hour on a T4
         resume_replay_steps=20,
     )

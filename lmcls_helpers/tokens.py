@@ -192,7 +192,9 @@ def explorer(tokenizers: Mapping[str, PreTrainedTokenizerBase], text: str = " ac
     box.observe(update, names="value")
     update()
     ui = widgets.VBox([box, out])
-    display(ui)
+    bundle = ui._repr_mimebundle_()
+    bundle["text/plain"] = "(interactive explorer: open the notebook in Jupyter or Colab to type)"
+    display(bundle, raw=True)
     print("Static copy for readers without a widget frontend:")
     show(text)
     return ui

@@ -34,7 +34,7 @@
 # this works offline) next to the two tiny tokenizers that this course trains for its CPU world.
 
 # %%
-PROFILE = None  # None: $LMCLS_PROFILE, else "tiny" (CPU, offline). On a Colab GPU runtime: "full".
+PROFILE = None  # None: $LMCLS_PROFILE, else "tiny" (CPU, offline). "small": a real 135M LLM on the CPU. Colab GPU: "full".
 
 import subprocess
 import sys
@@ -180,8 +180,14 @@ for pair in candidates:
             survives[" /".join(pair)][name] = "splits"
 pd.DataFrame(survives).T
 
+# %%
+everywhere = [pair for pair, row in survives.items() if "splits" not in row.values()]
+print(f"pairs that are single tokens in all {len(tokenizers)} tokenizers: {everywhere or 'none'}")
+
 # %% [markdown]
-# Label words are a per-tokenizer decision: check them every time you change the model.
+# None of them does. Mistral splits `' unacceptable'`, and the two tiny tokenizers, with their
+# small vocabularies, keep only the words of their own world (`' acceptable'`, `' unacceptable'`) and
+# split the rest. Label words are a per-tokenizer decision: check them every time you change the model.
 #
 # ## 4. SentencePiece: two spellings of the same space
 #

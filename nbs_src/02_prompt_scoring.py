@@ -37,7 +37,7 @@
 # catches. Its numbers show the *mechanics*; they are not comparable with Llama 3 8B's numbers.
 
 # %%
-PROFILE = None  # None: $LMCLS_PROFILE, else "tiny" (CPU, offline). On a Colab GPU runtime: "full".
+PROFILE = None  # None: $LMCLS_PROFILE, else "tiny" (CPU, offline). "small": a real 135M LLM on the CPU. Colab GPU: "full".
 
 import subprocess
 import sys
@@ -98,6 +98,8 @@ dev.sample(5, random_state=0)
 # %%
 tokenizer = load_tokenizer(profile, padding_side="left")
 model = load_model(profile)  # 4-bit NF4 weights, profile.compute_dtype compute
+# A 4-bit layer packs two weights into each uint8 element, so this counts fewer elements than the
+# model has weights (notebook 3, section 4 counts both).
 print(type(model).__name__, f"{sum(p.numel() for p in model.parameters()):,} stored parameter elements")
 
 # %% [markdown]
@@ -116,7 +118,7 @@ label_ids
 
 # %% [markdown]
 # Two templates that cannot work, refused with a message that says what to change: one without a
-# slot for the sentence, and one whose first label word is two tokens.
+# slot for the sentence, and one whose first label word is several tokens (three here).
 
 # %%
 for bad in [lambda: PromptTemplate("Is this sentence acceptable? -"),
@@ -206,15 +208,19 @@ print("rows where [:, -1] differs from the last real token:",
 #
 # `model(**batch).logits` holds a score for **every position and every vocabulary entry**. For
 # Llama 3 that is `batch × seq × 128,256` numbers, of which we read two per row. Sizes for a batch
-# of 16 prompts of 86 tokens (the tutorial's prompt length):
+# of 16 prompts padded to 86 tokens, the longest CoLA example with the tutorial's prompt (notebook
+# 1's example prompt is 45 tokens). The LM head returns its logits in the compute dtype, bf16
+# for Llama 3 on a GPU; only a loss over all positions would make an fp32 copy of them:
 
 # %%
 from lmcls_helpers.profiles import LLAMA3_8B_CONFIG
 
 batch_size, seq_len, vocab = 16, 86, LLAMA3_8B_CONFIG["vocab_size"]
-full_bytes = batch_size * seq_len * vocab * 4  # fp32 logits (transformers upcasts for the loss)
-needed_bytes = batch_size * 2 * 4
-print(f"all logits: {full_bytes / 2**30:.2f} GiB   the ones we use: {needed_bytes} bytes")
+value_bytes = torch.finfo(torch.bfloat16).bits // 8  # 2 bytes per logit in bf16
+full_bytes = batch_size * seq_len * vocab * value_bytes
+needed_bytes = batch_size * 2 * value_bytes
+print(f"all logits in bf16: {full_bytes / 2**30:.2f} GiB ({2 * full_bytes / 2**30:.2f} GiB as an fp32 copy)"
+      f"   the ones we use: {needed_bytes} bytes")
 
 # %% [markdown]
 # So `lmcls_helpers.scoring` takes the last real token's **hidden state** first and applies the LM
@@ -369,13 +375,14 @@ print(f"acceptable sentences called unacceptable: {fn}/{tp + fn} ({fn / (tp + fn
 # %%
 fig = plots.score_histogram(fewshot_dev.probs, fewshot_dev.labels, title="few-shot P(acceptable), dev split")
 plots.show(fig, "02_score_histogram")
+print(f"P(acceptable) is a softmax over 2 of the model's {model.config.vocab_size:,} logits")
 
 # %% [markdown]
 # Nearly every sentence sits in the first or the last bin, and wrong ones are among them: the
 # blue step in the last bin is the unacceptable sentences that were called acceptable. These
-# numbers are **not** calibrated probabilities: a softmax over two of many thousand logits says
-# which label word is likelier, not how often the model is right. Here are its most confident
-# mistakes:
+# numbers are **not** calibrated probabilities: a softmax over two logits out of the whole vocabulary
+# (the size printed above; 128,256 in Llama 3) says which label word is likelier, not how often the
+# model is right. Here are its most confident mistakes:
 
 # %%
 mistakes = dev.assign(p_acceptable=fewshot_dev.probs, pred=fewshot_dev.preds)

@@ -32,7 +32,7 @@
 # - how to **resume exactly** from a checkpoint, and what to do with the adapter afterwards.
 
 # %%
-PROFILE = None  # None: $LMCLS_PROFILE, else "tiny" (CPU, offline). On a Colab GPU runtime: "full".
+PROFILE = None  # None: $LMCLS_PROFILE, else "tiny" (CPU, offline). "small": a real 135M LLM on the CPU. Colab GPU: "full".
 
 import subprocess
 import sys
@@ -64,7 +64,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from lmcls_helpers import plots
+from lmcls_helpers import plots, quant
 from lmcls_helpers.batches import collate, encode_examples, label_loss, step_batches, train_val_split
 from lmcls_helpers.data import download_cola, load_cola
 from lmcls_helpers.models import LLAMA_PROJECTIONS, load_model
@@ -221,8 +221,9 @@ torch.manual_seed(profile.seed)  # the A matrices start random
 model = get_peft_model(model, lora_config)
 trainable = [p for p in model.parameters() if p.requires_grad]
 n_trainable = sum(p.numel() for p in trainable)
-n_total = sum(p.numel() for p in model.parameters())
-print(f"trainable: {n_trainable:,} LoRA weights in {len(trainable)} tensors ({n_trainable / n_total:.2%} of stored elements)")
+n_weights = int(quant.parameter_table(model)["weights"].sum())  # a packed uint8 element holds two 4-bit weights
+print(f"trainable: {n_trainable:,} LoRA weights in {len(trainable)} tensors, "
+      f"{n_trainable / n_weights:.2%} of the model's {n_weights:,} weights (base + LoRA)")
 
 
 # %% [markdown]
@@ -241,12 +242,15 @@ def lora_param_count(config: dict, r: int, targets) -> int:
 
 
 assert lora_param_count(model.get_base_model().config.to_dict(), profile.lora_r, LLAMA_PROJECTIONS) == n_trainable
-print(f"Llama-3-8B, r={profile.lora_r}, all seven projections: "
-      f"{lora_param_count(LLAMA3_8B_CONFIG, profile.lora_r, LLAMA_PROJECTIONS):,} trainable weights")
+lora_8b = lora_param_count(LLAMA3_8B_CONFIG, profile.lora_r, LLAMA_PROJECTIONS)
+weights_8b = int(quant.predicted_table(LLAMA3_8B_CONFIG)["weights"].sum()) + lora_8b
+print(f"Llama-3-8B, r={profile.lora_r}, all seven projections: {lora_8b:,} trainable weights, "
+      f"{lora_8b / weights_8b:.2%} of its {weights_8b:,} weights (base + LoRA)")
 
 # %% [markdown]
-# About 21 million weights to train, 0.26% of the 8 billion: that is why the adapters, their
-# gradients and their optimizer state are small, and why the base can stay in 4 bits.
+# About 21 million weights to train, 0.26% of all of Llama-3-8B's weights (the same denominator as
+# the tiny model's share above, which is larger because its layers are so narrow): that is why the
+# adapters, their gradients and their optimizer state are small, and why the base can stay in 4 bits.
 #
 # ## 4. The loss: one target per sentence
 #
@@ -274,7 +278,7 @@ print(f"logits {tuple(logits.shape)}; summed loss {loss_sum.item():.4f} over {n_
 # %%
 with torch.no_grad():
     builtin = model(**batch).loss  # mean over the non -100 targets
-torch.testing.assert_close(loss_sum / n_examples, builtin, rtol=1e-4, atol=1e-4)
+torch.testing.assert_close(loss_sum / n_examples, builtin, **profile.tolerance)
 print(f"ours / n = {loss_sum.item() / n_examples:.5f}   transformers' loss = {builtin.item():.5f}")
 
 # %% [markdown]
@@ -307,7 +311,7 @@ with torch.no_grad():
     lean_logits = llama.lm_head(hidden[rows, label_pos - 1])  # (batch, vocab): one row per example
     lean_sum = torch.nn.functional.cross_entropy(lean_logits.float(), batch["labels"][rows, label_pos], reduction="sum")
 print(f"hidden {tuple(hidden.shape)} -> logits {tuple(lean_logits.shape)}; summed loss {lean_sum.item():.4f}")
-torch.testing.assert_close(lean_sum, loss_sum, rtol=1e-4, atol=1e-4)
+torch.testing.assert_close(lean_sum, loss_sum, **profile.tolerance)
 
 # %% [markdown]
 # Same loss. The sizes of the two logits tensors, here and for the tutorial's Llama-3-8B batch of
@@ -344,9 +348,9 @@ peaks.round(2)
 
 # %%
 tutorial_left = t4_budget - peaks.loc["micro-batch 8", "tutorial (all logits)"]
-print(f"the tutorial's step leaves {tutorial_left:.2f} GiB of the T4's budget")
-assert (peaks["lean head + checkpointing"] < peaks["tutorial (all logits)"]).all(), "the lean recipe needs less"
-assert 0 <= tutorial_left < 1, "the tutorial's step fits a T4, with less than a GiB to spare"
+lean_share = (peaks["lean head + checkpointing"] / peaks["tutorial (all logits)"]).round(2).to_dict()
+print(f"the estimator says: the tutorial's step leaves {tutorial_left:.2f} GiB of the T4's budget; "
+      f"the lean recipe needs {lean_share} of the tutorial's peak")
 
 
 # %% [markdown]
@@ -373,13 +377,15 @@ def loss_and_grads(compute_loss):
 model.train()
 full_loss, full_grads = loss_and_grads(lambda: label_loss(model, batch, lean=False))
 if gradient_checkpointing:  # transformers' newer name for gradient checkpointing; non-reentrant by default
+    model.get_base_model().config.use_cache = False  # a KV cache is for generation; it cannot be checkpointed
     model.get_base_model().activation_checkpointing_enable()
 recipe_loss, recipe_grads = loss_and_grads(lambda: label_loss(model, batch, lean=lean_head))
 grad_error = ((recipe_grads - full_grads).norm() / full_grads.norm()).item()
 print(f"lean_head={lean_head}, gradient_checkpointing={gradient_checkpointing}: loss {recipe_loss.item():.5f} "
       f"(full recipe {full_loss.item():.5f}); gradients differ by {grad_error:.1e} (relative)")
 torch.testing.assert_close(recipe_loss, full_loss, **profile.tolerance)  # exact in fp32, 16-bit rounding on a GPU
-assert grad_error < 1e-2, "same recipe, same gradients (up to 16-bit rounding on a GPU)"
+grad_bound = max(10 * torch.finfo(profile.compute_dtype).eps, 1e-4)  # 10 rounding steps: 0.078 in bf16, 1e-4 in fp32
+assert grad_error < grad_bound, f"same recipe, same gradients (up to {grad_bound:.0e}, rounding in {profile.compute_dtype})"
 
 # %% [markdown]
 # Same loss, same gradients, so the same training run; only memory and time differ.
@@ -474,7 +480,8 @@ assert relative["ours"] < 1e-2, "accumulated and big-batch gradients must agree 
 #
 # ## 7. Optimizer and learning-rate schedule
 #
-# AdamW with decoupled weight decay, on the trainable weights only. (`from transformers import
+# AdamW with decoupled weight decay, on the trainable weights only; the tiny profile sets the decay to
+# 0 (printed below), which makes it plain Adam, while the full profile keeps a small one. (`from transformers import
 # AdamW`, as in the tutorial, no longer exists in transformers 5; PyTorch's `torch.optim.AdamW` is the
 # same algorithm.) The switch selects bitsandbytes' 8-bit AdamW instead.
 
@@ -752,13 +759,16 @@ test = evaluate(model, tokenizer, list(test_df.sentence), list(test_df.label), t
 this_run = pd.DataFrame({"MCC": [fewshot_test.mcc, test.mcc], "accuracy": [fewshot_test.accuracy, test.accuracy]},
                         index=["few-shot", "fine-tuned"])
 tutorial = pd.DataFrame({"MCC": [0.495, 0.647], "accuracy": [np.nan, 0.8527]}, index=["few-shot", "fine-tuned"])
-pd.concat({f"this run ({profile.name}, {len(test_df)} sentences)": this_run, "tutorial (Llama-3-8B)": tutorial}, axis=1).round(3)
+print(f"this run ({profile.name} profile, {profile.model_id}, {len(test_df)} test sentences):")
+print(this_run.round(3).to_string())
+print("\nthe tutorial (Llama-3-8B on real CoLA, 516 sentences, T4), not comparable with a run on another model or data:")
+print(tutorial.round(3).to_string())
 
 # %% [markdown]
 # (The tutorial reports few-shot *test* MCC 0.495 for the 4-bit model, but no few-shot accuracy.)
-# Read each half down its rows, few-shot against fine-tuned: across the halves the numbers are not
-# comparable. On the tiny profile the left half is a 4-layer model on synthetic sentences, the
-# right half Llama-3-8B on real CoLA.
+# Read each table down its rows, few-shot against fine-tuned; do not compare across the tables. On
+# the tiny profile the first is a 4-layer model on synthetic sentences, the second Llama-3-8B on real
+# CoLA: the tiny model's higher numbers say its synthetic task is easier, not that it beats Llama.
 #
 # Which errors did training teach? The synthetic data records each sentence's kind of error, so we
 # can count, per kind, how many of the test sentences each model gets right (for an error kind:
@@ -837,6 +847,9 @@ print(f"reloaded: test MCC {reloaded.mcc:.3f}; {agreement:.1%} of predictions as
 assert agreement >= 0.98, "the reloaded adapter must reproduce the trained model's predictions"
 
 # %% [markdown]
+# On a GPU the scores can differ in the last bits of the compute dtype (kernels add in varying
+# order); the predictions agree.
+#
 # An adapter alone is not yet a classifier: its scores also depend on the template that wraps each
 # sentence, the two label words read, and the base model it was trained on. `save_classifier` writes
 # all of that beside the adapter, in a `classifier.json` you can read; section 12 uses it.
@@ -848,22 +861,25 @@ classifier_dir = save_classifier(build_dir("classifiers", "04_label_words"), mod
 print((classifier_dir / "classifier.json").read_text())
 
 # %% [markdown]
-# On a GPU the scores can differ in the last bits of the compute dtype (kernels add in varying
-# order); the predictions agree.
-#
 # **`merge_and_unload`** folds each adapter into its base weight, `W + (α/r)·B·A`, and returns a
 # plain model without LoRA layers: no extra matmuls at inference. With a 4-bit base that means
 # dequantize `W`, add the update, and **quantize again** to the 16 NF4 levels. The update is small
 # next to the gaps between those levels, so rounding distorts it. We measure by how much in one
-# projection, comparing the dequantized weights before and after the merge:
+# projection, comparing the dequantized weights before and after the merge. (peft warns, on every
+# such merge, that merging into a 4-bit layer may change the model's outputs through rounding: that is
+# what we measure here, so the cell silences that one warning.)
 
 # %%
+import warnings
+
 from bitsandbytes.functional import dequantize_4bit
 
 layer = model.get_base_model().model.layers[-1].mlp.down_proj  # a LoRA layer around a Linear4bit
 update = layer.get_delta_weight("default").float()  # (α/r)·B·A, (out, in)
 w_before = dequantize_4bit(layer.base_layer.weight.data, layer.base_layer.weight.quant_state).float()
-merged = model.merge_and_unload()  # every Linear4bit re-quantized with its update folded in
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message="Merge lora module to 4-bit linear", category=UserWarning)
+    merged = model.merge_and_unload()  # every Linear4bit re-quantized with its update folded in
 w_after = dequantize_4bit(layer.base_layer.weight.data, layer.base_layer.weight.quant_state).float()
 distortion = ((w_after - w_before - update).norm() / update.norm()).item()
 print(f"mean |update| {update.abs().mean():.1e}, mean |W| {w_before.abs().mean():.1e}; "
@@ -910,8 +926,10 @@ print(f"classifier.json read back; P(acceptable) of {len(check)} test sentences 
 # %%
 my_sentences = ["A neighbor is dropping the cakes.", "A neighbor are dropping the cakes.", "She and I slept after lunch.",
                 "Her and I slept after lunch.", "A neighbor is the dropping cakes.", "The cat sat on the mat."]
-for sentence, label, p in zip(my_sentences, classifier.predict(my_sentences), classifier.predict_proba(my_sentences).max(axis=1)):
-    print(f"{label:>12}  {p:.3f}  {sentence}")
+p_acceptable = classifier.predict_proba(my_sentences)[:, 1]  # (n,): column 1 is ' acceptable'
+print(f"{'prediction':>12}  P(acceptable)  sentence")
+for sentence, label, p in zip(my_sentences, classifier.predict(my_sentences), p_acceptable):
+    print(f"{label:>12}  {p:13.3f}  {sentence}")
 
 # %% [markdown]
 # On the tiny profile the answers follow the recall table of section 10: the wrong pronoun case
@@ -964,10 +982,10 @@ else:  # peft counts it on an 8B skeleton that has shapes but no memory ("meta" 
 
 # %% [markdown]
 # **2. Early stopping.** The last checkpoint is not always the best. Pick the step whose checkpoint
-# had the highest validation MCC, load that checkpoint into the model of section 11, and check that
+# had the highest validation MCC, put that checkpoint's adapter on a fresh 4-bit base, and check that
 # it reproduces the recorded validation MCC. *Hint:* `stats` has the MCC per step; a checkpoint's
-# adapter loads with `PeftModel.from_pretrained(load_model(profile), folder)`, once the model of
-# section 12 is gone (`del classifier` and `free_gpu_memory()`: one 8B base at a time on a T4).
+# adapter loads with `PeftModel.from_pretrained(load_model(profile), folder)`. Free section 12's
+# `classifier` first (`del classifier`, then `free_gpu_memory()`): one 8B base at a time on a T4.
 
 # %%
 best_step = None  # your answer: a step number from stats.step

@@ -32,7 +32,7 @@
 #   8-bit Adam, double quantization, LoRA rank), and which configurations fit which GPU.
 
 # %%
-PROFILE = None  # None: $LMCLS_PROFILE, else "tiny" (CPU, offline). On a Colab GPU runtime: "full".
+PROFILE = None  # None: $LMCLS_PROFILE, else "tiny" (CPU, offline). "small": a real 135M LLM on the CPU. Colab GPU: "full".
 
 import subprocess
 import sys

@@ -118,3 +118,16 @@ def test_load_model_turns_a_wrapped_403_into_the_steps(monkeypatch):
     monkeypatch.setattr(models.AutoModelForCausalLM, "from_pretrained", from_pretrained)
     with pytest.raises(RuntimeError, match="gated model"):
         models.load_model(_hub_profile(), quantize=False)
+
+
+def test_another_head_loads_under_the_same_rule(one_model):
+    from transformers import AutoModelForSequenceClassification
+
+    seqcls = models.load_model(one_model, auto_class=AutoModelForSequenceClassification, num_labels=2)
+    assert type(seqcls).__name__ == "LlamaForSequenceClassification" and seqcls.score.out_features == 2
+    with pytest.raises(RuntimeError, match="already loaded"):
+        models.load_model(one_model)
+    del seqcls
+    models.free_gpu_memory()
+    with pytest.raises(ValueError, match="takes no auto_class"):
+        models.load_model(one_model.with_(model_config={"vocab_size": 8}), num_labels=2)

@@ -236,6 +236,15 @@ def test_shipped_measurement_explains_the_8b_estimate():
     assert 0.97 < ratio <= 1.0, ratio
 
 
+def test_mistral_7b_in_nf4_exceeds_the_half_byte_rule():
+    """Notebook 3, section 5: scales and the bf16 embedding/LM head put a 4-bit Mistral-7B above 0.5 byte/weight."""
+    mistral = quant.predicted_table({**LLAMA3_8B_CONFIG, "vocab_size": 32000, "tie_word_embeddings": False},
+                                    dtype=torch.bfloat16, double_quant=True)
+    naive = mistral["weights"].sum() * 0.5
+    assert quant.total_bytes(mistral) > 1.1 * naive
+    assert mistral["weights"].sum() == 7_241_732_096  # Mistral-7B-v0.1's published parameter count
+
+
 @pytest.mark.parametrize("blocksize", [128, 256])
 def test_hand_dequantizer_is_right_when_blocks_span_rows(blocksize):
     """bitsandbytes 0.50's CPU dequantize_4bit mis-scales blocks longer than a row; ours must not.

@@ -1,0 +1,109 @@
+"""The shared training loop and read-out helpers (notebooks 6 and 7) on a tiny random Llama: fast, CPU, fp32."""
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from transformers import BatchEncoding, LlamaConfig, LlamaForCausalLM
+
+from lmcls_helpers import readouts
+from lmcls_helpers.heads import HEAD_MODULE, BinaryHead, require_saved_head
+
+PAD = 1
+
+
+class CharTokenizer:
+    """Characters to ids (2..63), right-padded with PAD: just enough of a tokenizer for the helpers."""
+
+    pad_token_id = PAD
+
+    def __call__(self, texts, return_tensors=None, padding=False, padding_side="right"):
+        ids = [[2 + ord(ch) % 62 for ch in t] for t in ([texts] if isinstance(texts, str) else texts)]
+        if not return_tensors:
+            return {"input_ids": ids}
+        width = max(len(r) for r in ids)
+        rows, mask = [], []
+        for r in ids:
+            pad = [PAD] * (width - len(r))
+            rows.append(pad + r if padding_side == "left" else r + pad)
+            m = [1] * len(r)
+            mask.append([0] * len(pad) + m if padding_side == "left" else m + [0] * len(pad))
+        return BatchEncoding({"input_ids": torch.tensor(rows), "attention_mask": torch.tensor(mask)})
+
+
+PROFILE = SimpleNamespace(seed=0, lora_r=4, lora_alpha=8, lora_dropout=0.0, device="cpu", train_batch_size=4,
+                          micro_batch_size=2, lr=5e-3, weight_decay=0.0, warmup_steps=2, max_grad_norm=1.0, max_steps=12,
+                          gradient_checkpointing=False, eval_batch_size=3)
+TEXTS = ["good day", "bad", "good good", "bad bad day", "a good one", "a bad one", "good", "bad night"]
+LABELS = [1, 0, 1, 0, 1, 0, 1, 0]
+
+
+def tiny_base() -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, max_position_embeddings=64, bos_token_id=0, eos_token_id=PAD)
+    return LlamaForCausalLM(config).eval()
+
+
+def test_strip_adapter_gives_back_the_same_base_and_a_fresh_run_equals_the_first():
+    tok, base = CharTokenizer(), tiny_base()
+    model = readouts.head_model(PROFILE, base=base)
+    first = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    assert any(HEAD_MODULE in n for n in first), "the head must train (modules_to_save)"
+    readouts.train(model, readouts.head_loss(tok, PROFILE), TEXTS, LABELS, tok, PROFILE)
+    stripped = readouts.strip_adapter(model)
+    assert stripped is base and not hasattr(stripped, "peft_config")
+    assert not any("lora_" in n for n, _ in stripped.named_parameters())
+    again = readouts.head_model(PROFILE, base=stripped)
+    for n, p in again.named_parameters():
+        if p.requires_grad:
+            torch.testing.assert_close(p, first[n], msg=f"{n}: a fresh run must start where the first did")
+    with pytest.raises(ValueError, match="no adapter"):
+        readouts.strip_adapter(stripped)
+
+
+def test_train_learns_a_separable_toy_task_and_is_deterministic():
+    tok = CharTokenizer()
+    scores = []
+    for _ in range(2):
+        model = readouts.head_model(PROFILE, base=tiny_base())
+        before = readouts.metrics(readouts.head_scores(model, TEXTS, tok, PROFILE), LABELS)
+        seconds = readouts.train(model, readouts.head_loss(tok, PROFILE), TEXTS, LABELS, tok, PROFILE, num_steps=40)
+        scores.append(readouts.head_scores(model, TEXTS, tok, PROFILE))
+        assert seconds > 0 and isinstance(model.get_output_embeddings().modules_to_save["default"], BinaryHead)
+    np.testing.assert_array_equal(scores[0], scores[1])
+    assert readouts.metrics(scores[0], LABELS)["accuracy"] > before["accuracy"] or before["accuracy"] == 1.0
+    with pytest.raises(ValueError, match="num_steps"):
+        readouts.train(model, readouts.head_loss(tok, PROFILE), TEXTS, LABELS[:3], tok, PROFILE)
+
+
+def test_head_scores_agree_across_layouts_for_the_last_real_token():
+    tok, model = CharTokenizer(), readouts.head_model(PROFILE, base=tiny_base())
+    right = readouts.head_scores(model, TEXTS, tok, PROFILE)
+    for kwargs in (dict(padding_side="left"), dict(unpadded=True)):
+        np.testing.assert_allclose(readouts.head_scores(model, TEXTS, tok, PROFILE, **kwargs), right, rtol=1e-4, atol=1e-5)
+    left_minus_one = readouts.head_scores(model, TEXTS, tok, PROFILE, "minus_one", padding_side="left")
+    np.testing.assert_allclose(left_minus_one, right, rtol=1e-4, atol=1e-5)
+
+
+def test_metrics_bootstrap_and_pads():
+    assert readouts.metrics([1.0, -1.0, 2.0, -2.0], [1, 0, 1, 0]) == {"MCC": 1.0, "accuracy": 1.0}
+    s = np.array([0.5, -0.5, 0.2, -0.1, 0.3, -0.4])
+    labels = [1, 0, 1, 1, 0, 0]
+    assert readouts.bootstrap_sd(labels, s, s) == 0.0
+    assert readouts.bootstrap_sd(labels, s, seed=1) == readouts.bootstrap_sd(labels, s, seed=1) > 0
+    table = readouts.pads_per_row(TEXTS, TEXTS, CharTokenizer(), PROFILE)
+    assert list(table.columns) == ["mean", "50%", "max"] and (table["max"] >= 0).all()
+
+
+def test_require_saved_head_refuses_an_adapter_without_its_head(tmp_path):
+    tok = CharTokenizer()
+    without = readouts.head_model(PROFILE, save_head=False, base=tiny_base())
+    without.save_pretrained(tmp_path / "without")
+    with pytest.raises(ValueError, match="no 'lm_head'"):
+        require_saved_head(tmp_path / "without")
+    with_head = readouts.head_model(PROFILE, base=readouts.strip_adapter(without))
+    readouts.train(with_head, readouts.head_loss(tok, PROFILE), TEXTS, LABELS, tok, PROFILE, num_steps=1)
+    with_head.save_pretrained(tmp_path / "with")
+    assert require_saved_head(tmp_path / "with")
