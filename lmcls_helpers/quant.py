@@ -252,7 +252,8 @@ def fits_in_memory(nbytes: int, device: str, headroom: float = 1.2) -> bool:
 def gpu_measurement(phase: str = "model_loaded_4bit", key: str = "allocated", path: str | Path | None = None) -> float:
     """A GiB figure measured on an H100 for the 8B shape in NF4 (the file ships with the package).
 
-    ``model_loaded_4bit`` / ``allocated`` is ``torch.cuda.max_memory_allocated()`` right after loading.
+    ``model_loaded_4bit`` / ``allocated`` is ``torch.cuda.memory_allocated()`` right after loading (the
+    file's ``peak`` for that phase, ``max_memory_allocated()``, is the same 5.66 GiB).
     """
     from .memory import MEASUREMENTS, load_measurements
 

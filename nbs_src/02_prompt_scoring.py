@@ -118,7 +118,7 @@ label_ids
 
 # %% [markdown]
 # Two templates that cannot work, refused with a message that says what to change: one without a
-# slot for the sentence, and one whose first label word is several tokens (three here).
+# slot for the sentence, and one whose first label word is several tokens (the message says which).
 
 # %%
 for bad in [lambda: PromptTemplate("Is this sentence acceptable? -"),

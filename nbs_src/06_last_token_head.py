@@ -256,7 +256,6 @@ print(tutorial_counts)
 assert tutorial_counts == {"LoRA": 18_874_368, "head": 0, "other": 0}, "peft should reproduce the tutorial's count"
 del tutorial_model
 
-
 # %% [markdown]
 # Its `Linear(4096, 1)` stayed at its random initial values for the whole run; the adapters learned
 # to make that random direction meaningful. It worked there because the tutorial saved the whole
@@ -351,7 +350,8 @@ for read in ("minus_one", "last_real"):
     scores = by_layout[next(iter(layouts))]  # right-padded batches, as the tutorial scored
     bug_runs[read] = {"scores": scores, "by_layout": by_layout, "seconds": seconds, **metrics(scores, dev_labels),
                       "pads": {i: score_with_pads(model, dev_texts[i], read) for i in range(3)}}
-fixed = model  # the last-real-token head stays; sections 6 and 7 use it
+fixed = model  # the last-real-token head stays; sections 6 and 7 use it under this name
+del model
 bug_table = pd.DataFrame({k: {m: v[m] for m in ("MCC", "accuracy", "seconds")} for k, v in bug_runs.items()}).T
 bug_table.index = ["position -1", "last real token"]
 bug_table.round(3)
@@ -364,7 +364,6 @@ results.record("head_last_real_accuracy", bug_runs["last_real"]["accuracy"])
 results.record("head_position_minus1_accuracy", bug_runs["minus_one"]["accuracy"])
 results.record("head_bug_margin_mcc", margin)
 print(f"reading the last real token: MCC {margin:+.2f} over reading position -1 (dev, right-padded batches of {profile.eval_batch_size})")
-
 
 # %% [markdown]
 # Same data, same steps, same seed: the whole margin comes from the position read. Is it more than
@@ -395,7 +394,6 @@ above_zero = pd.DataFrame({name: [float((bug_runs[read]["scores"][np.asarray(dev
                           index=["unacceptable", "acceptable"]).T
 above_zero.columns.name = "share with logit > 0"
 above_zero.round(2)
-
 
 # %% [markdown]
 # A good head puts nearly all acceptable sentences above 0 and as many unacceptable ones as it can
@@ -430,7 +428,6 @@ for (name, i), v in pad_curves.items():
                                    err_msg=f"padding must not move the last-real-token score (sentence {i})")
 print("largest swing over 0..16 pads:",
       {name: round(float(max(np.ptp(v) for (n, _), v in pad_curves.items() if n == name)), 3) for name, _ in pad_curves})
-
 
 # %% [markdown]
 # The last-real-token score is flat: padding is invisible to it. The position -1 score swings with
@@ -653,7 +650,12 @@ for sentence, label, p in zip(my_sentences, classifier.predict(my_sentences), cl
     print(f"{label:>12}  {p:.3f}  {sentence}")
 
 # %% [markdown]
-# MY_SENTENCES_PROSE
+# On the tiny profile the head catches the wrong pronoun case ("Her and I") and calls "The cat sat on
+# the mat." unacceptable: its words are not in the tiny world's small synthetic vocabulary, which is
+# all this model has ever read. It gets two wrong: the agreement error ("A neighbor are", 0.872
+# acceptable) slips through, and so does the scrambled word order ("A neighbor is the dropping
+# cakes.", 0.712), which notebook 4's label words caught. Llama-3-8B has read the web; try the same
+# cell on the full profile.
 
 # %%
 notebook_seconds = results.record("notebook_seconds", time.perf_counter() - notebook_start)
@@ -661,6 +663,7 @@ print(f"notebook ran in {notebook_seconds:.0f} s")
 
 # %%
 print(budget.finish("06_last_token_head", profile))
+
 
 # %% [markdown]
 # ## Summary
