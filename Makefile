@@ -41,6 +41,7 @@ $(SMALL): $(STAMP) lmcls_helpers/small.py
 	$(BIN)/python -m lmcls_helpers.small
 
 run: world
+	rm -rf build/executed build/figures  # figures of renamed notebooks must not linger
 	mkdir -p build/executed
 	$(BIN)/jupyter nbconvert --to notebook --execute --ExecutePreprocessor.timeout=600 \
 		--output-dir build/executed notebooks/*.ipynb

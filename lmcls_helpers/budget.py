@@ -169,7 +169,10 @@ def _plan_04(profile, sizes) -> Plan:
     trained = (steps + replay) * profile.train_batch_size + 4 * profile.train_batch_size  # + the gradient checks
     # few-shot test and validation; each validation; test after training, after reloading, after merging; checks
     scored = test + val + validations * val + 3 * test + 16 + 3
-    return Plan(loads=3, train_examples=trained, scored_examples=scored, seq_len=_seq_len(profile), recompute=True)
+    cut = "" if pool == sizes["in_domain_train"] else (
+        f"one pass over {pool - round(0.1 * pool):,} of in_domain_train's {sizes['in_domain_train']:,} sentences "
+        f"(the tutorial trained on 7,696), validating on {val:,}.")
+    return Plan(loads=3, train_examples=trained, scored_examples=scored, seq_len=_seq_len(profile), recompute=True, cut=cut)
 
 
 def _seq_len(profile) -> int:

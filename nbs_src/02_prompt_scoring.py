@@ -429,9 +429,15 @@ if kinds is not None:
 # the split `fewshot_ood_mcc` records here) it measured **0.508** in 16-bit and **0.495** in 4-bit.
 # So the figure to compare with `fewshot_ood_mcc` on the `full` profile, which loads the model in
 # 4-bit, is **0.495**; 0.555 is a different split (notebook 3 discusses the 16-bit vs 4-bit gap).
+#
+# How far above chance a prompt alone gets depends on the model, so the check reads its floor from
+# the profile: clearly above chance for the tiny model (built in) and for Llama-3-8B (0.555 in the
+# tutorial); for the 135M model of the `small` profile only "not worse than chance", because a model
+# that small does not do this task few-shot (its MCC is about 0).
 
 # %%
-assert fewshot_dev.mcc > 0.2, f"the few-shot prompt should beat chance clearly (MCC {fewshot_dev.mcc:.3f})"
+print(f"few-shot dev MCC {fewshot_dev.mcc:.3f}; this profile expects more than {profile.fewshot_mcc_min}")
+assert fewshot_dev.mcc > profile.fewshot_mcc_min, f"few-shot dev MCC {fewshot_dev.mcc:.3f} is below this profile's floor"
 
 # %% [markdown]
 # ## 10. Prompt ablation
