@@ -255,7 +255,10 @@ print(f"linear head: MCC {bare['MCC']:.2f} on bare sentences, {contrast['linear 
 # from random weights. That should matter most when examples are few. Each method trains on random
 # subsets of the training sentences (`profile.sample_sizes`), with the same budget as before
 # (`profile.max_steps` steps of `train_batch_size`): a small subset is seen many times over. The
-# full-set point is the run of section 2; section 5 adds the third read-out.
+# full-set point is the run of section 2, and it too sees only `max_steps × train_batch_size`
+# draws (800 on the tiny profile), not every sentence: the x-axis counts the distinct sentences a run
+# may draw from, so a lower score at the full set than at 512 is noise, not "more data hurts".
+# Section 5 adds the third read-out.
 
 # %%
 sizes = [n for n in profile.sample_sizes if n < len(train_df)] + [len(train_df)]
@@ -571,8 +574,8 @@ ledger_contrast_table.round(4)
 
 # %% [markdown]
 # The ledger is an easy task: the memo and the counterparty name the class, so all three read-outs
-# score high, and they differ by a few test lines. On the tiny profile the label words trail a
-# little: a bare line followed by ` -` asks no question, so the pretrained LM head brings no head
+# score high. On the tiny profile they differ by a few test lines (the printed counts above), and
+# the label words trail: a bare line followed by ` -` asks no question, so the pretrained LM head brings no head
 # start here (unlike the grammar prompt), and one pass is all it gets to learn ` Income` against
 # ` Other`. What separates the read-outs on this task is less their accuracy than what can go wrong:
 # the position read (section 4, and notebook 6) and, for a head, whether it is saved (notebook 6,

@@ -21,7 +21,7 @@
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/lmcls-org/lmcls/blob/main/notebooks/08_beyond_two_labels.ipynb)
 #
 # So far every task had two labels, each one token long. Real tasks have more classes, and their
-# names rarely fit in one token. Here the ledger lines of notebook 6 are sorted into five
+# names rarely fit in one token. Here the ledger lines of notebook 7 are sorted into five
 # bookkeeping categories. What you will learn:
 #
 # - how to score a class name of several tokens (`choice_logprobs`), and why its **leading space**
@@ -208,7 +208,7 @@ shares.round(3)
 # %% [markdown]
 # On the tiny profile this run shows the bias at its most extreme: summed, the one-token
 # " repairs" wins on **every** line (macro-F1 0.063); averaged per token, the prediction moves to
-# another class on 96.8% of the lines, mostly to " utilities" (macro-F1 0.028). Neither is a
+# another class on 96.8% of the lines, all of them to " utilities" (macro-F1 0.028). Neither is a
 # classifier: the tiny model never saw ledger categories in pre-training, so the prompt alone
 # carries almost no signal and the length of the names decides. Llama-3-8B's names are 1 to 3 tokens.
 
@@ -407,7 +407,8 @@ head_seconds = time.perf_counter() - start
 plain = metrics(test_labels, head_predict(model, head, test_texts))
 print(f"linear head: loss {head_losses[0]:.2f} -> {head_losses[-1]:.3f} per line in {head_seconds:.0f} s; "
       f"macro-F1 {plain['macro-F1']:.3f}, accuracy {plain['accuracy']:.3f}")
-assert plain["macro-F1"] > fewshot["macro-F1"], "the trained head should beat the few-shot prompt"
+majority = metrics(test_labels, np.full_like(test_labels, np.bincount(train_labels).argmax()))  # always the largest class
+assert plain["macro-F1"] > majority["macro-F1"], "the trained head should beat always answering the largest class"
 _ = results.record("head_macro_f1", plain["macro-F1"])
 
 # %% [markdown]
@@ -447,13 +448,14 @@ plots.show(fig, "08_confusion_head")
 #
 # Two standard fixes make a rare class count more in training. A **weighted loss** multiplies each
 # example's cross-entropy by its class's weight, `n / (k · count)` ("balanced"): rare classes weigh
-# more, and over the training set the weights average exactly 1, so the step size is unchanged.
+# more, and over the training set the weights average exactly 1, so the step size is unchanged on
+# average (one batch's weighted sum still varies with its classes).
 
 # %%
 class_counts = np.bincount(train_labels, minlength=k)
 class_weights = torch.tensor(len(train_labels) / (k * class_counts), dtype=torch.float32)
-print(dict(zip(class_names, class_weights.numpy().round(2))))
-assert np.isclose(class_weights[train_labels].mean().item(), 1.0), "balanced weights average 1 over the examples"
+print({name: round(float(w), 2) for name, w in zip(class_names, class_weights)})
+print(f"mean weight over the training lines: {class_weights.numpy()[train_labels].mean():.3f}")
 
 # %% [markdown]
 # **Resampling** leaves the loss alone and changes the data: `WeightedRandomSampler` draws examples
@@ -465,7 +467,7 @@ sampler = torch.utils.data.WeightedRandomSampler(1.0 / class_counts[train_labels
                                                  replacement=True, generator=torch.Generator().manual_seed(profile.seed))
 balanced = list(sampler)
 drawn = np.bincount(train_labels[balanced], minlength=k) / n_draws
-print("share of the draws per class:", dict(zip(class_names, drawn.round(3))))
+print("share of the draws per class:", {name: round(float(d), 3) for name, d in zip(class_names, drawn)})
 assert np.abs(drawn - 1 / k).max() < 0.05, "resampling should draw every class about equally often"
 
 # %% [markdown]
@@ -488,8 +490,12 @@ imbalance.round(3)
 # %% [markdown]
 # On the tiny profile this run printed macro-F1 0.291 (plain), 0.344 (weighted) and 0.564
 # (resampled): both fixes raised the small classes' recall (insurance and taxes from 0.061 to 0.633
-# and 1.000) at some cost to rent and fees. The rarest class, utilities, stayed at recall 0 in all
-# three runs: 45 training lines and 50 steps were not enough for it here.
+# and 1.000) at some cost to rent and fees. Neither fix helped the rarest class: utilities stayed
+# at recall 0 in all three runs, although the sampler gave it about a fifth of the draws. Its lines
+# ("Metro Gas Utility Reimbursement", "City Water Dept. Water & Sewer") share counterparties and
+# words with the other classes, and a 50-step head on the tiny model does not separate them; the
+# macro-F1 gains come from the other small classes. Weighting or resampling gives a rare class more
+# say in the loss; it cannot create a signal the model does not pick up.
 
 # %%
 recall_cols = [f"recall {n}" for n in class_names]
@@ -502,7 +508,7 @@ for name, row in imbalance.iterrows():
     key = name.replace(" ", "_")
     results.record(f"{key}_macro_f1", row["macro-F1"])
     results.record(f"{key}_minority_recall", row[f"recall {class_names[MINORITY]}"])
-assert (imbalance["macro-F1"] > fewshot["macro-F1"]).all(), "every fine-tuned head should beat the few-shot prompt"
+assert (imbalance["macro-F1"] > majority["macro-F1"]).all(), "every fine-tuned head should beat the largest-class guess"
 print("utilities recall: " + ", ".join(f"{n} {r:.2f}" for n, r in imbalance[f"recall {class_names[MINORITY]}"].items()))
 
 # %%
@@ -515,13 +521,14 @@ print(budget.finish("08_beyond_two_labels", profile))
 #
 # - A class name is the text after the prompt, leading space included; its log-probability is the
 #   sum over its tokens, one forward pass per (line, class) pair.
-# - A sum favours short names: here it changed the few-shot predictions, and the mean per token
-#   changes them back, at the price of comparing something else.
+# - A sum favours short names: here it sent every few-shot prediction to the one-token name; the
+#   mean per token changes them too (here all to another class). On tiny neither is a classifier.
 # - Fine-tuning label words of several tokens sums the per-token losses (teacher forcing), the same
 #   number `choice_logprobs` scores; a `Linear(hidden, k)` head needs one forward pass per line and
 #   never reads the names.
 # - With uneven classes, report macro-F1 and per-class recall: accuracy is decided by the big classes.
-# - A balanced weighted loss and a balanced sampler both push the rare class; compare them on its recall.
+# - A balanced weighted loss and a balanced sampler give small classes more say; compare them on
+#   per-class recall (here they lifted insurance and taxes, not utilities).
 #
 # ## Exercises
 #
