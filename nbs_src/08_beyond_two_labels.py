@@ -499,8 +499,9 @@ imbalance.round(3)
 
 # %%
 recall_cols = [f"recall {n}" for n in class_names]
-ax = imbalance[recall_cols].T.set_axis(class_names).plot.bar(figsize=(6.5, 3.5), rot=0)
+ax = imbalance[recall_cols].T.set_axis([n.replace(" and ", "\nand ") for n in class_names]).plot.bar(figsize=(7.5, 3.5), rot=0)
 ax.set(ylabel="recall on the test lines", xlabel="true class", ylim=(0, 1.05), title="per-class recall of the linear head")
+ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside the bars, never over one
 plots.show(ax.figure, "08_recall_imbalance")
 
 # %%
