@@ -55,10 +55,11 @@ run: world
 	@echo "Results (JSON):     $(CURDIR)/build/results/"
 
 lint: $(STAMP)
-	$(BIN)/ruff check lmcls_helpers tests benchmarks nbs_src
+	$(BIN)/ruff check lmcls_helpers tests benchmarks nbs_src conftest.py
 	$(BIN)/codespell README.md nbs_src lmcls_helpers
 
-# One pytest run: unit tests, the pairing/cleanliness checks, and every notebook via nbmake.
+# One pytest run: unit tests, the pairing/cleanliness checks, and every notebook via nbmake,
+# two files at a time (pyproject.toml: pytest-xdist; conftest.py: one torch thread each, notebooks first).
 # LMCLS_ONE_MODEL=1: load_model refuses a second live base model on the CPU too, as on a T4 (issue 14).
 test: world small lint
 	LMCLS_ONE_MODEL=1 $(BIN)/python -m pytest tests notebooks --nbmake --nbmake-timeout=600 --durations=10

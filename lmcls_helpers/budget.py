@@ -172,7 +172,8 @@ def _plan_04(profile, sizes) -> Plan:
     cut = "" if pool == sizes["in_domain_train"] else (
         f"one pass over {pool - round(0.1 * pool):,} of in_domain_train's {sizes['in_domain_train']:,} sentences "
         f"(the tutorial trained on 7,696), validating on {val:,}.")
-    return Plan(loads=3, train_examples=trained, scored_examples=scored, seq_len=_seq_len(profile), recompute=True, cut=cut)
+    return Plan(loads=3, train_examples=trained, scored_examples=scored, seq_len=_seq_len(profile),
+                recompute=profile.gradient_checkpointing, cut=cut)
 
 
 def _seq_len(profile) -> int:
@@ -294,7 +295,7 @@ def _plan_07(profile, sizes) -> Plan:
     cut = ""
     if profile.device == "cuda":  # the class hour is a GPU's: say what the sizes above leave out
         cut = (f"{profile.max_steps} optimizer steps per run (not 250), training-set sizes "
-               f"{', '.join(map(str, grid)) or 'none'} besides the full set (not 32, 128, 512), and "
+               f"{', '.join(map(str, grid)) or 'none'} besides the full set (not 32 and 128), and "
                + (f"the first {lines:,} ledger lines." if profile.ledger_max_lines else "every ledger line."))
     return Plan(loads=2, train_examples=grammar_runs * run + 5 * ledger_run,
                 scored_examples=(grammar_runs + 1) * dev + 4 + 8 * test, seq_len=mean_len,

@@ -79,6 +79,7 @@ class Profile:
     lora_alpha: int = 16
     lora_dropout: float = 0.05
     seed: int = 42
+    torch_threads: int | None = None  # CPU threads for torch, set by get_profile (None: torch's default)
     model_config: dict = field(default_factory=dict)  # for ``shapes``: build from this, no weights
 
     @property
@@ -120,9 +121,11 @@ def _tiny(require_device: bool = True) -> Profile:
         warmup_steps=10,
         eval_every=25,
         max_steps=50,
+        sample_sizes=(32, 128),  # notebook 7's curve: 32, 128 and all 3,000 sentences
         lora_r=8,
         lora_alpha=16,
         seed=42,
+        torch_threads=1,  # a 64-wide model gains nothing from a second thread (see get_profile)
     )
 
 
@@ -196,7 +199,7 @@ def _full(require_device: bool = True) -> Profile:
         compute_dtype=dtype,
         eval_batch_size=16 if dtype == torch.bfloat16 else 8,
         train_batch_size=8,
-        micro_batch_size=8,  # a T4 holds 8 with gradient checkpointing; the tutorial ran 4 without
+        micro_batch_size=8,  # as the tutorial (it held 8 without checkpointing, "just barely"); we checkpoint
         gradient_checkpointing=_needs_checkpointing(dtype, 8),
         num_epochs=1,
         lr=1e-4,
@@ -317,11 +320,19 @@ def get_profile(name: str | None = None, require_device: bool = True) -> Profile
 
     ``full`` and ``shapes`` stop here, in the first cell, when there is no GPU or no bitsandbytes.
     ``require_device=False`` gives their sizes anyway (for a T4), to plan a session without a GPU.
+
+    It also sets torch's CPU threads to ``profile.torch_threads`` where the profile names a number.
+    The tiny profile asks for one: its 64-wide matrices are too small to share between cores (a
+    training step takes as long on one thread as on two), one thread sums in the same order on
+    every machine, and it leaves the other core to a second notebook (``make test`` runs two at once).
     """
     name = (name or os.environ.get("LMCLS_PROFILE") or "tiny").strip().lower()
     if name not in PROFILES:
         raise ValueError(f"Unknown profile {name!r}: choose one of {sorted(PROFILES)}.")
-    return PROFILES[name](require_device)
+    profile = PROFILES[name](require_device)
+    if profile.torch_threads:
+        torch.set_num_threads(profile.torch_threads)
+    return profile
 
 
 def environment_report(profile: Profile) -> str:
@@ -347,5 +358,6 @@ def environment_report(profile: Profile) -> str:
         props = torch.cuda.get_device_properties(0)
         lines.append(f"device: {props.name}, {props.total_memory / 2**30:.1f} GiB, compute dtype {profile.compute_dtype}")
     else:
-        lines.append(f"device: CPU ({torch.get_num_threads()} threads), compute dtype {profile.compute_dtype}")
+        threads = torch.get_num_threads()
+        lines.append(f"device: CPU ({threads} thread{'s' * (threads != 1)}), compute dtype {profile.compute_dtype}")
     return "\n".join(lines)

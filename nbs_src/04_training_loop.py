@@ -392,6 +392,19 @@ assert grad_error < grad_bound, f"same recipe, same gradients (up to {grad_bound
 # `label_loss(model, batch, lean=...)` from `lmcls_helpers.batches` packages the two recipes of
 # sections 4 and 5, so the loop below (and the benchmarks) can switch between them.
 #
+# The lean head is free, so the loop keeps it. Checkpointing is a trade, so the loop uses it only
+# where memory asks for it: the profile decides with notebook 5's estimator. On a T4 the 8B step at
+# micro-batch 8 needs it; a CPU with a tiny model has memory to spare, and there the recomputation
+# would only cost time (2.9 times as much per training example, in the CPU measurement that
+# `lmcls_helpers/measurements/runtime_rates.json` records).
+
+# %%
+gradient_checkpointing = profile.gradient_checkpointing  # the loop's setting: on only where memory needs it
+if not gradient_checkpointing:
+    model.get_base_model().activation_checkpointing_disable()
+print(f"the training loop below: lean_head={lean_head}, gradient_checkpointing={gradient_checkpointing}")
+
+# %% [markdown]
 # ## 6. The batch the maths wants vs the batch the device holds
 #
 # The optimizer should see the average gradient of `train_batch_size` examples; the GPU may hold

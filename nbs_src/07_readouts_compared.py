@@ -257,7 +257,7 @@ print(f"linear head: MCC {bare['MCC']:.2f} on bare sentences, {contrast['linear 
 # (`profile.max_steps` steps of `train_batch_size`): a small subset is seen many times over. The
 # full-set point is the run of section 2, and it too sees only `max_steps × train_batch_size`
 # draws (800 on the tiny profile), not every sentence: the x-axis counts the distinct sentences a run
-# may draw from, so a lower score at the full set than at 512 is noise, not "more data hurts".
+# may draw from, so a lower score at the full set than at a smaller size is noise, not "more data hurts".
 # Section 5 adds the third read-out.
 
 # %%

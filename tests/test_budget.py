@@ -61,3 +61,10 @@ def test_unknown_notebooks_and_drifting_plans_are_named(monkeypatch):
     with pytest.raises(AssertionError, match="loaded 7 base model"):
         budget.check_loads("02_prompt_scoring", profile)
     assert "min on CPU (tiny)" in budget.report("02_prompt_scoring", profile)
+
+
+def test_notebook_4_pays_for_recomputation_only_where_the_profile_checkpoints():
+    tiny = get_profile("tiny")
+    assert not tiny.gradient_checkpointing and not budget.plan_for("04_training_loop", tiny).recompute
+    t4 = get_profile("full", require_device=False)
+    assert t4.gradient_checkpointing and budget.plan_for("04_training_loop", t4).recompute

@@ -39,3 +39,19 @@ def test_ci_runs_the_readme_test_command():
 def test_tiny_world_build_paths_are_ignored_by_git():
     ignored = (ROOT / ".gitignore").read_text().split()
     assert "build/" in ignored and ".venv/" in ignored
+
+
+def test_pytest_runs_notebooks_first_and_the_longest_first():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("root_conftest", ROOT / "conftest.py")
+    conftest = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(conftest)
+
+    class Item:
+        def __init__(self, path):
+            self.path = Path(path)
+
+    items = [Item(p) for p in ("tests/test_a.py", "notebooks/01_x.ipynb", "tests/test_b.py", "notebooks/07_y.ipynb")]
+    conftest.pytest_collection_modifyitems(None, items)
+    assert [i.path.name for i in items] == ["07_y.ipynb", "01_x.ipynb", "test_a.py", "test_b.py"]

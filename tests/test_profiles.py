@@ -69,3 +69,26 @@ def test_environment_report_names_no_machine_path():
 
     report = environment_report(get_profile("tiny"))
     assert "model: build/tiny/model" in report and str(repo_root()) not in report
+
+
+def test_tiny_sets_one_torch_thread_and_says_so():
+    from lmcls_helpers.profiles import environment_report
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        profile = get_profile("tiny")
+        assert profile.torch_threads == 1 and torch.get_num_threads() == 1
+        assert "CPU (1 thread)" in environment_report(profile)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_a_profile_without_a_thread_count_leaves_torch_alone():
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        profile = get_profile("small", require_device=False)
+        assert profile.torch_threads is None and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

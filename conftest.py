@@ -1,0 +1,27 @@
+"""How pytest shares two cores: one torch thread per worker, the longest files first (issue 16).
+
+pyproject.toml runs the suite on up to four xdist workers (two on a 2-core machine), one file per
+worker at a time. Two workers that each ask torch for every core fight over them and both slow
+down many times over, so each worker, and every notebook kernel it starts, gets one thread. And
+since a file cannot be split between workers, the suite ends when its longest file ends: the
+notebooks (the later ones train more) go out first, the unit tests fill in around them.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def pytest_configure(config) -> None:
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # a worker process; its notebook kernels inherit the variable
+        os.environ["OMP_NUM_THREADS"] = "1"
+        import torch
+
+        torch.set_num_threads(1)
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Notebooks before unit tests, and among notebooks the highest number first."""
+    notebooks = sorted({item.path.name for item in items if item.path.suffix == ".ipynb"}, reverse=True)
+    rank = {name: i for i, name in enumerate(notebooks)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(notebooks)))  # stable: unit tests keep their order
