@@ -40,7 +40,7 @@ small: $(SMALL)
 $(SMALL): $(STAMP) lmcls_helpers/small.py
 	$(BIN)/python -m lmcls_helpers.small
 
-run: world
+run: world small
 	rm -rf build/executed build/figures  # figures of renamed notebooks must not linger
 	mkdir -p build/executed
 	$(BIN)/jupyter nbconvert --to notebook --execute --ExecutePreprocessor.timeout=600 \

