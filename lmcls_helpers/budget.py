@@ -53,7 +53,7 @@ class Rates:
 
 
 def load_rates() -> dict[str, Rates]:
-    """The shipped per-unit rates, by runtime name ("T4", "H100", "CPU (tiny)")."""
+    """The shipped per-unit rates, by runtime name ("T4", "H100", "CPU (tiny)", "CPU (small)")."""
     text = resources.files("lmcls_helpers").joinpath("measurements", "runtime_rates.json").read_text()
     return {name: Rates(name=name, load_s=r["load_s"], reload_s=r["reload_s"], train_example_s=r["train_example_s"],
                         score_example_s=r["score_example_s"], seq_len=r["seq_len"], source=r["source"],
@@ -79,8 +79,8 @@ def this_runtime(profile) -> str:
     """The rates that describe this machine: the GPU's name when we have its rates, else the T4's, or the CPU's."""
     import torch
 
-    if profile.device != "cuda" or not torch.cuda.is_available():
-        return "CPU (tiny)"
+    if profile.device != "cuda" or not torch.cuda.is_available():  # the CPU's rates for this profile's model
+        return f"CPU ({profile.name})" if f"CPU ({profile.name})" in load_rates() else "CPU (tiny)"
     name = torch.cuda.get_device_name(0)
     return next((key for key in load_rates() if key in name), "T4")
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -83,10 +84,12 @@ def summary_table() -> str:
 
 #: What must never reach a reader's output: object reprs and stray return values that say nothing.
 UNREADABLE = ("<torch._C.Generator", "<Figure size", "PosixPath(", " object at 0x", "<matplotlib.")
+#: A progress bar's first frame ("scoring:   0%|          | 0/8 [00:00<?, ?it/s]"): all a static page keeps of it.
+PROGRESS_FRAME = re.compile(r"\d+%\|.*\| *\d+/\d+ \[")
 
 
 def check_executed(folder: Path, figures: Path | None = None) -> list[str]:
-    """Problems in executed notebooks (``make run``): missing inline figures, machine paths, object reprs.
+    """Problems in executed notebooks (``make run``): missing inline figures, machine paths, object reprs, progress bars.
 
     A notebook must show at least as many PNGs inline as it saved under ``build/figures/`` (files
     named after its number, like ``02_*.png``); no output may name the checkout's absolute path.
@@ -106,6 +109,9 @@ def check_executed(folder: Path, figures: Path | None = None) -> list[str]:
             for bad in (root, *UNREADABLE):
                 if bad in text:
                     problems.append(f"{path.name}: an output shows {bad!r}: {text.strip()[:120]!r}")
+            if PROGRESS_FRAME.search(text):
+                problems.append(f"{path.name}: an output is a progress bar's frame (is TQDM_DISABLE=1 honoured?): "
+                                f"{text.strip()[:80]!r}")
     return problems
 
 

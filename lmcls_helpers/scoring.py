@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 import torch
 from sklearn.metrics import accuracy_score, matthews_corrcoef
-from tqdm.auto import tqdm
 
+from .progress import tqdm
 from .prompts import PromptTemplate
 from .tokens import last_token_index, require_pad_token
 

@@ -62,7 +62,6 @@ import time
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from lmcls_helpers import plots, quant
 from lmcls_helpers.batches import collate, encode_examples, label_loss, step_batches, train_val_split
@@ -70,6 +69,7 @@ from lmcls_helpers.data import download_cola, load_cola
 from lmcls_helpers.models import LLAMA_PROJECTIONS, load_model
 from lmcls_helpers.paths import build_dir
 from lmcls_helpers.profiles import LLAMA3_8B_CONFIG
+from lmcls_helpers.progress import tqdm  # tqdm.auto's bar, off when TQDM_DISABLE is set (as under `make run`)
 from lmcls_helpers.prompts import PromptTemplate
 from lmcls_helpers.scoring import evaluate, recall_by_kind
 from lmcls_helpers.tokens import last_token_index, load_tokenizer

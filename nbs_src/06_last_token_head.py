@@ -374,9 +374,9 @@ print(f"reading the last real token: MCC {margin:+.2f} over reading position -1 
 # %%
 margin_sd = bootstrap_sd(dev_labels, bug_runs["last_real"]["scores"], bug_runs["minus_one"]["scores"], seed=profile.seed)
 results.record("head_bug_margin_sd", margin_sd)
-print(f"margin {margin:.2f} MCC, ± {margin_sd:.2f} from resampling {len(dev_labels)} dev sentences: "
-      f"{margin / margin_sd:.1f} standard deviations")
-assert margin >= 3 * margin_sd, "the last-real-token head must beat the -1 read by a clear margin"
+print(f"margin {margin:.2f} MCC, ± {margin_sd:.2f} from resampling {len(dev_labels)} dev sentences"
+      + (f": {margin / margin_sd:.1f} standard deviations" if margin_sd > 0 else " (both heads answer every sentence alike)"))
+assert margin > 0 and margin >= 3 * margin_sd, "the last-real-token head must beat the -1 read by a clear margin"
 
 # %% [markdown]
 # The scores themselves, one dot per dev sentence, coloured by its true label. A good head pushes

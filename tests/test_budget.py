@@ -68,3 +68,10 @@ def test_notebook_4_pays_for_recomputation_only_where_the_profile_checkpoints():
     assert not tiny.gradient_checkpointing and not budget.plan_for("04_training_loop", tiny).recompute
     t4 = get_profile("full", require_device=False)
     assert t4.gradient_checkpointing and budget.plan_for("04_training_loop", t4).recompute
+
+
+def test_the_small_profile_is_planned_at_its_own_cpu_rates():
+    small = get_profile("small", require_device=False)
+    assert budget.this_runtime(small) == "CPU (small)" and budget.this_runtime(get_profile("tiny")) == "CPU (tiny)"
+    minutes = float(budget.report("04_training_loop", small).split("about ")[-1].split(" min")[0])
+    assert 5 < minutes < 30, f"notebook 4 on the small profile: {minutes} min planned"

@@ -52,3 +52,17 @@ def test_check_executed_counts_inline_figures_and_finds_paths_and_reprs(tmp_root
     found = results.check_executed(executed, figures)
     assert any("1 inline figure(s) but 2 saved" in f for f in found)
     assert any(str(tmp_root) in f for f in found) and any("PosixPath(" in f for f in found)
+
+
+def test_check_executed_finds_a_progress_bar_frame(tmp_root):
+    executed, figures = tmp_root / "executed", tmp_root / "figures"
+    executed.mkdir()
+    figures.mkdir()
+    frame = {"output_type": "display_data", "metadata": {},
+             "data": {"text/plain": "scoring:   0%|          | 0/8 [00:00<?, ?it/s]"}}
+    _notebook(executed / "02_demo.ipynb", [frame])
+    assert any("progress bar" in f for f in results.check_executed(executed, figures))
+    text = {"output_type": "stream", "name": "stdout", "text": "accuracy 71.6% | MCC 0.372 | 500/500 sentences\n"}
+    _notebook(executed / "02_demo.ipynb", [text])
+    assert results.check_executed(executed, figures) == []
+
