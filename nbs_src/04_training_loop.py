@@ -393,14 +393,20 @@ assert grad_error < grad_bound, f"same recipe, same gradients (up to {grad_bound
 # sections 4 and 5, so the loop below (and the benchmarks) can switch between them.
 #
 # The lean head is free, so the loop keeps it. Checkpointing is a trade, so the loop uses it only
-# where memory asks for it: the profile decides with notebook 5's estimator. On a T4 the 8B step at
-# micro-batch 8 needs it; a CPU with a tiny model has memory to spare, and there the recomputation
-# would only cost time (2.9 times as much per training example, in the CPU measurement that
-# `lmcls_helpers/measurements/runtime_rates.json` records).
+# where memory asks for it, as `profile.gradient_checkpointing` says. On the `full` profile the GPU
+# decides, through notebook 5's estimator: on a T4 the 8B step at micro-batch 8 would fit with a few
+# hundred MiB left (table above), less than the 10% the profile keeps free for fragmentation and
+# longer prompts, so there it is on. The CPU profiles never checkpoint: they have memory to spare,
+# and the recomputation would only cost time. On the tiny model it costs far more than the one
+# extra forward pass above suggests: 2.9 times as long per training example, in the CPU measurement
+# that `lmcls_helpers/measurements/runtime_rates.json` records (the bookkeeping dominates there).
 
 # %%
 gradient_checkpointing = profile.gradient_checkpointing  # the loop's setting: on only where memory needs it
-if not gradient_checkpointing:
+if gradient_checkpointing:
+    model.get_base_model().config.use_cache = False
+    model.get_base_model().activation_checkpointing_enable()
+else:
     model.get_base_model().activation_checkpointing_disable()
 print(f"the training loop below: lean_head={lean_head}, gradient_checkpointing={gradient_checkpointing}")
 
