@@ -25,3 +25,35 @@ def pytest_collection_modifyitems(config, items) -> None:
     notebooks = sorted({item.path.name for item in items if item.path.suffix == ".ipynb"}, reverse=True)
     rank = {name: i for i, name in enumerate(notebooks)}
     items.sort(key=lambda item: rank.get(item.path.name, len(notebooks)))  # stable: unit tests keep their order
+
+
+def pytest_sessionstart(session) -> None:
+    """nbmake checks that a notebook runs; we also check that its prose quotes what it printed.
+
+    A sentence like "on the tiny profile this run printed 0.291" goes stale, with every cell still
+    passing, when an upstream change moves the number. ``results.unprinted_quotes`` finds such
+    quotes in the executed notebook, and the notebook's test fails on them like on a failing cell.
+    """
+    try:
+        from nbmake.nb_result import NotebookError
+        from nbmake.nb_run import NotebookRun
+    except ImportError:  # nbmake not installed: no notebooks to check
+        return
+    if getattr(NotebookRun.execute, "checks_prose", False):
+        return
+    execute = NotebookRun.execute
+
+    def execute_and_check_prose(self):
+        result = execute(self)
+        if result.error is None:
+            from lmcls_helpers.results import unprinted_quotes
+
+            stale = unprinted_quotes(result.nb.cells)
+            if stale:
+                summary = f"{len(stale)} number(s) in the prose that the run did not print"
+                trace = "\n".join(p for _, p in stale) + "\nUpdate the prose in nbs_src/ to the run's numbers."
+                result.error = NotebookError(summary=summary, trace=trace, failing_cell_index=stale[0][0])
+        return result
+
+    execute_and_check_prose.checks_prose = True
+    NotebookRun.execute = execute_and_check_prose

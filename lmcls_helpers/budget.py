@@ -19,8 +19,8 @@ from importlib import resources
 
 #: Rows per split of the real CoLA corpus (the full and small profiles); the tiny world's are read from disk.
 COLA_SIZES = {"in_domain_train": 8551, "in_domain_dev": 527, "out_of_domain_dev": 516}
-#: Lines in the ledger data set (synthetic on every profile).
-LEDGER_SIZE = 1500
+#: Lines in the ledger data set (synthetic on every profile; ``world.SIZES["ledger"]``, checked by a test).
+LEDGER_SIZE = 1800
 #: The budget a notebook must fit on a free Colab T4 under the full profile.
 CLASS_MINUTES = 50.0
 

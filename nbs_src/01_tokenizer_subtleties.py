@@ -141,7 +141,7 @@ for name in ("Llama 3", "Mistral 7B", "SmolLM2"):
 
 # %% [markdown]
 # With the space, all three real tokenizers produce one spaced piece (`Ġacceptable`, `▁acceptable`);
-# glued to the colon, the word becomes different pieces with different ids. So the rule holds for
+# glued to the colon, it becomes another piece (Llama 3, SmolLM2) or several (Mistral), with other ids. So the rule holds for
 # both families, but only *inside* a text can you see it in SentencePiece.
 #
 # Here are the ids our later notebooks rely on, in **label order**: label 0 is `' unacceptable'`,
@@ -274,7 +274,7 @@ except ValueError as err:
 #   between two tokens, so the shift changes nothing beyond rounding.
 #
 # What remains is never to *read* a prediction at a padded position (next section). Notebook 2
-# checks on a real model that left and right padding give the same scores.
+# checks on the profile's model that left and right padding give the same scores.
 
 # %%
 llama3.pad_token = llama3.eos_token

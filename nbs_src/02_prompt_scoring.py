@@ -298,7 +298,7 @@ if kinds is not None:
 # %% [markdown]
 # This is the honest reading of the tiny model's score. The prompt lines it saw in pre-training
 # flag only pronoun-case errors, and on the tiny profile this run printed that it catches
-# **24 of 26** pronoun-case errors on dev and **2 of 116** errors of every other kind: the
+# **26 of 26** pronoun-case errors on dev and **1 of 116** errors of every other kind: the
 # few-shot MCC above is the pronoun rule it was taught, not general grammar. Everything below on
 # the tiny profile (the histogram, the confident mistakes, the ablation) follows from that.
 # With Llama 3 8B on real CoLA the same code measures what a general pre-training learned.
@@ -360,8 +360,8 @@ print(f"unacceptable sentences called acceptable: {fp}/{tn + fp} ({fp / (tn + fp
 print(f"acceptable sentences called unacceptable: {fn}/{tp + fn} ({fn / (tp + fn):.0%})")
 
 # %% [markdown]
-# Read the matrix by rows. On the tiny profile this run printed that **116 of 142** unacceptable
-# sentences (82%) were called acceptable, against **0 of 358** acceptable sentences called
+# Read the matrix by rows. On the tiny profile this run printed that **115 of 142** unacceptable
+# sentences (81%) were called acceptable, against **0 of 358** acceptable sentences called
 # unacceptable: every mistake is a vote for *acceptable*, the majority class and the answer for
 # every error kind the model was not taught (section 6). The matrix says what the MCC alone does
 # not: this classifier is biased toward *acceptable*, and its 0.77 accuracy is barely above the
@@ -421,7 +421,7 @@ if kinds is not None:
 
 # %% [markdown]
 # Out of domain the tiny model shows the same pattern: on the tiny profile this run printed
-# **25 of 25** pronoun-case errors caught and **0 of 125** others.
+# **24 of 25** pronoun-case errors caught and **0 of 125** others.
 #
 # **For reference, and not comparable with the tiny numbers:** the Llama 3 tutorial scored this
 # prompt few-shot with Meta-Llama-3-8B in three settings. On its validation set, 856 sentences it

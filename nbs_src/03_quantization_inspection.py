@@ -230,8 +230,8 @@ plots.show(fig, "03_code_usage")
 # NF4's middle levels are used almost evenly. The outer ones are used less: the largest of 64 normal
 # draws is typically about 2.5 σ, more than the 1.85 σ the design assumes, so scaled weights rarely
 # reach the ends (each block still uses ±1 once, for its absmax). FP4 is lopsided: its two levels at
-# ±0.167 take about a quarter of all weights, while its two zeros (levels 7 and 8) are almost never
-# used. Fewer levels in effective use means larger rounding errors.
+# ±0.167 take about a fifth of all weights, while its two zeros (levels 7 and 8 in the figure's
+# sorted order, codes 0 and 8) are almost never used. Fewer levels in effective use means larger rounding errors.
 
 # %%
 fig = plots.error_histogram({"NF4": nf4_error, "FP4": fp4_error}, "dequantized − original weight")
@@ -301,8 +301,8 @@ _ = results.record("weight_tails", tails.to_dict(orient="index"))
 # their blocks' absmax, and the other weights of those blocks are squeezed toward zero, onto those
 # three levels (the taller peak in the figure; the spikes at ±1 are each block's absmax itself).
 # Fewer levels doing the work means a larger relative error. On the tiny profile this run printed,
-# for the tiny matrix, SmolLM2's and the normal draws: kurtosis 4.1, 8.6 and 3.0; the three levels
-# nearest 0 held 26%, 42% and 26% of the weights; NF4's mean error was 8.8%, 10.9% and 9.1% of the
+# for the tiny matrix, SmolLM2's and the normal draws: kurtosis 4.2, 8.6 and 3.0; the three levels
+# nearest 0 held 24%, 42% and 26% of the weights; NF4's mean error was 9.0%, 10.9% and 9.1% of the
 # mean weight. The barely trained matrix behaves like random numbers; the real one does not. So
 # quantization looks easier on a toy model than it is, 4-bit methods for real LLMs worry about
 # outliers, and section 6 measures what 4 bits cost on the profile's own model. (On the `small`
@@ -729,15 +729,15 @@ for name in runs:
 # **How to read this.** A paired interval that contains zero means this many sentences cannot tell the
 # two precisions apart. When quantization flips only a few borderline sentences, the MCC can move either
 # way, up as easily as down, and the "flipped" column and McNemar's counts show how few sentences any
-# difference rests on. Perplexity, on the same sentences, moves by a few percent too. On the tiny
-# profile it rose for every 4-bit variant in this run (the list above); on a small, briefly trained
-# model that is not at a sharp optimum it could also fall, since random nudges to its weights need not
-# hurt it. A fall would not make 4 bits better than the unquantized model either.
+# difference rests on. Perplexity, on the same sentences, moves by a few percent too, and not always
+# up: on a small, briefly trained model that is not at a sharp optimum, random nudges to its weights
+# need not hurt it. A fall would not make 4 bits better than the unquantized model either.
 #
-# On the tiny profile, this run printed just one changed answer out of 500 for each of the four 4-bit
-# variants, a paired interval that touches zero, and perplexity changes of +0.5% for NF4 against about
-# +4% for FP4 (the list above). What that shows: our scoring runs the same way on every 4-bit path, and
-# rounding errors of this size move few answers of this model. What it cannot show is how much 4 bits
+# On the tiny profile this run printed no changed answer out of 500 for any of the four 4-bit
+# variants (so every paired interval is exactly zero), and perplexity changes of +4.8% for NF4 and
+# -3.8% for FP4 (the list above): here the format with the larger rounding errors (FP4, above) *lowered*
+# the perplexity. What that shows: our scoring runs the same way on every 4-bit path, and rounding
+# errors of this size move few answers of this model. What it cannot show is how much 4 bits
 # cost a real LLM, or how FP4 and NF4 rank there: the tiny model is small and briefly trained on
 # synthetic text, its weights are neither as many nor distributed like an 8B model's, and where most
 # scores sit far from the decision boundary a perturbation has few answers to flip, so "almost no

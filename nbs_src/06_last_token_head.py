@@ -155,7 +155,7 @@ del lm_head  # replaced below: no name may keep its 1 GiB (at 8B) on the GPU
 # `add_binary_head` swaps it for a `BinaryHead`: a `Linear(hidden, 1)` kept in float32 (it casts
 # the incoming 16-bit hidden states up), drawn from a fixed seed. Ours has a **bias**, so it learns
 # its threshold as well as its direction; the tutorial's `Linear(4096, 1, bias=False)` had none
-# (4,096 weights, against 4,097 here).
+# (4,096 weights for Llama-3-8B, against 4,097 for ours at that width).
 
 # %%
 model = add_binary_head(model, seed=profile.seed)
@@ -397,10 +397,10 @@ above_zero.round(2)
 
 # %% [markdown]
 # A good head puts nearly all acceptable sentences above 0 and as many unacceptable ones as it can
-# below. On the tiny profile this run printed 0.99 and 0.40 for the last-real-token head (its
-# unacceptable sentences 60% below 0), against 0.82 and 0.48 for the position -1 head:
-# both colours sit on both sides of its threshold, and about half of the unacceptable sentences
-# score above it. Its score carries something other than the sentence.
+# below. On the tiny profile this run printed 0.32 and 1.0 for the last-real-token head (its
+# unacceptable sentences two thirds below 0), against 0.95 and 1.0 for the position -1 head: it puts
+# nearly every sentence above its threshold, the unacceptable ones included, so it calls almost
+# everything acceptable. Its score carries something other than the sentence.
 
 # %% [markdown]
 # ## 6. Why it can look fine, and when it breaks
@@ -413,12 +413,12 @@ above_zero.round(2)
 #
 # What changes from row to row is *k*, the number of pads after the sentence, and it depends on the
 # **other** sentences in the batch. Through the rotary position encoding, the distance *k* changes
-# the summary. Here is one sentence's score as we append more and more pads (measured in section 5):
+# the summary. Here are three sentences' scores as we append more and more pads (measured in section 5):
 
 # %%
 pad_curves = {(name, i): bug_runs[read]["pads"][i] for read, name in (("minus_one", "position -1"), ("last_real", "last real token"))
               for i in range(3)}
-fig = plots.score_vs_pads(pad_curves, title="one sentence, more and more padding after it")
+fig = plots.score_vs_pads(pad_curves, title="three sentences, more and more padding after each")
 plots.show(fig, "06_score_vs_pads")
 
 # %%
@@ -431,7 +431,7 @@ print("largest swing over 0..16 pads:",
 
 # %% [markdown]
 # The last-real-token score is flat: padding is invisible to it. The position -1 score swings with
-# every pad, by more than the gap between the classes. So the tutorial's classifier gives a sentence
+# every pad (on the tiny profile by up to 1.5, printed above), although the sentence is the same. So the tutorial's classifier gives a sentence
 # a **different score depending on its batch-mates**. Training saw micro-batches of a few sentences
 # sorted by length (few pads); evaluation uses bigger batches in random order (more pads), and a
 # deployed model often scores one request at a time (no pads at all). The same dev set under the
@@ -607,8 +607,8 @@ print(f"other head seeds: MCC from {other_seeds.MCC.min():+.2f} to {other_seeds.
 # %% [markdown]
 # Only the seed the adapters were trained with gives back the trained classifier. Every other draw
 # changes a share of the predictions, and which way is random. On the tiny profile the table shows
-# all three outcomes: heads that point partly against the learned direction (MCC down to -0.66, the
-# classifier inverted), heads that happen to point near it (MCC up to +0.45), and heads that put
+# all three outcomes: heads that point partly against the learned direction (MCC down to -0.75, the
+# classifier inverted), heads that happen to point near it (MCC up to +0.72), and heads that put
 # every sentence on one side of their threshold (MCC 0, a constant answer). The seed this reload
 # drew, `profile.seed + 1`, is just one of them. The saved adapters alone do not define a classifier.
 # `load_head_classifier` refuses such a folder instead of returning a model whose predictions
@@ -652,10 +652,10 @@ for sentence, label, p in zip(my_sentences, classifier.predict(my_sentences), cl
 # %% [markdown]
 # On the tiny profile the head catches the wrong pronoun case ("Her and I") and calls "The cat sat on
 # the mat." unacceptable: its words are not in the tiny world's small synthetic vocabulary, which is
-# all this model has ever read. Besides that sentence it gets two more wrong: the agreement error ("A neighbor are", 0.872
-# acceptable) slips through, and so does the scrambled word order ("A neighbor is the dropping
-# cakes.", 0.712), which notebook 4's label words caught. Llama-3-8B has read the web; try the same
-# cell on the full profile.
+# all this model has ever read. It also catches the scrambled word order ("A neighbor is the
+# dropping cakes.", 0.785 unacceptable), but the agreement error ("A neighbor are", 0.853
+# acceptable) slips through, as it did past notebook 4's label words. Llama-3-8B has read the web;
+# try the same cell on the full profile.
 
 # %%
 notebook_seconds = results.record("notebook_seconds", time.perf_counter() - notebook_start)

@@ -75,3 +75,10 @@ def test_the_small_profile_is_planned_at_its_own_cpu_rates():
     assert budget.this_runtime(small) == "CPU (small)" and budget.this_runtime(get_profile("tiny")) == "CPU (tiny)"
     minutes = float(budget.report("04_training_loop", small).split("about ")[-1].split(" min")[0])
     assert 5 < minutes < 30, f"notebook 4 on the small profile: {minutes} min planned"
+
+
+def test_planned_ledger_size_is_the_worlds():
+    """Without a built ledger (planning from a fresh clone), notebook 7's plan counts the lines the world writes."""
+    from lmcls_helpers.world import SIZES
+
+    assert budget.LEDGER_SIZE == SIZES["ledger"]

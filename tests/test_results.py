@@ -66,3 +66,48 @@ def test_check_executed_finds_a_progress_bar_frame(tmp_root):
     _notebook(executed / "02_demo.ipynb", [text])
     assert results.check_executed(executed, figures) == []
 
+
+
+def _cells(prose: str, printed: str, profile: str = "tiny") -> list[dict]:
+    report = {"output_type": "stream", "name": "stdout", "text": f"profile: {profile}   model: build/{profile}/model\n"}
+    out = {"output_type": "stream", "name": "stdout", "text": printed}
+    return [{"cell_type": "code", "source": "", "outputs": [report, out]},
+            {"cell_type": "markdown", "source": prose}]
+
+
+@pytest.mark.parametrize("printed", ["accuracy 0.5778\n", "accuracy 57.78%\n", "57.8% one at a time\n"])
+def test_a_quote_matches_a_printed_number_that_rounds_to_it(printed):
+    prose = "On the tiny profile this run printed 57.8% one line at a time."
+    assert results.unprinted_quotes(_cells(prose, printed)) == []
+
+
+def test_a_stale_quote_is_named_with_its_cell():
+    prose = "Intro. On the tiny profile this run printed macro-F1 0.291 (plain) and -0.66 (seed 43)."
+    found = results.unprinted_quotes(_cells(prose, "macro-F1 0.235, MCC -0.747\n"))
+    assert [index for index, _ in found] == [1, 1]
+    assert "0.291" in found[0][1] and "-0.66" in found[1][1]
+
+
+def test_bounds_sentences_about_other_worlds_and_other_profiles_are_not_quotes():
+    printed = "span 0.02\n"
+    assert results.unprinted_quotes(_cells("On the tiny profile within about 0.05 MCC, less than 10%.", printed)) == []
+    assert results.unprinted_quotes(_cells("Llama 3 reached 0.555 on the full profile.", printed)) == []
+    assert results.unprinted_quotes(_cells("On the tiny profile 0.291.", printed, profile="small")) == []
+
+
+def test_make_test_fails_a_notebook_whose_prose_quotes_an_unprinted_number(tmp_path):
+    """conftest.py wraps nbmake's run: a notebook that runs cleanly but quotes a stale number fails."""
+    from nbmake.nb_run import NotebookRun
+
+    nb = {"cells": [{"cell_type": "code", "source": "print('profile: tiny   x'); print('MCC 0.235')", "metadata": {},
+                     "execution_count": None, "outputs": []},
+                    {"cell_type": "markdown", "source": "On the tiny profile this run printed MCC 0.291.", "metadata": {}}],
+          "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
+          "nbformat": 4, "nbformat_minor": 5}
+    path = tmp_path / "stale.ipynb"
+    path.write_text(json.dumps(nb))
+    result = NotebookRun(path, 120).execute()
+    assert result.error is not None and "0.291" in result.error.trace and result.error.failing_cell_index == 1
+    nb["cells"][1]["source"] = "On the tiny profile this run printed MCC 0.235."
+    path.write_text(json.dumps(nb))
+    assert NotebookRun(path, 120).execute().error is None
