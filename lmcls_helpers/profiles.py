@@ -75,6 +75,9 @@ class Profile:
     ledger_max_lines: int | None = None  # ledger lines notebook 7 uses (None: all)
     fewshot_mcc_min: float = 0.2  # notebook 2's check: few-shot dev MCC above this (Llama-3-8B: 0.555; 135M: about 0)
     nf4_perplexity_rise_max: float = 0.10  # notebook 3's check: NF4 moves perplexity by less than this share
+    # notebook 6's check: the last-real-token head beats the -1 read by this many bootstrap SDs after max_steps
+    # (None: not expected, for a model that learns too little of the task in those steps to lose any of it)
+    padding_margin_sds: float | None = 3.0
     resume_replay_steps: int | None = None  # notebook 4 replays this many steps after a resume (None: to the next checkpoint)
     lora_r: int = 8
     lora_alpha: int = 16
@@ -294,6 +297,7 @@ def _small(require_device: bool = True) -> Profile:
         name="small",
         fewshot_mcc_min=-0.2,  # a 135M model does not do this task few-shot (about 0 on real CoLA): not worse than chance
         nf4_perplexity_rise_max=0.25,  # NF4 costs a 135M model more: +13% measured on the tiny world's sentences
+        padding_margin_sds=None,  # a fresh head on 135M learns nothing clear in 8-24 steps (rehearsed: margin +0.01 ± 0.07)
         model_id=model_id,
         tokenizer_id=model_id,
         cola_root=cola_root,
@@ -311,6 +315,8 @@ def _small(require_device: bool = True) -> Profile:
         eval_every=15,
         max_train_examples=1000,
         max_steps=8,
+        sample_sizes=(64,),  # notebook 7 as the full profile plans it: 64 sentences besides the full set,
+        ledger_max_lines=400,  # and the first 400 ledger lines (every line: 44 instead of 16 minutes on 2 cores)
         lora_r=8,
         lora_alpha=16,
         seed=42,
