@@ -240,12 +240,18 @@ table(contrast).round(3)
 bare = run("linear head", train_sentences, train_labels, dev_sentences, dev_labels, inputs=list)
 results.record("head_bare_sentence_mcc", bare["MCC"])
 results.record("head_bare_sentence_accuracy", bare["accuracy"])
-print(f"linear head: MCC {bare['MCC']:.2f} on bare sentences, {contrast['linear head']['MCC']:.2f} with the prompt "
-      f"({1 - bare['MCC'] / contrast['linear head']['MCC']:.0%} of it lost without the prompt)")
+prompted_mcc = contrast["linear head"]["MCC"]
+print(f"linear head: MCC {bare['MCC']:.2f} on bare sentences, {prompted_mcc:.2f} with the prompt", end=" ")
+if prompted_mcc > 0.1:  # a share of what the prompted head learned
+    print(f"({1 - bare['MCC'] / prompted_mcc:.0%} of it lost without the prompt)")
+else:  # a share of nothing means nothing
+    print(f"(the prompted head is not above chance after {profile.max_steps} steps: nothing for the prompt to add yet)")
 
 # %% [markdown]
-# Without the prompt the same head loses much of its MCC (the share is printed above): the prompt
-# matters far more than the choice of read-out (section 6). The pretrained model has read grammar
+# On the tiny profile the same head loses much of its MCC without the prompt (the share is printed
+# above): the prompt matters far more than the choice of read-out (section 6). Where the prompted
+# head is itself still at chance, as a fresh head on the 135M model of the `small` profile is after
+# its 8 steps, there is nothing yet for the prompt to add, and the cell says so instead. The pretrained model has read grammar
 # judgements, and at the end of the prompt its hidden state already leans toward the answer. A head
 # on a bare sentence has to learn the task from the labels alone, within the same budget.
 #
@@ -573,8 +579,8 @@ print(f"test lines wrong, of {len(ledger_labels)}:", wrong)
 ledger_contrast_table.round(4)
 
 # %% [markdown]
-# The ledger is an easy task: the memo and the counterparty name the class, so all three read-outs
-# score high. On the tiny profile both heads get every test line right and the label words miss
+# The ledger is an easy task: the memo and the counterparty name the class, so on the tiny profile
+# all three read-outs score high: both heads get every test line right and the label words miss
 # 17 of 450 (the printed counts above). The label words likely trail because a bare line followed by
 # ` -` asks no question, so the pretrained LM head brings no head start here (unlike the grammar
 # prompt), and one pass is all it gets to learn ` Income` against ` Other`. What separates the read-outs on this task is less their accuracy than what can go wrong:
