@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 
+import lmcls_helpers  # noqa: F401  first: it pins torch's and MKL's CPU code path, for workers and kernels too
+
 
 def pytest_configure(config) -> None:
     if os.environ.get("PYTEST_XDIST_WORKER"):  # a worker process; its notebook kernels inherit the variable

@@ -372,5 +372,8 @@ def environment_report(profile: Profile) -> str:
         lines.append(f"device: {props.name}, {props.total_memory / 2**30:.1f} GiB, compute dtype {profile.compute_dtype}")
     else:
         threads = torch.get_num_threads()
-        lines.append(f"device: CPU ({threads} thread{'s' * (threads != 1)}), compute dtype {profile.compute_dtype}")
+        path = torch.backends.cpu.get_cpu_capability()  # AVX2 unless overridden: see lmcls_helpers/__init__.py
+        lines.append(
+            f"device: CPU ({threads} thread{'s' * (threads != 1)}, {path} code path), compute dtype {profile.compute_dtype}"
+        )
     return "\n".join(lines)

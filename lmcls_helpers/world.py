@@ -57,9 +57,32 @@ REFERENCE_WHEELS = {  # name: (requirement, file inside the wheel, file name we 
 
 
 def world_config() -> dict:
-    """The settings that decide the world's bytes (recorded in ``world.json``)."""
-    return {"seed": SEED, "sizes": SIZES, "tokenizer": TOKENIZER, "model": MODEL,
+    """The settings that decide the world's bytes (recorded in ``world.json``).
+
+    They include the CPU code path (pinned to AVX2 in ``lmcls_helpers/__init__.py``): pre-training
+    on another path gives another tiny model, so a world built before the pin, or with it overridden,
+    is rebuilt rather than silently reused.
+    """
+    code_path = {"aten": torch.backends.cpu.get_cpu_capability(), "mkl": os.environ.get("MKL_CBWR", "AUTO"),
+                 "onednn": os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL")}
+    return {"seed": SEED, "sizes": SIZES, "tokenizer": TOKENIZER, "model": MODEL, "cpu_code_path": code_path,
             "pretrain": {k: list(v) if isinstance(v, tuple) else v for k, v in PRETRAIN.items()}}
+
+
+def check_code_path() -> None:
+    """Refuse to pre-train on other kernels than the pinned ones: that would be another tiny model.
+
+    torch picks its kernels at its first computation; a process that computed before importing
+    ``lmcls_helpers`` runs on the CPU's native path whatever the environment now says.
+    """
+    wanted = os.environ.get("ATEN_CPU_CAPABILITY")
+    actual = torch.backends.cpu.get_cpu_capability()
+    if wanted and actual.lower() != wanted.lower():
+        raise RuntimeError(
+            f"torch chose its {actual} kernels before lmcls_helpers pinned them to {wanted}, so this process "
+            "would build another tiny world than every other machine. Build it in a fresh process "
+            "(`python -m lmcls_helpers.world`), or import lmcls_helpers before computing anything with torch."
+        )
 
 
 def fingerprint(config: dict | None = None) -> str:
@@ -322,6 +345,7 @@ def build(root: Path | None = None, force: bool = False) -> dict:
         (root / ".built").touch()  # tells make the stamp is newer than the code it checked
         print(f"{root} is up to date (recipe {fingerprint()}); `python -m lmcls_helpers.world --force` rebuilds it.")
         return json.loads((root / "world.json").read_text())
+    check_code_path()
     partial = root.with_name(f"{root.name}.partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)

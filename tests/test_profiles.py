@@ -79,7 +79,7 @@ def test_tiny_sets_one_torch_thread_and_says_so():
         torch.set_num_threads(2)
         profile = get_profile("tiny")
         assert profile.torch_threads == 1 and torch.get_num_threads() == 1
-        assert "CPU (1 thread)" in environment_report(profile)
+        assert "CPU (1 thread, " in environment_report(profile)
     finally:
         torch.set_num_threads(before)
 

@@ -7,7 +7,10 @@ world is present, its recorded numbers and file hashes are checked too.
 from __future__ import annotations
 
 import json
+import os
+import platform
 import subprocess
+import sys
 
 import pytest
 import torch
@@ -59,6 +62,38 @@ def test_fingerprint_is_stable_and_sensitive():
     changed = json.loads(json.dumps(world.world_config()))
     changed["seed"] += 1
     assert world.fingerprint(changed) != world.fingerprint()
+
+
+PIN = ("MKL_CBWR", "ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")
+
+
+def _code_path(env: dict[str, str]) -> str:
+    """What a fresh process that imports lmcls_helpers, then torch, computes with and records."""
+    clean = {k: v for k, v in os.environ.items() if k not in PIN}
+    probe = ("import os, lmcls_helpers, torch; from lmcls_helpers import world; "
+             "print(torch.backends.cpu.get_cpu_capability(), os.environ.get('MKL_CBWR'), world.fingerprint())")
+    return subprocess.run([sys.executable, "-c", probe], env=clean | env, capture_output=True, text=True,
+                          check=True).stdout.split()
+
+
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="the pin is for x86-64 CPUs")
+def test_import_pins_one_cpu_code_path_that_a_user_can_override():
+    """Pre-training on AVX-512 kernels gave another tiny model (a Zen 4 printed other numbers): one path for all."""
+    pinned = _code_path({})
+    assert pinned[:2] == ["AVX2", "AVX2"]
+    own = _code_path({"MKL_CBWR": "AUTO", "ATEN_CPU_CAPABILITY": "default"})
+    assert own[:2] == ["DEFAULT", "AUTO"], "a value the user set is kept"
+    assert own[2] != pinned[2], "a world built on another code path must not pass for this one"
+
+
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="the pin is for x86-64 CPUs")
+def test_a_process_that_computed_before_the_pin_refuses_to_build_a_world():
+    # torch picks its native kernels at the first product; the pin asked for afterwards comes too late.
+    late = ("import os, torch; torch.ones(2) @ torch.ones(2); os.environ['ATEN_CPU_CAPABILITY'] = 'default'; "
+            "from lmcls_helpers import world; world.check_code_path()")
+    env = {k: v for k, v in os.environ.items() if k not in PIN}
+    done = subprocess.run([sys.executable, "-c", late], env=env, capture_output=True, text=True)
+    assert done.returncode != 0 and "import lmcls_helpers before computing" in done.stderr
 
 
 def test_build_skips_when_stamp_matches(tmp_path, monkeypatch):
