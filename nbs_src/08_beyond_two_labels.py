@@ -88,11 +88,12 @@ notebook_start = time.perf_counter()
 # insurance and taxes), so `ledger_categories` gives every line exactly one of five. The categories
 # are uneven already; on top of that we **keep only a quarter of the utilities lines**, on purpose,
 # so that one class is rare and section 8 has something to fix. A quarter of the lines is held out
-# as the test set; nothing is tuned on it.
+# as the test set (a slow profile tests on its first `max_eval_examples`); nothing is tuned on it.
 
 # %%
 ledger = ledger_categories(load_ledger(profile.ledger_path), seed=profile.seed)  # + a `category` column, 0..4
 train_df, test_df = train_val_split(ledger, val_fraction=0.25, seed=profile.seed)
+test_df = test_df.iloc[: profile.max_eval_examples]  # a profile may test on fewer lines; None keeps them all
 class_names = [name.strip() for name in CATEGORY_NAMES]  # for tables and figures
 k = len(CATEGORY_NAMES)
 counts = pd.DataFrame({"train": train_df.category.value_counts(), "test": test_df.category.value_counts()})
@@ -526,15 +527,15 @@ print(budget.finish("08_beyond_two_labels", profile))
 #
 # - A class name is the text after the prompt, leading space included; its log-probability is the
 #   sum over its tokens, one forward pass per (line, class) pair.
-# - A sum favours short names: here it sent every few-shot prediction to the one-token name; the
-#   mean per token changes them too (here all to another class). On tiny neither is a classifier.
+# - A sum favours short names: on the tiny profile it sent every few-shot prediction to the one-token
+#   name, and the mean per token sent them all to another class; there neither is a classifier.
 # - Fine-tuning label words of several tokens sums the per-token losses (teacher forcing), the same
 #   number `choice_logprobs` scores; a `Linear(hidden, k)` head needs one forward pass per line and
 #   never reads the names.
 # - With uneven classes, report macro-F1 and per-class recall: accuracy is decided by the big classes.
 # - A balanced weighted loss and a balanced sampler give small classes more say; compare them on
-#   per-class recall (here both lifted insurance and taxes at the cost of the biggest class, and
-#   only resampling lifted utilities).
+#   per-class recall (on the tiny profile both lifted insurance and taxes at the cost of the biggest
+#   class, and only resampling lifted utilities).
 #
 # ## Exercises
 #
