@@ -121,9 +121,9 @@ pd.DataFrame({"class name": [repr(n) for n in CATEGORY_NAMES], "tokens": token_c
                          for n in CATEGORY_NAMES]})
 
 # %% [markdown]
-# The names differ in length: " repairs" is a single token, the others several (on the tiny profile
-# this run printed 1 against 6 or 7; Llama 3 splits them into 1 to 3). Without its space, a name
-# starts with another token, one the model rarely sees after a colon and a space-less join:
+# The names differ in length (on the tiny profile this run printed 1 token for " repairs" against 6
+# or 7 for the others; Llama 3 splits them into 1 to 3). Without its space, a name starts with
+# another token:
 
 # %%
 pd.concat({"' utilities'": token_table(tokenizer, " utilities", add_special_tokens=False),
@@ -131,8 +131,11 @@ pd.concat({"' utilities'": token_table(tokenizer, " utilities", add_special_toke
 
 # %% [markdown]
 # `Ġ` marks the space. The prompt therefore ends with `Category:` and **no** space, and the space
-# travels with each name; a prompt ending in `"Category: "` followed by `"utilities"` would score
-# tokens the model almost never saw in that place.
+# travels with each name, as in the text the model learned from. Where the tokenizer merges the
+# space into the word (SmolLM2's has one token `Ġutilities`, and splits `utilities` into `ut` and
+# `ilities`), a prompt ending in `"Category: "` followed by `"utilities"` would score tokens the
+# model almost never saw in that place. The tiny tokenizer keeps the space as a token of its own,
+# so there both joins happen to give the same tokens: the habit matters on real tokenizers.
 #
 # ## 3. Few-shot: score every class
 #
@@ -211,7 +214,8 @@ shares.round(3)
 # " repairs" wins on **every** line (macro-F1 0.063); averaged per token, the prediction moves to
 # another class on every line, all of them to " utilities" (macro-F1 0.010). Neither is a
 # classifier: the tiny model never saw ledger categories in pre-training, so the prompt alone
-# carries almost no signal and the length of the names decides. Llama-3-8B's names are 1 to 3 tokens.
+# carries almost no signal and the names' token counts, not the lines, decide. Llama-3-8B's names are
+# 1 to 3 tokens.
 
 # %%
 fig = plots.confusion_heatmap(test_labels, fewshot_sum.argmax(axis=1), class_names=class_names,
@@ -273,7 +277,7 @@ def words_loss(model, batch) -> torch.Tensor:
 
 
 first = words_batch([0])
-print(f"{len(class_ids[train_labels[0]])} target tokens for{CATEGORY_NAMES[train_labels[0]]!r}; "
+print(f"{len(class_ids[train_labels[0]])} target tokens for {CATEGORY_NAMES[train_labels[0]]!r}; "
       f"targets {first['labels'][0][first['labels'][0] != -100].tolist()}")
 
 # %% [markdown]
@@ -462,7 +466,8 @@ print(f"mean weight over the training lines: {class_weights.numpy()[train_labels
 # %% [markdown]
 # **Resampling** leaves the loss alone and changes the data: `WeightedRandomSampler` draws examples
 # with probability proportional to `1 / count` of their class, with replacement, so every class
-# fills about a fifth of the batches; the rare lines are seen several times each.
+# fills about a fifth of the draws (give or take the binomial error printed below), and a rare
+# line is drawn many times more often than a common one.
 
 # %%
 sampler = torch.utils.data.WeightedRandomSampler(1.0 / class_counts[train_labels], num_samples=n_draws,
