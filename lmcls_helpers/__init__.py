@@ -20,9 +20,13 @@ __version__ = "0.1.0"
 # 142 where AVX2-only machines printed 115). Pinned to AVX2, which every x86-64 CPU of the last ten
 # years has, a Zen 4 prints what an AVX2-only CPU prints. Read before the first computation, not at
 # `import torch`; set one of them yourself (e.g. MKL_CBWR=AUTO) to keep the native path.
-if platform.machine().lower() in ("x86_64", "amd64"):
-    for _name, _value in {"MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}.items():
-        os.environ.setdefault(_name, _value)
+#: The variables and values of that pin; empty off x86-64 (Apple silicon, ARM servers), where they do not apply.
+CPU_CODE_PATH: dict[str, str] = (
+    {"MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
+    if platform.machine().lower() in ("x86_64", "amd64") else {}
+)
+for _name, _value in CPU_CODE_PATH.items():
+    os.environ.setdefault(_name, _value)
 
 # bitsandbytes 0.50 on CPUs with AVX512-BF16 tries to fetch a faster 4-bit kernel from the Hugging
 # Face hub at import and warns "pip install kernels" when it cannot. Offline that is noise, not

@@ -242,7 +242,8 @@ def _plan_08(profile, sizes) -> Plan:
 
         ledger = synthetic.ledger_lines(world.SIZES["ledger"], world.SEED)
     k = len(CATEGORY_NAMES)
-    test = _first(round(0.25 * len(ledger_categories(ledger, seed=profile.seed))), profile.max_eval_examples)
+    held_out = round(0.25 * len(ledger_categories(ledger, seed=profile.seed)))  # train_val_split(val_fraction=0.25)
+    test = _first(held_out, profile.max_eval_examples)
     runs = 4  # label words; linear head plain, weighted, resampled
     # few-shot: every (line, class) pair with a prompt about k + 1 lines long; 4 lines again for the mean check;
     # the loss check (2); fine-tuned label words, every pair; the head predicts the test set 4 times

@@ -433,8 +433,8 @@ pd.DataFrame([fewshot, words, plain], index=["few-shot (sum)", "label words, fin
 # steps) the five-example prompt alone beat both fine-tuned classifiers on macro-F1: the prompt
 # draws on what the model learned of words like "Property Tax", while 8 steps of label-word
 # training pushed every line to the one-token " utilities" and the fresh head mostly to the
-# largest class. A short fine-tuning budget
-# can cost more than it teaches; compare against few-shot before trusting it.
+# largest class. A short fine-tuning budget can cost more than it teaches; compare against
+# few-shot before trusting it.
 #
 # ## 7. Macro-F1 and the confusion matrix
 #

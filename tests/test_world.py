@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import subprocess
 import sys
 
@@ -16,7 +15,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from lmcls_helpers import world
+from lmcls_helpers import CPU_CODE_PATH, world
 from lmcls_helpers.data import COLA_SPLITS, load_cola
 from lmcls_helpers.paths import build_dir
 from lmcls_helpers.profiles import LABEL_WORDS, get_profile
@@ -64,19 +63,23 @@ def test_fingerprint_is_stable_and_sensitive():
     assert world.fingerprint(changed) != world.fingerprint()
 
 
-PIN = ("MKL_CBWR", "ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")
+pinned_cpu = pytest.mark.skipif(not CPU_CODE_PATH, reason="the CPU code path is pinned on x86-64 only")
 
 
-def _code_path(env: dict[str, str]) -> str:
+def _unpinned_env() -> dict[str, str]:
+    """This environment without the pin's variables, as a fresh shell has it."""
+    return {k: v for k, v in os.environ.items() if k not in CPU_CODE_PATH}
+
+
+def _code_path(env: dict[str, str]) -> list[str]:
     """What a fresh process that imports lmcls_helpers, then torch, computes with and records."""
-    clean = {k: v for k, v in os.environ.items() if k not in PIN}
     probe = ("import os, lmcls_helpers, torch; from lmcls_helpers import world; "
              "print(torch.backends.cpu.get_cpu_capability(), os.environ.get('MKL_CBWR'), world.fingerprint())")
-    return subprocess.run([sys.executable, "-c", probe], env=clean | env, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-c", probe], env=_unpinned_env() | env, capture_output=True, text=True,
                           check=True).stdout.split()
 
 
-@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="the pin is for x86-64 CPUs")
+@pinned_cpu
 def test_import_pins_one_cpu_code_path_that_a_user_can_override():
     """Pre-training on AVX-512 kernels gave another tiny model (a Zen 4 printed other numbers): one path for all."""
     pinned = _code_path({})
@@ -86,13 +89,12 @@ def test_import_pins_one_cpu_code_path_that_a_user_can_override():
     assert own[2] != pinned[2], "a world built on another code path must not pass for this one"
 
 
-@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="the pin is for x86-64 CPUs")
+@pinned_cpu
 def test_a_process_that_computed_before_the_pin_refuses_to_build_a_world():
     # torch picks its native kernels at the first product; the pin asked for afterwards comes too late.
     late = ("import os, torch; torch.ones(2) @ torch.ones(2); os.environ['ATEN_CPU_CAPABILITY'] = 'default'; "
             "from lmcls_helpers import world; world.check_code_path()")
-    env = {k: v for k, v in os.environ.items() if k not in PIN}
-    done = subprocess.run([sys.executable, "-c", late], env=env, capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-c", late], env=_unpinned_env(), capture_output=True, text=True)
     assert done.returncode != 0 and "import lmcls_helpers before computing" in done.stderr
 
 
