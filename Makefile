@@ -7,6 +7,9 @@ WORLD  := build/tiny/.built
 SMALL  := build/small/.built
 # Extra pip arguments for torch, e.g. TORCH_PIP_ARGS="--index-url <a CPU-only index>".
 TORCH_PIP_ARGS ?=
+# Seconds one notebook cell may run under `make run`: the small profile's longest cell (notebook 8's
+# few-shot scoring) takes 8 minutes on a 2-core CPU, and a slower laptop takes two to three times that.
+CELL_TIMEOUT ?= 1800
 
 # Offline and quiet: the tiny world never reaches a model hub.
 export HF_HUB_OFFLINE := 1
@@ -43,7 +46,7 @@ $(SMALL): $(STAMP) lmcls_helpers/small.py
 run: world small
 	rm -rf build/executed build/figures  # figures of renamed notebooks must not linger
 	mkdir -p build/executed
-	$(BIN)/jupyter nbconvert --to notebook --execute --ExecutePreprocessor.timeout=600 \
+	$(BIN)/jupyter nbconvert --to notebook --execute --ExecutePreprocessor.timeout=$(CELL_TIMEOUT) \
 		--output-dir build/executed notebooks/*.ipynb
 	@echo
 	@$(BIN)/python -m lmcls_helpers.results

@@ -78,6 +78,9 @@ class Profile:
     # notebook 6's check: the last-real-token head beats the -1 read by this many bootstrap SDs after max_steps
     # (None: not expected, for a model that learns too little of the task in those steps to lose any of it)
     padding_margin_sds: float | None = 3.0
+    # notebook 4's check: fine-tuning beats the few-shot prompt on the test split by more than this MCC
+    # (None: not expected, for a model that learns too little of the task in the profile's training budget)
+    finetune_gain_min: float | None = 0.0
     resume_replay_steps: int | None = None  # notebook 4 replays this many steps after a resume (None: to the next checkpoint)
     lora_r: int = 8
     lora_alpha: int = 16
@@ -281,9 +284,9 @@ def _small(require_device: bool = True) -> Profile:
     """SmolLM2-135M-Instruct (a real pre-trained Llama, 30 layers, width 576) in NF4 on the CPU, real CoLA.
 
     Sizes aim at a notebook suite in 30 minutes of a 4-core laptop (scoring about 10 examples/s,
-    LoRA training about 2 examples/s at the pattern prompt's 47 tokens) and give notebook 4 about 56
-    steps of 16 examples to move past few-shot on real CoLA. Not there yet: the suite is planned at
-    about 58 minutes on 2 cores (``budget``; measured: notebook 6 6.7 min, notebook 7 15.2 min).
+    LoRA training about 3 examples/s at the pattern prompt's 47 tokens). Measured on real CoLA
+    (2-core AMD EPYC, 2026-12-04): the suite in 52 minutes, and notebook 4's 57 steps of 16 leave the
+    model at chance, as 124 steps at lr 1e-3 did, so this profile asserts no fine-tuning gain.
     """
     from .small import ensure_built, small_dir
 
@@ -297,7 +300,8 @@ def _small(require_device: bool = True) -> Profile:
     return Profile(
         name="small",
         fewshot_mcc_min=-0.2,  # a 135M model does not do this task few-shot (about 0 on real CoLA): not worse than chance
-        nf4_perplexity_rise_max=0.25,  # NF4 costs a 135M model more: +13% measured on the tiny world's sentences
+        nf4_perplexity_rise_max=0.40,  # NF4 costs a 135M model more: +24% on real CoLA dev, +13% on tiny's sentences
+        finetune_gain_min=None,  # 135M on real CoLA: 57 steps left it at the prompt's level (notebook 4 says so)
         padding_margin_sds=None,  # a fresh head on 135M learns nothing clear in 8-24 steps (rehearsed: margin +0.01 ± 0.07)
         model_id=model_id,
         tokenizer_id=model_id,

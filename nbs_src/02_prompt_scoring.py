@@ -20,7 +20,7 @@
 #
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/lmcls-org/lmcls/blob/main/notebooks/02_prompt_scoring.ipynb)
 #
-# A base language model already "knows" whether `' acceptable'` or `' unacceptable'` is the likelier
+# A large enough base language model already "knows" whether `' acceptable'` or `' unacceptable'` is the likelier
 # next token after a well-built few-shot prompt. In this notebook you will learn:
 #
 # - why we read two label-word logits instead of calling `generate()`;
@@ -363,9 +363,9 @@ print(f"acceptable sentences called unacceptable: {fn}/{tp + fn} ({fn / (tp + fn
 # Read the matrix by rows. On the tiny profile this run printed that **115 of 142** unacceptable
 # sentences (81%) were called acceptable, against **0 of 358** acceptable sentences called
 # unacceptable: every mistake is a vote for *acceptable*, the majority class and the answer for
-# every error kind the model was not taught (section 6). The matrix says what the MCC alone does
-# not: this classifier is biased toward *acceptable*, and its 0.77 accuracy is barely above the
-# 0.72 of always saying so.
+# every error kind the model was not taught (section 6). There the matrix says what the MCC alone
+# does not: that classifier is biased toward *acceptable*, and its 0.77 accuracy is barely above the
+# 0.72 of always saying so. Read your own run's rows the same way: which way do its mistakes lean?
 #
 # ## 8. How confident is it?
 #
@@ -378,8 +378,9 @@ plots.show(fig, "02_score_histogram")
 print(f"P(acceptable) is a softmax over 2 of the model's {model.config.vocab_size:,} logits")
 
 # %% [markdown]
-# Nearly every sentence sits in the first or the last bin, and wrong ones are among them: the
-# blue step in the last bin is the unacceptable sentences that were called acceptable. These
+# On the tiny profile nearly every sentence sits in the first or the last bin, and wrong ones are
+# among them: the blue step in the last bin is the unacceptable sentences that were called
+# acceptable. A model near chance (the small profile's) spreads its scores over the middle. These
 # numbers are **not** calibrated probabilities: a softmax over two logits out of the whole vocabulary
 # (the size printed above; 128,256 in Llama 3) says which label word is likelier, not how often the
 # model is right. Here are its most confident mistakes:
@@ -432,8 +433,8 @@ if kinds is not None:
 #
 # How far above chance a prompt alone gets depends on the model, so the check reads its floor from
 # the profile: clearly above chance for the tiny model (built in) and for Llama-3-8B (0.555 in the
-# tutorial); for the 135M model of the `small` profile only "not worse than chance", because a model
-# that small does not do this task few-shot (its MCC is about 0).
+# tutorial); for the 135M model of the `small` profile only "not clearly worse than chance" (above
+# −0.2), because a model that small does not do this task few-shot (its MCC is about 0).
 
 # %%
 print(f"few-shot dev MCC {fewshot_dev.mcc:.3f}; this profile expects more than {profile.fewshot_mcc_min}")
@@ -503,7 +504,7 @@ print(budget.finish("02_prompt_scoring", profile))  # the time taken against the
 # - Gather the hidden state first and apply the LM head to one vector per row: the same scores without a `(batch, seq, vocab)` tensor.
 # - Judge with MCC on imbalanced data: it runs from −1 to 1, and a constant guess has good accuracy and MCC 0 (by definition).
 # - Read the confusion matrix and, where you can, recall per error kind: on the tiny profile they show a model that only learned the one error kind its pre-training flagged.
-# - Two-logit softmax scores are confident, not calibrated; tiny-profile numbers show the mechanics and are not comparable with Llama 3 8B's.
+# - Two-logit softmax scores are not calibrated (on the tiny profile they are also overconfident); tiny-profile numbers show the mechanics and are not comparable with Llama 3 8B's.
 #
 # ## Exercises
 #
@@ -527,8 +528,9 @@ else:
 
 # %% [markdown]
 # **2. A better threshold?** The argmax predicts *acceptable* when the logit margin
-# `scores[:, 1] - scores[:, 0]` is above 0 (the same as P(acceptable) > 0.5). The probabilities are
-# saturated near 0 and 1 (section 8), so move the threshold on the **margin** instead. Find the
+# `scores[:, 1] - scores[:, 0]` is above 0 (the same as P(acceptable) > 0.5). Where the
+# probabilities are saturated near 0 and 1 (tiny, section 8), thresholds on them all look alike, so
+# move the threshold on the **margin** instead. Find the
 # margin threshold that maximises MCC on dev, then apply that same threshold, unchanged, out of
 # domain. The tuned dev MCC is the best of many tries on the very sentences it is reported on:
 # which of the two tuned numbers is an honest estimate for new data, and how far do they differ?

@@ -249,7 +249,7 @@ print(f"Llama-3-8B, r={profile.lora_r}, all seven projections: {lora_8b:,} train
 
 # %% [markdown]
 # About 21 million weights to train, 0.26% of all of Llama-3-8B's weights (the same denominator as
-# the tiny model's share above, which is larger because its layers are so narrow): that is why the
+# this profile's model's share above, which is larger because its layers are so narrow): that is why the
 # adapters, their gradients and their optimizer state are small, and why the base can stay in 4 bits.
 #
 # ## 4. The loss: one target per sentence
@@ -453,7 +453,7 @@ assert sorted_cost <= unsorted_cost <= whole_set_cost
 # With micro-batches as big as the step there is nothing to save; the saving grows with the number
 # of micro-batches per step. The tutorial paid the most: it tokenized all training sentences in one
 # call with `padding="longest"`, so every batch was as long as the longest sentence of the whole set
-# (86 tokens on CoLA). Padding each micro-batch only to its own longest example is **dynamic padding**.
+# (86 tokens with Llama 3's tokenizer on its CoLA set). Padding each micro-batch only to its own longest example is **dynamic padding**.
 #
 # **Scaling the loss.** The gradient of the step's mean loss is the gradient of
 # `sum of per-example losses / number of examples in the step`. So each micro-batch contributes its
@@ -556,8 +556,8 @@ adam_states.round(2)
 
 # %% [markdown]
 # For the 8B model's LoRA weights 8-bit AdamW saves 0.12 GiB of a 15 GiB T4 (the state measured
-# here; notebook 5's estimator gives the same). This model's LoRA tensors are all under 4,096
-# values, so bitsandbytes keeps them in fp32 and saves nothing. The 8-bit optimizer matters when
+# here; notebook 5's estimator gives the same). Tensors under 4,096 values stay in fp32 and save
+# nothing: all of the tiny model's LoRA tensors are that small (the table shows what this model's save). The 8-bit optimizer matters when
 # *all* weights are trained (8B × 6 bytes = 45 GiB); with LoRA it is nearly free to skip.
 #
 # The schedule warms the learning rate up linearly from 0 over `warmup_steps` (the fresh adapters'
@@ -674,7 +674,8 @@ print(f"highest training loss {spike.loss:.2f} at step {spike.step:.0f} of {tota
       f"{spike.lr:.1e} ({spike.lr / profile.lr:.0%} of the peak, reached at step {profile.warmup_steps + 1})")
 
 # %% [markdown]
-# The bump at the start is the warm-up at work. The learning rate climbs to its peak (`profile.lr`,
+# Where the curve shows a bump at the start (on the tiny profile, at the end of the warm-up), it is
+# the warm-up at work. The learning rate climbs to its peak (`profile.lr`,
 # 2e-3 on the tiny profile) at the end of the warm-up, and Adam moves every weight by about the
 # learning rate per step, whatever the gradient's size. Near the peak those steps are too big for
 # adapters that are just leaving `B = 0`: each step over-corrects the last batch, so the next
@@ -820,21 +821,23 @@ print(f"unacceptable called acceptable: {missed} of {int((test.labels == 0).sum(
       f"acceptable called unacceptable: {false_alarms} of {int((test.labels == 1).sum())}")
 
 # %% [markdown]
-# The matrix is lopsided: almost every error the model makes is an unacceptable sentence let
-# through as acceptable, hardly ever the other way round (on the tiny profile this run printed
-# 50 of 150 against 5 of 350). All of the misses are the three kinds the recall table shows it
-# learned worst (agreement, doubled words, determiners); and with 70% of CoLA's sentences acceptable, "acceptable" is the cheaper guess
-# whenever the model is unsure.
+# The matrix is lopsided: most of the model's errors are unacceptable sentences let through as
+# acceptable, far fewer the other way round (on the tiny profile this run printed 50 of 150 against
+# 5 of 350). There, all of the misses are the three kinds the recall table shows it learned worst
+# (agreement, doubled words, determiners). With 70% of CoLA's sentences acceptable, "acceptable" is
+# the cheaper guess whenever the model is unsure.
 
 # %%
-assert test.mcc > fewshot_test.mcc, f"fine-tuning should beat the prompt alone ({test.mcc:.3f} vs {fewshot_test.mcc:.3f})"
+gain = test.mcc - fewshot_test.mcc
+if profile.finetune_gain_min is not None:  # None: a profile whose model learns too little in its budget (small)
+    assert gain > profile.finetune_gain_min, f"fine-tuning should beat the prompt alone ({test.mcc:.3f} vs {fewshot_test.mcc:.3f})"
 results.record("finetuned_ood_mcc", test.mcc)
 results.record("finetuned_ood_accuracy", test.accuracy)
 results.record("best_val_mcc", best_val_mcc)
 results.record("train_seconds", round(train_seconds, 1))
-gain = test.mcc - fewshot_test.mcc
 results.record("finetuned_gain_mcc", gain)
-print(f"MCC gain over few-shot: {gain:+.3f}")
+print(f"MCC gain over few-shot: {gain:+.3f}"
+      + ("" if profile.finetune_gain_min is not None else " (this profile does not expect a gain: see below)"))
 
 # %% [markdown]
 # How much of that gain could be luck of the test set? Draw new test sets of the same size from this
@@ -857,6 +860,15 @@ print(f"gain {gain:+.3f} ± {gain_sd:.3f} from resampling {len(test_df)} test se
 # With about 500 test sentences the yardstick is a few hundredths of MCC: if the tutorial's spread
 # was like ours, its gain (0.495 to 0.647 on 516 sentences) is about four of them, clear as well,
 # while a gain of 0.05 would not be.
+#
+# On the small profile there is no gain to test. There SmolLM2-135M on real CoLA printed a gain of
+# −0.101 ± 0.110 (2-core AMD EPYC, 2026-12-04): 57 steps of 16 sentences leave it near chance, where
+# the prompt left it, calling most sentences acceptable. A longer trial did no better: 124 steps of
+# 16 at a learning rate of 1e-3 (2,000 sentences, 13 minutes) scored MCC 0.065 on all 516 test
+# sentences, a gain of +0.035 ± 0.059, calling every one of them acceptable. A few hundred examples
+# do not teach a 135M model what makes a sentence grammatical, so the small profile asks for no gain
+# (`profile.finetune_gain_min` is `None`; tiny and full assert one above 0). What it shows is the
+# code path on real weights: the loss, checkpoints, resume and merge run as they do on a GPU.
 
 # %% [markdown]
 # ## 11. Saving the adapter, loading it, merging it
@@ -939,8 +951,11 @@ pd.DataFrame({"test MCC": [fewshot_test.mcc, test.mcc, merged_result.mcc],
              index=["few-shot base", "base + adapter", "merged into 4-bit"]).round(3)
 
 # %% [markdown]
-# Almost all of what training learned survives, not all of it: on the tiny profile this run printed
-# test MCC 0.730 merged against 0.734, with 97.6% of the predictions unchanged. So with a 4-bit
+# How much of what training learned survives depends on the update's size next to the gaps between
+# NF4 levels: on the tiny profile this run printed test MCC 0.730 merged against 0.734, with 97.6% of
+# the predictions unchanged. An update far smaller than the gaps (the small profile's, after 57 steps
+# at a low learning rate: the line above says how far re-quantizing missed it) can be rounded away,
+# or rounded into another change altogether, and many predictions move. So with a 4-bit
 # base, keep the adapter separate (what most QLoRA deployments do), or merge into a 16-bit copy of
 # the base: for Llama-3-8B that copy alone is 15 GiB, more than a T4 can spare. Merging into 4 bits costs no
 # memory and saves the adapters' matmuls at inference, but it is a lossy, one-way step.

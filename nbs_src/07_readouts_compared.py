@@ -217,8 +217,9 @@ def table(rows: dict) -> pd.DataFrame:
 
 # %% [markdown]
 # Before any training, the label words already have something the head lacks: with the few-shot
-# prompt the pretrained LM head scores above chance (LoRA starts with `B = 0`, so an untrained
-# adapter changes nothing).
+# prompt the pretrained LM head scores them from the start (LoRA starts with `B = 0`, so an untrained
+# adapter changes nothing). Whether that start is above chance depends on the model: yes for the tiny
+# one (built in) and for Llama-3-8B, about 0 for the small profile's 135M model.
 
 # %%
 model = label_word_model(base)
@@ -324,7 +325,7 @@ print(f"the -1 read: {minus_one[batched]:.1%} in batches, {minus_one[alone]:.1%}
 # %% [markdown]
 # On our synthetic ledger the last-real-token head gets every test line right on the tiny profile
 # (printed above): a number next to the tutorial's 99.73%, but on different data (and, on the tiny
-# profile, a far smaller model), so the two say nothing about each other. The -1 read in our batches **looks
+# profile, a far smaller model), so the two say nothing about each other. The -1 read in our batches can **look
 # fine**: on the tiny profile 97.6%, a respectable number nobody would question, although the test
 # batches put several times more pads after a line than training did (the table above). That is
 # notebook 6's summary effect (section 6 there): every pad position reads the whole line, and the
@@ -452,8 +453,9 @@ print(model.get_base_model().score, "| trainable:", [n for n, p in model.named_p
 # transformers' load report (silenced above) lists `score` as MISSING (new, initialised at random; we
 # redraw it from a fixed seed, in fp32) and the LM head as UNEXPECTED (in the checkpoint, dropped). How does the model find the last
 # token? It does not look at the attention mask. It takes, in each row, the **rightmost token that is
-# not `config.pad_token_id`**, which works for both padding sides. Llama checkpoints ship no pad id,
-# and then it refuses any batch of more than one:
+# not `config.pad_token_id`**, which works for both padding sides. Llama 3 ships no pad id (SmolLM2
+# does; the cell above set none, `pad_token_id=None`, to show what happens then), and without one it
+# refuses any batch of more than one:
 
 # %%
 sample = sorted(dev_sentences[:8], key=len)[::2]  # four lengths, short to long
@@ -533,8 +535,9 @@ contrast_table.round(3)
 lora_only = contrast["label words"]["trainable"]
 print("trainable:", {m: f"LoRA + {row['trainable'] - lora_only:,}" for m, row in contrast.items()})
 three = contrast_table.MCC.iloc[:3]
-print(f"the three MCCs span {three.max() - three.min():.2f}; "
-      f"resampling the {len(dev_labels)} dev sentences moves one of them by ± {mcc_sd:.2f} (one standard deviation)")
+spread = max(bootstrap_sd(dev_labels, contrast[m]["scores"], seed=profile.seed) for m in methods)
+print(f"the three MCCs span {three.max() - three.min():.2f}; resampling the {len(dev_labels)} dev sentences "
+      f"moves them by up to ± {spread:.2f} (one standard deviation)")
 
 # %% [markdown]
 # With the same prompt, LoRA and number of steps, the three read-outs land close together: on the
@@ -564,8 +567,9 @@ print("MCC lead of label words over the better head, by training-set size:", lea
 # The label words start from the few-shot MCC with no training at all (dashed line); a fresh head
 # has no such start, its logit is a random projection. The printed leads say what that head start is worth at each size: on
 # the tiny profile this run printed 0.11 MCC at 32 examples, 0.10 at 128 and 0.02 at the full set.
-# The pretrained LM head matters most when labels are scarce. With one seed per point, read the
-# curve's shape, not its third decimal.
+# Where that start is above chance, the pretrained LM head matters most when labels are scarce;
+# where it is not (the small profile's 135M model), there is no head start to keep. With one seed per
+# point, read the curve's shape, not its third decimal.
 #
 # On the ledger, with its budget (one pass, `ledger_steps`):
 
@@ -599,8 +603,8 @@ print(budget.finish("07_readouts_compared", profile))
 #
 # - With the same prompt, LoRA and budget, label words, the linear head and
 #   `AutoModelForSequenceClassification` end up close; the prompt matters far more than the read-out.
-# - Label words reuse the pretrained LM head: they score above chance with no training, and their
-#   lead is largest when examples are few.
+# - Label words reuse the pretrained LM head: where the model does the task few-shot they score
+#   above chance with no training, and their lead is largest when examples are few.
 # - `AutoModelForSequenceClassification` reads the rightmost token that is not `config.pad_token_id`:
 #   set that id, or batches of more than one fail.
 # - The tutorial's pipeline (every line padded to the file's longest, no mask, read at -1) scores
