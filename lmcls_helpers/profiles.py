@@ -285,7 +285,7 @@ def _small(require_device: bool = True) -> Profile:
 
     Sizes aim at a notebook suite in 30 minutes of a 4-core laptop (scoring about 10 examples/s,
     LoRA training about 3 examples/s at the pattern prompt's 47 tokens). Measured on real CoLA
-    (2-core AMD EPYC, 2026-12-04): the suite in 52 minutes, and notebook 4's 57 steps of 16 leave the
+    (2-core AMD EPYC, 2026-12-04): the suite in about 50 minutes, and notebook 4's 57 steps of 16 leave the
     model at chance, as 124 steps at lr 1e-3 did, so this profile asserts no fine-tuning gain.
     """
     from .small import ensure_built, small_dir
