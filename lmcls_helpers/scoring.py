@@ -163,9 +163,15 @@ def choice_logprobs(
 
     A label word of several tokens (``" grammatical"`` might be ``" gram" + "matical"``) has no single
     logit to read. Its probability is the product of each token's probability given the prompt and
-    the tokens before it, so its log-probability is a sum: one forward pass over ``prompt + choice``
-    scores every token at once (the logits at position t predict token t + 1). Each (prompt, choice)
-    pair is one row; rows are padded on ``tokenizer.padding_side`` and run ``batch_size`` at a time.
+    the tokens before it, so its log-probability is a sum: a forward pass over ``prompt + choice``
+    scores every token at once (the logits at position t predict token t + 1).
+
+    The prompt is the same for every choice, so it runs once: ``batch_size`` prompts at a time,
+    left-padded so that each ends at the same position, keeping their keys and values (the KV cache,
+    as ``generate`` does). Its last position predicts every choice's first token; each choice's
+    other tokens then run on top of the cache (k short passes, the cache cropped back after each),
+    so a prompt of hundreds of tokens costs one pass rather than k. The numbers are those of one
+    pass over each ``prompt + choice`` (a test holds them to a plain loop over tokens).
 
     The prompt (with the tokenizer's BOS, as :func:`evaluate` tokenizes it) and the choice are
     tokenized *separately* and their ids concatenated, so the scored tokens are exactly
@@ -190,34 +196,35 @@ def choice_logprobs(
     empty = [i for i, ids in enumerate(prompt_ids) if not ids]
     if empty:
         raise ValueError(f"Prompts {empty} tokenize to nothing: a choice needs at least one token before it.")
-    pairs = [(i, k) for i in range(len(prompts)) for k in range(len(choices))]
     lm = _causal_lm(model)
+    decoder, head = lm.get_decoder(), lm.get_output_embeddings()
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    totals = torch.zeros(len(pairs), dtype=torch.float32)
-    for start in range(0, len(pairs), batch_size):
-        chunk = pairs[start : start + batch_size]
-        seqs = [prompt_ids[i] + choice_ids[k] for i, k in chunk]
-        width = max(map(len, seqs))
-        input_ids = torch.full((len(seqs), width), tokenizer.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        rows, cols, targets = [], [], []  # one entry per scored choice token
-        for r, ((i, k), seq) in enumerate(zip(chunk, seqs)):
-            offset = width - len(seq) if tokenizer.padding_side == "left" else 0
-            input_ids[r, offset : offset + len(seq)] = torch.tensor(seq)
-            attention_mask[r, offset : offset + len(seq)] = 1
-            first = offset + len(prompt_ids[i])  # where the choice's first token sits
-            for j, token in enumerate(choice_ids[k]):
-                rows.append(r)
-                cols.append(first + j - 1)  # the position whose logits predict that token
-                targets.append(token)
-        hidden = lm.get_decoder()(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).last_hidden_state
-        logits = lm.get_output_embeddings()(hidden[rows, cols]).float()  # (tokens, vocab): the LM head only where needed
-        token_logprobs = logits.log_softmax(dim=-1).gather(1, torch.tensor(targets, device=device)[:, None])[:, 0]
-        totals.index_add_(0, torch.tensor(rows) + start, token_logprobs.cpu())
+    scores = torch.zeros(len(prompts), len(choices), dtype=torch.float32)
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompt_ids[start : start + batch_size]
+        width = max(map(len, chunk))
+        input_ids = torch.full((len(chunk), width), tokenizer.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for r, ids in enumerate(chunk):  # left padding: every prompt's last token sits at position width - 1
+            input_ids[r, width - len(ids) :] = torch.tensor(ids)
+            attention_mask[r, width - len(ids) :] = 1
+        attention_mask = attention_mask.to(device)
+        out = decoder(input_ids=input_ids.to(device), attention_mask=attention_mask, use_cache=True)
+        cache = out.past_key_values  # the prompts' keys and values, reused by every choice
+        first = head(out.last_hidden_state[:, -1]).float().log_softmax(dim=-1)  # (chunk, vocab): each choice's 1st token
+        for k, ids in enumerate(choice_ids):
+            total = first[:, ids[0]]
+            if len(ids) > 1:  # the choice's other tokens, each predicted from the one before it
+                rest = torch.tensor(ids[:-1], device=device).expand(len(chunk), -1)
+                mask = torch.cat([attention_mask, torch.ones_like(rest)], dim=1)
+                hidden = decoder(input_ids=rest, attention_mask=mask, past_key_values=cache, use_cache=True).last_hidden_state
+                logprobs = head(hidden).float().log_softmax(dim=-1)  # (chunk, len(ids) - 1, vocab)
+                total = total + logprobs[:, torch.arange(len(ids) - 1), torch.tensor(ids[1:], device=device)].sum(dim=1)
+                cache.crop(-(len(ids) - 1))  # drop those tokens again (a negative count, in transformers 5)
+            scores[start : start + len(chunk), k] = total.cpu()
     model.train(was_training)
-    scores = totals.view(len(prompts), len(choices))
     if reduce == "mean":
         scores = scores / torch.tensor([len(ids) for ids in choice_ids], dtype=torch.float32)
     return scores

@@ -142,7 +142,10 @@ pd.concat({"' utilities'": token_table(tokenizer, " utilities", add_special_toke
 # A two-label notebook read two logits at the last token. A name of several tokens has no single
 # logit: its probability is the product of its tokens' probabilities, each given the prompt and
 # the tokens before it, so its log-probability is a **sum**. `choice_logprobs` computes that for
-# every (line, class) pair: k forward passes per line. The prompt shows one line of each class.
+# every (line, class) pair. The prompt is the same for all k classes, so it runs **once**: its
+# last position predicts every name's first token, and its keys and values (the KV cache that
+# `generate` keeps) let each name's other tokens run on top of it, a few tokens per class instead of
+# k passes over the whole prompt. The prompt shows one line of each class.
 
 # %%
 shots = train_df.groupby("category").head(1).sample(frac=1.0, random_state=profile.seed)  # one line per class
@@ -342,7 +345,8 @@ words_seconds = time.perf_counter() - start
 print(f"label words: loss {words_losses[0]:.2f} -> {words_losses[-1]:.3f} per line in {words_seconds:.0f} s")
 
 # %% [markdown]
-# To predict, we score every class name after each test prompt: k forward passes per line.
+# To predict, we score every class name after each test prompt: the prompt once, then each name's
+# tokens on its KV cache.
 
 # %%
 words_scores = choice_logprobs(model, tokenizer, test_texts, CATEGORY_NAMES, batch_size=profile.eval_batch_size).numpy()
@@ -420,8 +424,9 @@ _ = results.record("head_macro_f1", plain["macro-F1"])
 # The three classifiers side by side:
 
 # %%
-pd.DataFrame([fewshot, words, plain], index=["few-shot (sum)", "label words, fine-tuned", "linear head"]).assign(
-    **{"forward passes per line": [k, k, 1]}).round(3).T
+print(f"cost per line: one pass over its prompt, then {sum(token_counts) - k} more tokens of class names "
+      "for the two label-word classifiers, none for the head")
+pd.DataFrame([fewshot, words, plain], index=["few-shot (sum)", "label words, fine-tuned", "linear head"]).round(3).T
 
 # %% [markdown]
 # On the tiny profile, with 50 steps, the label-word run lowered its loss (per line, summed over
@@ -538,7 +543,7 @@ print(budget.finish("08_beyond_two_labels", profile))
 # ## Summary
 #
 # - A class name is the text after the prompt, leading space included; its log-probability is the
-#   sum over its tokens, one forward pass per (line, class) pair.
+#   sum over its tokens; the prompt runs once per line and its KV cache serves every class.
 # - A sum favours short names: on the tiny profile it sent every few-shot prediction to the one-token
 #   name, and the mean per token sent them all to another class; there neither is a classifier.
 # - Fine-tuning label words of several tokens sums the per-token losses (teacher forcing), the same

@@ -82,3 +82,23 @@ def test_planned_ledger_size_is_the_worlds():
     from lmcls_helpers.world import SIZES
 
     assert budget.LEDGER_SIZE == SIZES["ledger"]
+
+
+def test_cpu_rates_are_counted_at_their_profiles_prompt_length():
+    """A rate measured at one prompt length and planned at another would scale every estimate by their ratio."""
+    rates = budget.load_rates()
+    for name, tokens in budget.PROMPT_TOKENS.items():  # tiny's rates were timed on 48-token prompts: within 5%
+        assert rates[f"CPU ({name})"].seq_len == pytest.approx(tokens, rel=0.05), name
+
+
+def test_prompt_variants_are_weighed_by_their_length_in_tokens():
+    """Notebook 2 weighs its longer instruction prompts by characters; tokens must follow them within 10%."""
+    from lmcls_helpers.prompts import PATTERN, VARIANTS
+    from lmcls_helpers.tokens import load_tokenizer
+
+    tokenizer = load_tokenizer(get_profile("tiny"))
+    sentence = "The book that I read yesterday was long."
+    by_tokens = sum(len(tokenizer(v.format(sentence=sentence)).input_ids) for v in VARIANTS.values())
+    by_tokens /= len(tokenizer(PATTERN.format(sentence=sentence)).input_ids)
+    by_chars = sum(len(v) + 40 for v in VARIANTS.values()) / (len(PATTERN) + 40)
+    assert by_chars == pytest.approx(by_tokens, rel=0.10)

@@ -125,3 +125,18 @@ def test_errors_name_the_fix(model, tokenizer, prompts, choices, kwargs, match):
 def test_a_choice_that_tokenizes_to_nothing_is_refused(model):
     with pytest.raises(ValueError, match="tokenizes to no token"):
         choice_logprobs(model, NoTokens(), [" a"], [" b"])
+
+
+def test_each_prompt_runs_once_whatever_the_number_of_choices(model, tokenizer):
+    """The KV cache is the point: the prompt's tokens go through the model once, each name's others once per prompt."""
+    seen = []
+    hook = model.get_input_embeddings().register_forward_hook(lambda mod, args, out: seen.append(args[0].numel()))
+    try:
+        prompts = [" The cat sat on the mat -", " Him and me went -"]
+        choices = [" fine", " fine fine fine", " odd odd"]
+        choice_logprobs(model, tokenizer, prompts, choices, batch_size=2)
+    finally:
+        hook.remove()
+    width = max(len(tokenizer(p)["input_ids"]) for p in prompts)
+    extra = sum(n - 1 for n in choice_token_counts(tokenizer, choices))
+    assert seen[0] == 2 * width and sum(seen) == 2 * width + 2 * extra
