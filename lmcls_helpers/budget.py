@@ -224,8 +224,9 @@ def _sixteen_bit_fits(profile) -> bool:
 def _plan_03(profile, sizes) -> Plan:
     dev = _first(sizes["in_domain_dev"], profile.max_eval_examples)
     precisions = 4 + _sixteen_bit_fits(profile)  # NF4, NF4 + double quant, FP4, FP4 + double quant (+ 16-bit)
-    # one NF4 load to inspect, then each precision: scored once with the prompt, once for perplexity
-    return Plan(loads=1 + precisions, train_examples=0, scored_examples=precisions * 2 * dev + 64,
+    # one NF4 load to inspect, then each precision: scored once with the prompt, once for perplexity; perplexity
+    # reads the bare sentence (about a third of the prompt's tokens, with logits at every one): half an example
+    return Plan(loads=1 + precisions, train_examples=0, scored_examples=round(precisions * 1.5 * dev + 0.5 * 64),
                 seq_len=_seq_len(profile))
 
 

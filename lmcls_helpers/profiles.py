@@ -283,10 +283,11 @@ def _custom_model(label_words: tuple[str, str] = LABEL_WORDS) -> str | None:
 def _small(require_device: bool = True) -> Profile:
     """SmolLM2-135M-Instruct (a real pre-trained Llama, 30 layers, width 576) in NF4 on the CPU, real CoLA.
 
-    Sizes aim at a notebook suite in 30 minutes of a 4-core laptop (scoring about 10 examples/s,
-    LoRA training about 3 examples/s at the pattern prompt's 47 tokens). Measured on real CoLA
-    (2-core AMD EPYC, 2026-12-04): the suite in about 50 minutes, and notebook 4's 57 steps of 16 leave the
-    model at chance, as 124 steps at lr 1e-3 did, so this profile asserts no fine-tuning gain.
+    Sizes aim at a notebook suite in 30 minutes of a 4-core laptop. Measured on real CoLA (2-core
+    AMD EPYC, 2026-12-04; the pattern prompt pads to about 60 tokens): the suite in 43 minutes
+    (about 9 prompts scored and 3 examples trained per second; see ``measurements/runtime_rates.json``),
+    and notebook 4's 57 steps of 16 leave the model at chance, as 124 steps at lr 1e-3 did, with or
+    without a class-balanced loss, so this profile asserts no fine-tuning gain.
     """
     from .small import ensure_built, small_dir
 

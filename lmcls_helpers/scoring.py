@@ -163,15 +163,17 @@ def choice_logprobs(
 
     A label word of several tokens (``" grammatical"`` might be ``" gram" + "matical"``) has no single
     logit to read. Its probability is the product of each token's probability given the prompt and
-    the tokens before it, so its log-probability is a sum: a forward pass over ``prompt + choice``
-    scores every token at once (the logits at position t predict token t + 1).
+    the tokens before it, so its log-probability is a sum. By definition that is one forward pass
+    over ``prompt + choice``, reading the logits at position t for token t + 1.
 
     The prompt is the same for every choice, so it runs once: ``batch_size`` prompts at a time,
-    left-padded so that each ends at the same position, keeping their keys and values (the KV cache,
-    as ``generate`` does). Its last position predicts every choice's first token; each choice's
-    other tokens then run on top of the cache (k short passes, the cache cropped back after each),
-    so a prompt of hundreds of tokens costs one pass rather than k. The numbers are those of one
-    pass over each ``prompt + choice`` (a test holds them to a plain loop over tokens).
+    left-padded so that each ends at the same position, with positions counted from each prompt's
+    first real token (as ``generate`` counts them), keeping their keys and values (the KV cache).
+    Its last position scores every choice's first token. For a choice of n > 1 tokens, its first
+    n - 1 tokens then run on top of the cache in one short pass, predicting its other tokens, and
+    the cache is cropped back to the prompts, so choices never see each other. A prompt of hundreds
+    of tokens costs one pass rather than k. The numbers equal the definition's (a test holds them to
+    a plain loop over tokens, one unpadded row at a time).
 
     The prompt (with the tokenizer's BOS, as :func:`evaluate` tokenizes it) and the choice are
     tokenized *separately* and their ids concatenated, so the scored tokens are exactly
@@ -201,30 +203,42 @@ def choice_logprobs(
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    scores = torch.zeros(len(prompts), len(choices), dtype=torch.float32)
-    for start in range(0, len(prompts), batch_size):
+    try:
+        scores = _score_choices(decoder, head, prompt_ids, choice_ids, tokenizer.pad_token_id, batch_size, device)
+    finally:
+        model.train(was_training)
+    if reduce == "mean":
+        scores = scores / torch.tensor([len(ids) for ids in choice_ids], dtype=torch.float32)
+    return scores
+
+
+def _score_choices(decoder, head, prompt_ids, choice_ids, pad_id: int, batch_size: int, device) -> torch.Tensor:
+    """The loop of :func:`choice_logprobs`: summed log-probabilities, (prompts, choices), on the CPU."""
+    scores = torch.zeros(len(prompt_ids), len(choice_ids), dtype=torch.float32)
+    for start in range(0, len(prompt_ids), batch_size):
         chunk = prompt_ids[start : start + batch_size]
         width = max(map(len, chunk))
-        input_ids = torch.full((len(chunk), width), tokenizer.pad_token_id, dtype=torch.long)
+        input_ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
         attention_mask = torch.zeros((len(chunk), width), dtype=torch.long)
         for r, ids in enumerate(chunk):  # left padding: every prompt's last token sits at position width - 1
             input_ids[r, width - len(ids) :] = torch.tensor(ids)
             attention_mask[r, width - len(ids) :] = 1
         attention_mask = attention_mask.to(device)
-        out = decoder(input_ids=input_ids.to(device), attention_mask=attention_mask, use_cache=True)
+        positions = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)  # 0 at each prompt's first real token
+        out = decoder(input_ids=input_ids.to(device), attention_mask=attention_mask, position_ids=positions,
+                      use_cache=True)
         cache = out.past_key_values  # the prompts' keys and values, reused by every choice
         first = head(out.last_hidden_state[:, -1]).float().log_softmax(dim=-1)  # (chunk, vocab): each choice's 1st token
         for k, ids in enumerate(choice_ids):
             total = first[:, ids[0]]
             if len(ids) > 1:  # the choice's other tokens, each predicted from the one before it
-                rest = torch.tensor(ids[:-1], device=device).expand(len(chunk), -1)
+                rest = torch.tensor(ids[:-1], device=device).expand(len(chunk), -1)  # (chunk, n - 1)
                 mask = torch.cat([attention_mask, torch.ones_like(rest)], dim=1)
-                hidden = decoder(input_ids=rest, attention_mask=mask, past_key_values=cache, use_cache=True).last_hidden_state
-                logprobs = head(hidden).float().log_softmax(dim=-1)  # (chunk, len(ids) - 1, vocab)
-                total = total + logprobs[:, torch.arange(len(ids) - 1), torch.tensor(ids[1:], device=device)].sum(dim=1)
+                steps = torch.arange(len(ids) - 1, device=device)
+                hidden = decoder(input_ids=rest, attention_mask=mask, position_ids=positions[:, -1:] + 1 + steps,
+                                 past_key_values=cache, use_cache=True).last_hidden_state
+                logprobs = head(hidden).float().log_softmax(dim=-1)  # (chunk, n - 1, vocab)
+                total = total + logprobs[:, steps, torch.tensor(ids[1:], device=device)].sum(dim=1)
                 cache.crop(-(len(ids) - 1))  # drop those tokens again (a negative count, in transformers 5)
             scores[start : start + len(chunk), k] = total.cpu()
-    model.train(was_training)
-    if reduce == "mean":
-        scores = scores / torch.tensor([len(ids) for ids in choice_ids], dtype=torch.float32)
     return scores

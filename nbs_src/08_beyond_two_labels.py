@@ -134,8 +134,9 @@ pd.concat({"' utilities'": token_table(tokenizer, " utilities", add_special_toke
 # travels with each name, as in the text the model learned from. Where the tokenizer merges the
 # space into the word (SmolLM2's has one token `Ġutilities`, and splits `utilities` into `ut` and
 # `ilities`), a prompt ending in `"Category: "` followed by `"utilities"` would score tokens the
-# model almost never saw in that place. The tiny tokenizer keeps the space as a token of its own,
-# so there both joins happen to give the same tokens: the habit matters on real tokenizers.
+# model almost never saw in that place. The tiny tokenizer happens to split `" utilities"` into a
+# lone `Ġ` and the pieces of `"utilities"`, so for this name both joins give the same tokens (not
+# for `Ġrepairs`, where it merges the space as real tokenizers do): the habit matters there.
 #
 # ## 3. Few-shot: score every class
 #
@@ -143,9 +144,10 @@ pd.concat({"' utilities'": token_table(tokenizer, " utilities", add_special_toke
 # logit: its probability is the product of its tokens' probabilities, each given the prompt and
 # the tokens before it, so its log-probability is a **sum**. `choice_logprobs` computes that for
 # every (line, class) pair. The prompt is the same for all k classes, so it runs **once**: its
-# last position predicts every name's first token, and its keys and values (the KV cache that
-# `generate` keeps) let each name's other tokens run on top of it, a few tokens per class instead of
-# k passes over the whole prompt. The prompt shows one line of each class.
+# last position scores every name's first token. Its keys and values are kept (the KV cache that
+# `generate` keeps), and each name of several tokens then runs on top of them in a short pass of
+# its own, cut back off the cache afterwards so that names never see each other: at most k passes
+# over a few tokens instead of k passes over the whole prompt. The prompt shows one line of each class.
 
 # %%
 shots = train_df.groupby("category").head(1).sample(frac=1.0, random_state=profile.seed)  # one line per class
@@ -164,7 +166,7 @@ print(fewshot_prompt(test_df.text.iloc[0]))
 model = load_model(profile)  # 4-bit NF4 weights, computing in profile.compute_dtype
 fewshot_sum = choice_logprobs(model, tokenizer, [fewshot_prompt(t) for t in test_df.text], CATEGORY_NAMES,
                               batch_size=profile.eval_batch_size).numpy()  # (lines, k): summed log-probabilities
-print(f"{fewshot_sum.shape[0]} lines x {fewshot_sum.shape[1]} classes = {fewshot_sum.size:,} scored sequences")
+print(f"{fewshot_sum.shape[0]} lines x {fewshot_sum.shape[1]} classes = {fewshot_sum.size:,} (line, class) scores")
 assert fewshot_sum.shape == (len(test_df), k) and (fewshot_sum < 0).all(), "one log-probability per line and class"
 
 
@@ -217,8 +219,9 @@ shares.round(3)
 # " repairs" wins on **every** line (macro-F1 0.063); averaged per token, the prediction moves to
 # another class on every line, all of them to " utilities" (macro-F1 0.010). Neither is a
 # classifier: the tiny model never saw ledger categories in pre-training, so the prompt alone
-# carries almost no signal and the names' token counts, not the lines, decide. Llama-3-8B's names are
-# 1 to 3 tokens.
+# carries almost no signal and the names' token counts, not the lines, decide. SmolLM2's and
+# Llama-3-8B's names are 1 to 3 tokens; with SmolLM2 the sum did better than the mean, which sent
+# most lines to a three-token name: dividing by the count trades one bias for another.
 
 # %%
 fig = plots.confusion_heatmap(test_labels, fewshot_sum.argmax(axis=1), class_names=class_names,
@@ -345,8 +348,9 @@ words_seconds = time.perf_counter() - start
 print(f"label words: loss {words_losses[0]:.2f} -> {words_losses[-1]:.3f} per line in {words_seconds:.0f} s")
 
 # %% [markdown]
-# To predict, we score every class name after each test prompt: the prompt once, then each name's
-# tokens on its KV cache.
+# To predict, we score every class name after each test line: one pass over the line, whose last
+# position scores every name's first token, then a short pass on its KV cache for each name of
+# more than one token.
 
 # %%
 words_scores = choice_logprobs(model, tokenizer, test_texts, CATEGORY_NAMES, batch_size=profile.eval_batch_size).numpy()
@@ -424,8 +428,8 @@ _ = results.record("head_macro_f1", plain["macro-F1"])
 # The three classifiers side by side:
 
 # %%
-print(f"cost per line: one pass over its prompt, then {sum(token_counts) - k} more tokens of class names "
-      "for the two label-word classifiers, none for the head")
+print(f"cost per line: one pass over its prompt; the two label-word classifiers then run {sum(token_counts) - k} "
+      f"more tokens of class names in {sum(n > 1 for n in token_counts)} short passes on its KV cache, the head none")
 pd.DataFrame([fewshot, words, plain], index=["few-shot (sum)", "label words, fine-tuned", "linear head"]).round(3).T
 
 # %% [markdown]
@@ -516,7 +520,7 @@ imbalance.round(3)
 # 0.423, and accuracy from 0.426 to 0.284 and 0.306.
 # Only resampling reached the rarest class (utilities: recall 0.80, 8 of its 10 test lines), while
 # the weighted loss left it at 0. Neither fix adds information: each moves errors between classes,
-# and with a weak model and a short budget the big classes pay for the small ones. Which trade is
+# and not always towards the rarest (compare the recall columns on your profile). Which trade is
 # right depends on what a miss costs in each class.
 
 # %%

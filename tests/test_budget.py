@@ -102,3 +102,18 @@ def test_prompt_variants_are_weighed_by_their_length_in_tokens():
     by_tokens /= len(tokenizer(PATTERN.format(sentence=sentence)).input_ids)
     by_chars = sum(len(v) + 40 for v in VARIANTS.values()) / (len(PATTERN) + 40)
     assert by_chars == pytest.approx(by_tokens, rel=0.10)
+
+
+def test_readme_t4_table_is_the_plans(capsys):
+    """The README's class-hour table is what colab_budget prints: a change to a plan must reach it."""
+    import json
+    import re
+
+    colab_budget.main(["--json"])
+    table = json.loads(capsys.readouterr().out)
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    for stem, row in table.items():
+        line = re.search(rf"^\| {stem} \| ([\d.]+) \| (\d+) \| ([\d,]+) \| ([\d,]+) \|", readme, re.MULTILINE)
+        assert line, f"README's T4 table has no row for {stem}"
+        quoted = [float(line[1]), *(int(x.replace(",", "")) for x in line.groups()[1:])]
+        assert quoted == [round(row["t4_minutes"], 1), row["loads"], row["train_examples"], row["scored_examples"]], stem

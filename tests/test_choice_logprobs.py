@@ -140,3 +140,13 @@ def test_each_prompt_runs_once_whatever_the_number_of_choices(model, tokenizer):
     width = max(len(tokenizer(p)["input_ids"]) for p in prompts)
     extra = sum(n - 1 for n in choice_token_counts(tokenizer, choices))
     assert seen[0] == 2 * width and sum(seen) == 2 * width + 2 * extra
+
+
+@pytest.mark.parametrize("order", [1, -1], ids=["forward", "reversed"])
+def test_prompts_of_unequal_length_over_several_chunks_match_the_plain_loop(model, tokenizer, order):
+    """Left padding, positions and the cache cropped between names: each choice scores as if it were alone."""
+    prompts = [" a", " The cat sat on the mat and the dog sat on the ledger -", " fine odd -", " zq zq zq zq zq"]
+    choices = [" fine fine fine", " odd", " ledger cat !", " the cat"][::order]
+    got = choice_logprobs(model, tokenizer, prompts, choices, batch_size=3)
+    expected = torch.tensor([[one_token_at_a_time(model, tokenizer, p, c) for c in choices] for p in prompts])
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
