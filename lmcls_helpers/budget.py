@@ -50,6 +50,7 @@ class Rates:
     source: str
     checkpointing_factor: float = 1.0  # training time with gradient checkpointing / without
     assumed: tuple[str, ...] = ()
+    overhead_s: float = 0.0  # what every notebook spends outside its plan: kernel, imports, figures, checks
 
 
 def load_rates() -> dict[str, Rates]:
@@ -57,12 +58,13 @@ def load_rates() -> dict[str, Rates]:
     text = resources.files("lmcls_helpers").joinpath("measurements", "runtime_rates.json").read_text()
     return {name: Rates(name=name, load_s=r["load_s"], reload_s=r["reload_s"], train_example_s=r["train_example_s"],
                         score_example_s=r["score_example_s"], seq_len=r["seq_len"], source=r["source"],
-                        checkpointing_factor=r.get("checkpointing_factor", 1.0), assumed=tuple(r.get("assumed", ())))
+                        checkpointing_factor=r.get("checkpointing_factor", 1.0), assumed=tuple(r.get("assumed", ())),
+                        overhead_s=r.get("overhead_s", 0.0))
             for name, r in json.loads(text)["runtimes"].items()}
 
 
 def estimate(plan: Plan, rates: Rates) -> dict[str, float]:
-    """Seconds for each part of ``plan`` at ``rates``: the first load, reloads, training, scoring, total."""
+    """Seconds for each part of ``plan`` at ``rates``: the first load, reloads, training, scoring, overhead, total."""
     scale = plan.seq_len / rates.seq_len
     recompute = rates.checkpointing_factor if plan.recompute else 1.0  # backward recomputes each block's forward
     parts = {
@@ -70,6 +72,7 @@ def estimate(plan: Plan, rates: Rates) -> dict[str, float]:
         "reload_s": max(plan.loads - 1, 0) * rates.reload_s,
         "train_s": plan.train_examples * rates.train_example_s * scale * recompute,
         "score_s": plan.scored_examples * rates.score_example_s * scale,
+        "overhead_s": rates.overhead_s,
     }
     parts["total_s"] = sum(parts.values())
     return parts
@@ -232,6 +235,7 @@ def _plan_03(profile, sizes) -> Plan:
 
 def _plan_05(profile, sizes) -> Plan:
     steps = 5  # the tutorial's step twice, the lean step twice, one more for the what-ifs: a handful of micro-batches
+    # at the tutorial's 86 tokens (memory.SEED_SEQ_LEN) on every profile, Plan's default
     return Plan(loads=1, train_examples=steps * profile.micro_batch_size, scored_examples=profile.micro_batch_size)
 
 

@@ -29,7 +29,10 @@ def test_estimate_is_rates_times_work():
     rates = budget.Rates("x", load_s=100, reload_s=10, train_example_s=0.5, score_example_s=0.1, seq_len=50, source="",
                          checkpointing_factor=4 / 3)
     est = budget.estimate(budget.Plan(loads=3, train_examples=10, scored_examples=20, seq_len=100), rates)
-    assert est == {"load_s": 100, "reload_s": 20, "train_s": 10.0, "score_s": 4.0, "total_s": 134.0}
+    assert est == {"load_s": 100, "reload_s": 20, "train_s": 10.0, "score_s": 4.0, "overhead_s": 0.0, "total_s": 134.0}
+    fixed = budget.estimate(budget.Plan(loads=0, train_examples=0, scored_examples=0),
+                            budget.Rates("y", 1, 1, 1, 1, 50, "", overhead_s=6.5))
+    assert fixed["total_s"] == 6.5  # a notebook with nothing planned still starts a kernel and imports
     slower = budget.estimate(budget.Plan(loads=0, train_examples=30, scored_examples=0, seq_len=50, recompute=True), rates)
     assert slower["train_s"] == pytest.approx(20.0) and slower["load_s"] == 0
 
