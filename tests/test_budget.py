@@ -103,8 +103,7 @@ def test_prompt_variants_are_weighed_by_their_length_in_tokens():
     sentence = "The book that I read yesterday was long."
     by_tokens = sum(len(tokenizer(v.format(sentence=sentence)).input_ids) for v in VARIANTS.values())
     by_tokens /= len(tokenizer(PATTERN.format(sentence=sentence)).input_ids)
-    by_chars = sum(len(v) + 40 for v in VARIANTS.values()) / (len(PATTERN) + 40)
-    assert by_chars == pytest.approx(by_tokens, rel=0.10)
+    assert budget.variants_weight(len(sentence)) == pytest.approx(by_tokens, rel=0.10)
 
 
 def test_readme_t4_table_is_the_plans(capsys):
