@@ -43,6 +43,7 @@ import platform
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
 import torch
 
@@ -100,12 +101,18 @@ def ablation(device: str) -> list[Recipe]:
     return rows
 
 
-def examples(n: int) -> list[list[int]]:
-    """``n`` training examples (prompt + label word) from the tiny CoLA set, with Llama 3's tokenizer."""
-    profile = get_profile("tiny")
-    ensure_world(profile)
+def examples(n: int, cola_root: Path | None = None) -> list[list[int]]:
+    """``n`` training examples (prompt + label word) with Llama 3's tokenizer: the tiny CoLA set, or the real one.
+
+    ``cola_root``: a folder holding real CoLA's ``raw/in_domain_train.tsv`` (the tutorial's data, whose
+    longest prompt sets the tutorial's padding); default: the tiny world's synthetic sentences.
+    """
+    if cola_root is None:
+        profile = get_profile("tiny")
+        ensure_world(profile)
+        cola_root = profile.cola_root
     tokenizer = load_reference_tokenizer("llama-3")
-    train = load_cola(profile.cola_root)["in_domain_train"].iloc[:n]
+    train = load_cola(cola_root)["in_domain_train"].iloc[:n]
     template = PromptTemplate()
     return [tokenizer(template.format(s, LABEL_WORDS[y]))["input_ids"] for s, y in zip(train.sentence, train.label)]
 
@@ -160,9 +167,13 @@ def set_grad_checkpointing(model, on: bool) -> None:
         model.activation_checkpointing_disable()
 
 
-def pad_length(data: list[list[int]], recipe: Recipe) -> int | None:
-    """``collate``'s ``pad_to``: None (each batch to its own longest) or the data's longest example."""
-    return None if recipe.dynamic_padding else max(map(len, data))
+def pad_length(data: list[list[int]], recipe: Recipe, longest: int | None = None) -> int | None:
+    """``collate``'s ``pad_to``: None (each batch to its own longest), or ``longest`` (default: the data's longest).
+
+    The tutorial padded to the longest prompt of its whole training set (86 tokens on CoLA), which a
+    sample of it may not contain: ``run`` passes that length when it trains on real CoLA.
+    """
+    return None if recipe.dynamic_padding else max(longest or 0, *map(len, data))
 
 
 def accumulate_step(recipe: Recipe, model, step: list[list[list[int]]], pad_id: int, device: str = "cpu",
@@ -182,10 +193,14 @@ def accumulate_step(recipe: Recipe, model, step: list[list[list[int]]], pad_id: 
 
 
 def attach_lora(model, dropout: float = 0.05):
-    """LoRA (r=8) on all seven projections of a 4-bit model, as the notebooks attach it."""
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    """LoRA (r=8) on all seven projections of a 4-bit model, as the notebooks attach it.
 
-    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    No ``prepare_model_for_kbit_training``: neither the tutorial nor the notebooks call it, and its
+    fp32 upcast of embeddings, LM head and norms costs both recipes memory and time (on an H200 at
+    the 8B shape, 4.9 GiB more at the tutorial's step: ``benchmarks/gpu_memory.py``).
+    """
+    from peft import LoraConfig, get_peft_model
+
     lora = LoraConfig(r=8, lora_alpha=16, lora_dropout=dropout, target_modules=list(LLAMA_PROJECTIONS),
                       task_type="CAUSAL_LM")
     return get_peft_model(model, lora)
@@ -213,13 +228,13 @@ def _peak_gib(device: str) -> float | None:
 
 
 def train_throughput(model, data, recipe: Recipe, device: str, pad_id: int = PAD_ID,
-                     step_examples: int = STEP_EXAMPLES) -> dict:
+                     step_examples: int = STEP_EXAMPLES, longest: int | None = None) -> dict:
     """Examples/s for forward + backward + AdamW over ``data``, one optimizer step per ``step_examples``."""
     set_grad_checkpointing(model, recipe.grad_checkpointing)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-5, **({"fused": True} if recipe.fused_adamw else {}))
-    plan, pad_to = step_plan(data, recipe, step_examples), pad_length(data, recipe)
+    plan, pad_to = step_plan(data, recipe, step_examples), pad_length(data, recipe, longest)
     accumulate_step(recipe, model, plan[0][:1], pad_id, device, pad_to)  # one untimed micro-batch: allocator and kernels
     optimizer.zero_grad(set_to_none=True)
     _reset_peak(device)
@@ -237,11 +252,11 @@ def train_throughput(model, data, recipe: Recipe, device: str, pad_id: int = PAD
 
 
 @torch.inference_mode()
-def score_throughput(model, data, recipe: Recipe, device: str, pad_id: int = PAD_ID) -> dict:
+def score_throughput(model, data, recipe: Recipe, device: str, pad_id: int = PAD_ID, longest: int | None = None) -> dict:
     """Examples/s for reading the label position's logits (the label word itself is dropped)."""
     model.eval()
     prompts = [ids[:-1] for ids in data]
-    chunks, pad_to = micro_batches(prompts, recipe), pad_length(prompts, recipe)
+    chunks, pad_to = micro_batches(prompts, recipe), pad_length(prompts, recipe, longest and longest - 1)
     lean = recipe.logits == "label"
     _reset_peak(device)
     _sync(device)
@@ -265,18 +280,21 @@ def estimated_peak(config: dict, recipe: Recipe, seq_len: int, step_examples: in
                                     hold_logits=False)["total"]
 
 
-def run(device: str, n_examples: int, ablate: bool = False, repeats: int = 1) -> dict:
+def run(device: str, n_examples: int, ablate: bool = False, repeats: int = 1, cola_root: Path | None = None) -> dict:
     """Measure each recipe ``repeats`` times and keep its best examples/s; ratios are to the tutorial's."""
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {repeats}.")
     torch.manual_seed(0)
-    data = examples(n_examples)
+    data = examples(n_examples, cola_root)
+    longest = max(map(len, examples(10**9, cola_root))) if cola_root else None  # the whole file's, as the tutorial
     model, profile = build_model(device)
     config = dict(profile.model_config)
     recipes = ablation(device) if ablate else [TUTORIAL, LEAN]
     report = {"device": device, "machine": _machine(device), "n_examples": len(data), "repeats": repeats,
+              "data": f"real CoLA in_domain_train ({cola_root})" if cola_root else "the tiny world's synthetic CoLA",
               "step_examples": STEP_EXAMPLES,
               "mean_seq_len": round(sum(map(len, data)) / len(data), 1), "max_seq_len": max(map(len, data)),
+              "tutorial_pad_to": pad_length(data, TUTORIAL, longest),
               "model": {k: config[k] for k in ("vocab_size", "hidden_size", "num_hidden_layers")},
               "attn_implementation": model.config._attn_implementation,
               "recipes": {r.name: asdict(r) for r in recipes}, "train": {}, "score": {}}
@@ -284,7 +302,7 @@ def run(device: str, n_examples: int, ablate: bool = False, repeats: int = 1) ->
         for recipe in recipes:
             print(f"[{repeat + 1}/{repeats}] measuring {LABELS[recipe.name]} ...", file=sys.stderr, flush=True)
             for key, measure in (("train", train_throughput), ("score", score_throughput)):
-                result, best = measure(model, data, recipe, device), report[key].get(recipe.name)
+                result, best = measure(model, data, recipe, device, longest=longest), report[key].get(recipe.name)
                 result["all_examples_per_s"] = (best["all_examples_per_s"] if best else []) + [result["examples_per_s"]]
                 if best is None or result["examples_per_s"] > best["examples_per_s"]:
                     report[key][recipe.name] = result  # the best of the repeats: interference only slows down
@@ -292,7 +310,8 @@ def run(device: str, n_examples: int, ablate: bool = False, repeats: int = 1) ->
                     best["all_examples_per_s"] = result["all_examples_per_s"]
     for recipe in recipes:
         if device != "cuda":  # the longest micro-batch sets the peak
-            seq_len = max(len(ex) for step in step_plan(data, recipe) for chunk in step for ex in chunk)
+            seq_len = pad_length(data, recipe, longest) or max(len(ex) for step in step_plan(data, recipe)
+                                                               for chunk in step for ex in chunk)
             report["train"][recipe.name]["peak_gib"] = estimated_peak(LLAMA3_8B_CONFIG, recipe, seq_len)
     report["memory_source"] = ("measured: torch.cuda.max_memory_allocated" if device == "cuda"
                                else "estimated: memory.estimate_training_memory, Llama-3-8B shape on a GPU")
@@ -328,7 +347,8 @@ def _memory_label(report: dict) -> str:
 def table(report: dict) -> str:
     """Examples/s, peak memory and the ratios to the tutorial recipe, one row per recipe."""
     lines = [f"{report['device']} ({report['machine']}), {report['n_examples']} examples, "
-             f"mean length {report['mean_seq_len']} tokens (longest {report['max_seq_len']}), "
+             f"mean length {report['mean_seq_len']} tokens (longest {report['max_seq_len']}; the tutorial pads to "
+             f"{report['tutorial_pad_to']}), "
              f"{report['step_examples']} examples per optimizer step, best of {report['repeats']}",
              f"{'recipe':28} {'train ex/s':>10} {'score ex/s':>10} {_memory_label(report):>10} "
              f"{'train x':>8} {'score x':>8} {'memory x':>8}"]
@@ -375,13 +395,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads for torch (default: torch's choice); 1 on a machine shared with other jobs")
     parser.add_argument("--json", action="store_true", help="print only the JSON report on stdout (the table on stderr)")
+    parser.add_argument("--cola", type=Path, default=None,
+                        help="a cola_public/ folder: train on real CoLA sentences (default: the tiny world's)")
     args = parser.parse_args(argv)
     if args.threads is not None:
         if args.threads < 1:
             parser.error(f"--threads must be at least 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     report = run(args.device, args.examples or (64 if args.device == "cpu" else 512), ablate=args.ablate,
-                 repeats=args.repeats)
+                 repeats=args.repeats, cola_root=args.cola)
     path = build_dir("bench", f"recipes_{args.device}.json")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2) + "\n")

@@ -547,3 +547,54 @@ def compare(measured: Mapping[str, Mapping[str, float]], estimates: Mapping[str,
     if not rows:
         raise ValueError(f"No phase is both measured and estimated: {sorted(measured)} vs {sorted(estimates)}.")
     return pd.DataFrame(rows).set_index("phase")
+
+
+# --- One training step per estimator branch, measured on a GPU ---------------------------------------------
+
+
+def grid_files(folder: str | Path = MEASUREMENTS.parent) -> dict[str, dict]:
+    """Every ``gpu_grid_*.json`` in ``folder`` (the package data), by file name.
+
+    ``python -m benchmarks.gpu_memory`` writes one per GPU: a training step at the Llama-3-8B shape
+    for each branch of :func:`estimate_training_memory` (micro-batch 4-32, the tutorial's loss or
+    label-position logits, gradient checkpointing, a padded batch, 8-bit AdamW) and one with peft's
+    fp32 upcast, which the estimator does not model.
+    """
+    return {p.name: json.loads(p.read_text()) for p in sorted(Path(folder).glob("gpu_grid_*.json"))}
+
+
+def grid_peak(grid: Mapping, *, batch_size: int = 8, logits: str = "all", checkpointing: bool = False,
+              padded: bool = False, optimizer: str = "adamw", upcast_fp32: bool = False) -> float:
+    """The measured peak GiB of one step of a grid file (default: the tutorial's step, batch 8)."""
+    want = (batch_size, logits, checkpointing, padded, optimizer, upcast_fp32)
+    for r in grid["grid"]:
+        if (r["batch_size"], r["logits"], r["checkpointing"], r["padded"], r["optimizer"], r.get("upcast_fp32", False)) == want:
+            return r["peak_gib"]
+    raise KeyError(f"No step with batch_size, logits, checkpointing, padded, optimizer, upcast_fp32 = {want} in this grid.")
+
+
+def grid_table(grid: Mapping):
+    """Measured peak next to the estimator's, recomputed now from each row's settings, as a DataFrame.
+
+    The fp32-upcast row gets no estimate (NaN): the estimator assumes the notebooks' recipe, which
+    keeps embeddings, norms and LM head in the compute dtype.
+    """
+    import pandas as pd
+
+    prov = grid["provenance"]
+    config, dtype, lora = grid["model_config"], getattr(torch, grid["dtype"]), prov["lora"]
+    rows = []
+    for r in grid["grid"]:
+        what = (f"batch {r['batch_size']}, {'tutorial loss' if r['logits'] == 'all' else 'label logits'}"
+                + ", checkpointing" * r["checkpointing"] + ", padded" * r["padded"]
+                + (", 8-bit AdamW" if r["optimizer"] == "adamw8bit" else "") + ", fp32 upcast" * r.get("upcast_fp32", False))
+        est = float("nan")
+        if not r.get("upcast_fp32"):
+            est = estimate_training_memory(
+                config, batch_size=r["batch_size"], seq_len=grid["seq_len"], logits=r["logits"],
+                grad_checkpointing=r["checkpointing"], padding=r["padded"], optimizer=r["optimizer"], dtype=dtype,
+                lora_r=lora["r"], lora_dropout=lora["dropout"], device=grid["device"],
+                workspace_mib=prov["cublas_workspace_mib"])["total"]
+        rows.append({"step": what, "measured GiB": r["peak_gib"], "estimated GiB": est,
+                     "relative error": (est - r["peak_gib"]) / r["peak_gib"], "seconds per step": r["step_s"]})
+    return pd.DataFrame(rows).set_index("step")

@@ -286,6 +286,7 @@ def _small(require_device: bool = True) -> Profile:
     Sizes aim at a notebook suite in 30 minutes of a 4-core laptop. Measured on real CoLA (2-core
     AMD EPYC, 2026-12-04; the pattern prompt pads to about 60 tokens): the suite in 43 minutes
     (about 9 prompts scored and 3 examples trained per second; see ``measurements/runtime_rates.json``),
+    about 27 on 4 cores by the 1.6x that 2 -> 4 threads measured (``benchmarks/cpu_threads.py``),
     and notebook 4's 57 steps of 16 leave the model at chance, as 124 steps at lr 1e-3 did, with or
     without a class-balanced loss, so this profile asserts no fine-tuning gain.
     """

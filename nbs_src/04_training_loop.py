@@ -63,7 +63,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from lmcls_helpers import plots, quant
+from lmcls_helpers import memory, plots, quant
 from lmcls_helpers.batches import collate, encode_examples, label_loss, step_batches, train_val_split
 from lmcls_helpers.data import download_cola, load_cola
 from lmcls_helpers.models import LLAMA_PROJECTIONS, load_model
@@ -207,6 +207,16 @@ from peft import LoraConfig, get_peft_model
 c = LLAMA3_8B_CONFIG
 upcast_params = 2 * c["vocab_size"] * c["hidden_size"] + (2 * c["num_hidden_layers"] + 1) * c["hidden_size"]
 print(f"Llama-3-8B: {upcast_params / 1e9:.2f}B weights would go from 2 to 4 bytes: +{upcast_params * 2 / 2**30:.2f} GiB")
+
+# %% [markdown]
+# The activations' share was measured once on a GPU (an H200, the tutorial's step of 8 prompts of
+# 86 tokens; notebook 5, section 5, has the whole table):
+
+# %%
+grid = next(iter(memory.grid_files().values()))  # shipped with the package: benchmarks/gpu_memory.py on a GPU
+plain, upcast = memory.grid_peak(grid), memory.grid_peak(grid, upcast_fp32=True)
+print(f"{grid['provenance']['gpu']}: {plain:.1f} GiB without the cast, {upcast:.1f} GiB with it "
+      f"(+{upcast - plain:.1f} GiB, {(upcast - plain) / (upcast_params * 2 / 2**30):.1f}x the weights' share)")
 
 # %% [markdown]
 # Now the adapters: rank 8, scale α/r = 16/8 = 2, dropout 0.05 on their input, on **all seven

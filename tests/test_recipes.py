@@ -107,6 +107,18 @@ def test_the_tutorial_pads_every_batch_to_the_longest_example_in_the_data():
               for r in (TUTORIAL, LEAN)}
     assert set(widths["tutorial"]) == {longest}, "one tokenizer call over the whole set: every batch is as wide"
     assert sum(widths["lean"]) < longest * len(widths["lean"]), "dynamic padding must make some batches narrower"
+    # a sample of a bigger training set: the tutorial pads to the whole set's longest, never below the sample's
+    assert pad_length(data, TUTORIAL, longest=longest + 9) == longest + 9
+    assert pad_length(data, TUTORIAL, longest=3) == longest and pad_length(data, LEAN, longest=99) is None
+
+
+def test_examples_from_a_cola_folder_are_those_sentences_as_llama3_prompts(tmp_path):
+    """``--cola``: the folder's training sentences, in order, each a prompt ending in its label word."""
+    tiny = get_profile("tiny")
+    from_folder, default = recipes.examples(5, tiny.cola_root), recipes.examples(5)
+    assert from_folder == default and len(from_folder) == 5  # the tiny world's files are such a folder
+    with pytest.raises(FileNotFoundError):
+        recipes.examples(5, tmp_path)
 
 
 def test_ablation_switches_one_thing_per_row():
