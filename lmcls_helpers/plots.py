@@ -516,6 +516,35 @@ def memory_sweep(curves: dict, capacities: dict | None = None, xlabel: str = "ba
     return fig
 
 
+def measured_branches(grid: dict, table, title: str = "") -> plt.Figure:
+    """A grid file's unpadded AdamW steps against micro-batch size: peak GiB (dots measured, lines estimated)
+    and seconds per step, one colour per recipe (notebook 5). ``table``: ``memory.grid_table(grid)``, same rows."""
+    fig, (mem, sec) = plt.subplots(1, 2, figsize=(10, 3.6))
+    recipes = {}
+    for r, (_, row) in zip(grid["grid"], table.iterrows()):
+        if r["padded"] or r["optimizer"] != "adamw" or r.get("upcast_fp32"):
+            continue
+        name = ("tutorial loss" if r["logits"] == "all" else "label logits") + " + checkpointing" * r["checkpointing"]
+        recipes.setdefault(name, []).append((r["batch_size"], row["measured GiB"], row["estimated GiB"], r["step_s"]))
+    for i, (name, points) in enumerate(recipes.items()):
+        b, measured, estimated, seconds = zip(*sorted(points))
+        color = f"C{i}"
+        mem.plot(b, estimated, color=color, linewidth=1, label=name)
+        mem.plot(b, measured, "o", color=color, markersize=5)
+        sec.plot(b, seconds, "o-", color=color, markersize=5, label=name)
+    for ax in (mem, sec):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks([4, 8, 16, 32], ["4", "8", "16", "32"])
+        ax.set_xlabel("micro-batch (rows of 86 tokens)")
+    mem.set_ylabel("GiB at the peak (dots measured, lines estimated)")
+    sec.set_ylabel("seconds per training step (measured)")
+    sec.set_ylim(0, None)
+    mem.legend(fontsize=7, loc="upper left")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
 def estimate_vs_measured(table, title: str = "") -> plt.Figure:
     """Measured and estimated memory per phase side by side, from ``memory.compare`` (notebook 5)."""
     import numpy as np

@@ -45,7 +45,7 @@ def test_gpu_memory_writes_the_shipped_formats(tmp_path, monkeypatch, one_model_
     grid = json.loads((tmp_path / "gpu_grid_cpu_rehearsal.json").read_text())
     assert grid["grid"] == report["grid"] and len(grid["grid"]) == 20
     table = memory.grid_table(grid)  # the shipped file's reader works on what the script wrote
-    assert table["estimated GiB"].isna().sum() == 1 and table["measured GiB"].gt(0).all()
+    assert table["estimated GiB"].notna().all() and table["measured GiB"].gt(0).all()
     assert memory.grid_peak(grid, batch_size=32, logits="label", checkpointing=True) < memory.grid_peak(grid, batch_size=32)
 
 
