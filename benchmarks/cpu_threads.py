@@ -32,7 +32,7 @@ from lmcls_helpers.scoring import last_token_logits
 SMOLLM2_135M = dict(model_type="llama", vocab_size=49152, hidden_size=576, intermediate_size=1536,
                     num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192,
                     rope_theta=100000.0, rms_norm_eps=1e-5, tie_word_embeddings=True)
-SEQ_LEN = 60  # the pattern prompt on real CoLA dev, padded at batch 64 (budget.PROMPT_TOKENS["small"])
+SEQ_LEN = 60  # the pattern prompt on real CoLA dev, padded at batch 64 (the small profile's prompt_tokens)
 
 
 def cpu_model() -> str:

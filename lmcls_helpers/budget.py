@@ -180,14 +180,9 @@ def _plan_04(profile, sizes) -> Plan:
                 recompute=profile.gradient_checkpointing, cut=cut)
 
 
-#: Tokens in the pattern prompt with a CoLA sentence, as batches pad it, by profile: the tutorial's 86
-#: for Llama 3; SmolLM2's tokenizer pads real CoLA dev to 60 at batch 64 (50 on average); tiny's about 50.
-PROMPT_TOKENS = {"tiny": 50, "small": 60}
-
-
 def _seq_len(profile) -> int:
-    """Tokens in the few-shot prompt with a sentence, on ``profile``'s tokenizer (86, Llama 3's, for the rest)."""
-    return PROMPT_TOKENS.get(profile.name, 86)
+    """Tokens in the few-shot prompt with a sentence, as batches pad it on ``profile``'s tokenizer."""
+    return profile.prompt_tokens
 
 
 PLANS["04_training_loop"] = _plan_04
@@ -315,7 +310,7 @@ def _plan_07(profile, sizes) -> Plan:
     grammar_work = grammar_runs * run + (grammar_runs + 1) * dev + 4  # + the few-shot score, the pad-id demo
     ledger_work = 5 * ledger_run + 8 * test
     seq_len = _seq_len(profile)
-    ledger_len = 28 if profile.name == "tiny" else 32  # a ledger line: 28 tokens in the tiny world, about 32 in Llama 3's
+    ledger_len = profile.ledger_tokens
     mean_len = round((grammar_work * seq_len + ledger_work * ledger_len) / (grammar_work + ledger_work))
     cut = ""
     if profile.device == "cuda":  # the class hour is a GPU's: say what the sizes above leave out

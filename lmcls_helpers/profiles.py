@@ -86,6 +86,10 @@ class Profile:
     lora_alpha: int = 16
     lora_dropout: float = 0.05
     seed: int = 42
+    # time plans (lmcls_helpers.budget): tokens of the pattern prompt with a CoLA sentence as batches pad it
+    # (Llama 3: the tutorial's 86), and of a ledger line, on this profile's tokenizer
+    prompt_tokens: int = 86
+    ledger_tokens: int = 32
     torch_threads: int | None = None  # CPU threads for torch, set by get_profile (None: torch's default)
     model_config: dict = field(default_factory=dict)  # for ``shapes``: build from this, no weights
 
@@ -132,6 +136,8 @@ def _tiny(require_device: bool = True) -> Profile:
         lora_r=8,
         lora_alpha=16,
         seed=42,
+        prompt_tokens=50,  # the tiny tokenizer: about 50 per prompt, 28 per ledger line
+        ledger_tokens=28,
         torch_threads=1,  # a 64-wide model gains nothing from a second thread (see get_profile)
     )
 
@@ -327,6 +333,7 @@ def _small(require_device: bool = True) -> Profile:
         lora_r=8,
         lora_alpha=16,
         seed=42,
+        prompt_tokens=60,  # SmolLM2's tokenizer pads real CoLA dev to 60 at batch 64 (50 on average)
     )
 
 

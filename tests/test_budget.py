@@ -90,7 +90,8 @@ def test_planned_ledger_size_is_the_worlds():
 def test_cpu_rates_are_counted_at_their_profiles_prompt_length():
     """A rate measured at one prompt length and planned at another would scale every estimate by their ratio."""
     rates = budget.load_rates()
-    for name, tokens in budget.PROMPT_TOKENS.items():  # tiny's rates were timed on 48-token prompts: within 5%
+    for name in ("tiny", "small"):  # tiny's rates were timed on 48-token prompts: within 5%
+        tokens = get_profile(name, require_device=False).prompt_tokens
         assert rates[f"CPU ({name})"].seq_len == pytest.approx(tokens, rel=0.05), name
 
 

@@ -51,7 +51,11 @@ def test_full_profile_without_bitsandbytes_says_how_to_install(monkeypatch):
 
 def test_full_profile_with_a_broken_bitsandbytes_names_the_fix(monkeypatch):
     # torch says a GPU is there, but the quantize probe cannot run on it (this CPU build of torch):
-    # the same path as a bitsandbytes whose CUDA kernels do not load
+    # the same path as a bitsandbytes whose CUDA kernels do not load. Imported first, with torch's real
+    # answer: imported for the first time while is_available lies, bitsandbytes half-initializes, and the
+    # broken module would stay in sys.modules for every later test in this process.
+    import bitsandbytes.functional  # noqa: F401
+
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     with pytest.raises(RuntimeError, match=r"cannot quantize on this GPU \(\w+: .+\).*pip install -U bitsandbytes"):
         get_profile("full")
