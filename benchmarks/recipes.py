@@ -290,7 +290,8 @@ def run(device: str, n_examples: int, ablate: bool = False, repeats: int = 1, co
     model, profile = build_model(device)
     config = dict(profile.model_config)
     recipes = ablation(device) if ablate else [TUTORIAL, LEAN]
-    report = {"device": device, "machine": _machine(device), "n_examples": len(data), "repeats": repeats,
+    report = {"device": device, "machine": _machine(device), "versions": _versions(), "n_examples": len(data),
+              "repeats": repeats,
               "data": f"real CoLA in_domain_train ({cola_root})" if cola_root else "the tiny world's synthetic CoLA",
               "step_examples": STEP_EXAMPLES,
               "mean_seq_len": round(sum(map(len, data)) / len(data), 1), "max_seq_len": max(map(len, data)),
@@ -326,6 +327,19 @@ def run(device: str, n_examples: int, ablate: bool = False, repeats: int = 1, co
     report["score_speedup"] = report["score"]["lean"]["speedup"]
     report["peak_memory_ratio"] = report["train"]["lean"]["peak_ratio"]
     return report
+
+
+def _versions() -> dict[str, str | None]:
+    """The library versions a speed depends on, so a saved report says what it measured."""
+    from importlib import metadata
+
+    versions = {"torch": torch.__version__, "cuda": torch.version.cuda}
+    for dist in ("transformers", "peft", "bitsandbytes"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[dist] = None
+    return versions
 
 
 def _machine(device: str) -> str:

@@ -525,21 +525,24 @@ def measured_branches(grid: dict, table, title: str = "") -> plt.Figure:
         if r["padded"] or r["optimizer"] != "adamw" or r.get("upcast_fp32"):
             continue
         name = ("tutorial loss" if r["logits"] == "all" else "label logits") + " + checkpointing" * r["checkpointing"]
-        recipes.setdefault(name, []).append((r["batch_size"], row["measured GiB"], row["estimated GiB"], r["step_s"]))
+        spread = r.get("all_step_s", [r["step_s"]])
+        recipes.setdefault(name, []).append((r["batch_size"], row["measured GiB"], row["estimated GiB"], r["step_s"],
+                                             r["step_s"] - min(spread), max(spread) - r["step_s"]))
     for i, (name, points) in enumerate(recipes.items()):
-        b, measured, estimated, seconds = zip(*sorted(points))
+        b, measured, estimated, seconds, low, high = zip(*sorted(points))
         color = f"C{i}"
         mem.plot(b, estimated, color=color, linewidth=1, label=name)
         mem.plot(b, measured, "o", color=color, markersize=5)
-        sec.plot(b, seconds, "o-", color=color, markersize=5, label=name)
+        sec.errorbar(b, seconds, yerr=[low, high], fmt="o-", color=color, markersize=5, capsize=3, label=name)
     for ax in (mem, sec):
         ax.set_xscale("log", base=2)
         ax.set_xticks([4, 8, 16, 32], ["4", "8", "16", "32"])
-        ax.set_xlabel("micro-batch (rows of 86 tokens)")
+        ax.set_xlabel("micro-batch (rows of 86 tokens; log scale)")
     mem.set_ylabel("GiB at the peak (dots measured, lines estimated)")
-    sec.set_ylabel("seconds per training step (measured)")
+    sec.set_ylabel("seconds per training step\n(median of 3; bars: min to max)")
     sec.set_ylim(0, None)
     mem.legend(fontsize=7, loc="upper left")
+    sec.legend(fontsize=7, loc="lower right")
     fig.suptitle(title)
     fig.tight_layout()
     return fig

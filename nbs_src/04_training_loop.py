@@ -194,10 +194,12 @@ print(f"few-shot  test MCC {fewshot_test.mcc:.3f}  accuracy {fewshot_test.accura
 #
 # Most QLoRA recipes first call peft's `prepare_model_for_kbit_training(model)`. It freezes every
 # base weight, **casts the remaining 16-bit weights (embeddings, LM head, norms) to fp32**, and
-# switches on gradient checkpointing. We do not call it. `get_peft_model` below freezes the base
-# anyway, section 5 switches checkpointing on itself, and the fp32 cast has a price on a GPU: the
-# cast weights double, and with fp32 embeddings the residual stream between the blocks becomes
-# fp32 too, so the activations grow as well. The tutorial trained Llama-3-8B on a T4 without
+# switches on gradient checkpointing (section 5: it keeps fewer of the *activations*, the tensors
+# the forward pass saves for backward, and recomputes the rest). We do not call it. `get_peft_model`
+# below freezes the base anyway, section 5 switches checkpointing on itself, and the fp32 cast has a
+# price on a GPU: the cast weights double, and with fp32 embeddings the residual stream (the hidden
+# state that runs from block to block, each block adding its output to it) becomes fp32 too, so the
+# activations grow as well. The tutorial trained Llama-3-8B on a T4 without
 # it (its memory figures in notebook 5 are for that recipe), and notebook 5's estimator models that
 # recipe. What the cast alone would add for Llama-3-8B, before any activation:
 
@@ -209,14 +211,16 @@ upcast_params = 2 * c["vocab_size"] * c["hidden_size"] + (2 * c["num_hidden_laye
 print(f"Llama-3-8B: {upcast_params / 1e9:.2f}B weights would go from 2 to 4 bytes: +{upcast_params * 2 / 2**30:.2f} GiB")
 
 # %% [markdown]
-# The activations' share was measured once on a GPU (an H200, the tutorial's step of 8 prompts of
-# 86 tokens; notebook 5, section 5, has the whole table):
+# The whole cost was measured once on a GPU (an H200, the tutorial's step of 8 prompts of 86 tokens,
+# `prepare_model_for_kbit_training` with checkpointing left off, so only its cast counts; notebook 5,
+# section 5, has the whole table):
 
 # %%
 grid = next(iter(memory.grid_files().values()))  # shipped with the package: benchmarks/gpu_memory.py on a GPU
 plain, upcast = memory.grid_peak(grid), memory.grid_peak(grid, upcast_fp32=True)
-print(f"{grid['provenance']['gpu']}: {plain:.1f} GiB without the cast, {upcast:.1f} GiB with it "
-      f"(+{upcast - plain:.1f} GiB, {(upcast - plain) / (upcast_params * 2 / 2**30):.1f}x the weights' share)")
+weights_gib = upcast_params * 2 / 2**30
+print(f"{grid['provenance']['gpu']}: {plain:.1f} GiB without the cast, {upcast:.1f} GiB with it: "
+      f"+{upcast - plain:.1f} GiB, {weights_gib:.2f} for the weights and {upcast - plain - weights_gib:.1f} for the activations")
 
 # %% [markdown]
 # Now the adapters: rank 8, scale α/r = 16/8 = 2, dropout 0.05 on their input, on **all seven

@@ -490,12 +490,13 @@ assert run_error < 0.10, run_check
 run_check.round(4)
 
 # %% [markdown]
-# The files above each check one recipe: batch 8, the tutorial's loss, no checkpointing. The
-# estimator has more branches than that, and a formula is only as good as its least-tested branch.
+# The files above each hold one shape: batch 8 × 86 tokens, no checkpointing, AdamW. The estimator
+# has more branches than that, and a formula is only as good as its least-tested branch.
 # `python -m benchmarks.gpu_memory` measured one Llama-3-8B training step on a GPU for each of them:
 # micro-batches of 4 to 32, the tutorial's loss and label-position logits, gradient checkpointing
-# off and on, a padded batch, 8-bit AdamW. Its file ships with the package; here every row is
-# estimated again, now, from the settings the file records:
+# off and on, a padded batch, 8-bit AdamW, and, last, a model prepared the way most QLoRA recipes
+# prepare it (below). Its file ships with the package; here every row is estimated again, now, from
+# the settings the file records:
 
 # %%
 grids = memory.grid_files()  # gpu_grid_<gpu>.json files written by benchmarks/gpu_memory.py
@@ -514,20 +515,23 @@ fig = plots.measured_branches(grid, branches, title=f"Llama-3-8B training steps 
 plots.show(fig, "05_measured_branches")
 
 # %% [markdown]
-# Every branch lands within a few percent, always slightly low (the same tens of MiB of allocator
-# rounding as above): on the left, every dot sits on its line. The right panel (the table's last
-# column) shows what memory alone does not; each time is the median of three steps in one run, so
-# wobbles of a tenth of a second are noise. Gradient checkpointing takes
-# the batch-8 step from 13.986 to 7.268 GiB and about doubles its time (0.338 to 0.730 s; 0.347 to
-# 0.690 s with label logits): backward runs each block's forward again. And a step of 32 rows takes
-# hardly longer than a step of 4 (0.380 against 0.296 s): on a GPU this fast, at 86 tokens a row,
-# most of a step is a fixed cost per pass through the 32 blocks (many small kernels launched, each
-# 4-bit matrix unpacked), not arithmetic on the rows. So the way to train faster here is more
-# rows per step, which checkpointing makes room for; a T4, with a fifteenth of the arithmetic,
-# spends more of its step on the rows themselves.
+# Every branch lands within a few percent, always slightly low: by a few tens of MiB at batch 4 and
+# 8, by a few hundred at batch 16 and 32 with label-position logits, a gap the estimator does not
+# explain. The figure draws the sixteen unpadded AdamW steps (the padded, 8-bit and fp32 rows are in
+# the table only); on the left a 2% gap is smaller than a dot, so read the gaps in the table. The
+# right panel shows what memory alone does not. Each time is the median of three steps in one run,
+# which spread by up to a quarter of a second (the bars). Gradient checkpointing takes the batch-8
+# step from 13.986 to 7.268 GiB and about doubles its time (0.338 to 0.730 s; 0.347 to 0.690 s with
+# label logits; 1.6 to 2.2 times across the grid): backward runs each block's forward again. And a
+# step of 32 rows takes only about 30% longer than a step of 4 (0.380 against 0.296 s): on a GPU
+# this fast, at 86 tokens a row, most of a step is a fixed cost per pass through the 32 blocks (many
+# small kernels launched, each 4-bit matrix unpacked), not arithmetic on the rows. So the way to
+# train faster here is more rows per step, which checkpointing makes room for; a T4, with a
+# fifteenth of the arithmetic, spends more of its step on the rows themselves.
 #
 # The last row is what the notebooks do not do: peft's `prepare_model_for_kbit_training` (notebook 4,
-# section 3). It costs far more than the 1.96 GiB its fp32 weights add: the fp32 embeddings and norms
+# section 3), called with `use_gradient_checkpointing=False` so that only its fp32 cast is measured.
+# It costs far more than the 1.96 GiB its fp32 weights add: the fp32 embeddings and norms
 # hand fp32 hidden states to every block, so the activations the step keeps grow too. The estimator's
 # `upcast=True` models that crudely, as fp32 compute throughout (only the 4-bit matmuls stay in bf16),
 # which is why it lands furthest off of all the rows, though still within the 5% we ask of it.
