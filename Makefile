@@ -21,7 +21,7 @@ export MPLBACKEND := Agg
 # An executed notebook is a static page: a progress bar there would show only its first frame.
 export TQDM_DISABLE := 1
 
-.PHONY: setup world small run test lint unit notebooks sync strip bench bench-notebooks clean
+.PHONY: setup world small run test lint unit notebooks sync strip bench bench-notebooks bench-gpu clean
 
 setup: $(STAMP)
 
@@ -88,6 +88,12 @@ bench: world
 
 bench-notebooks: world
 	$(BIN)/python -m benchmarks.notebook_times
+
+# On a GPU (about 5 minutes): the 8B memory grid, then the recipes at the tutorial's shape on real CoLA
+# when LMCLS_COLA_DIR names a cola_public/ folder (else on the tiny world's shorter prompts).
+bench-gpu: world
+	$(BIN)/python -m benchmarks.gpu_memory --device cuda
+	$(BIN)/python -m benchmarks.recipes --device cuda --ablate --repeats 2 --examples 256 $(if $(LMCLS_COLA_DIR),--cola $(LMCLS_COLA_DIR))
 
 clean:
 	rm -rf build
