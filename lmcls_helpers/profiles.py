@@ -198,9 +198,9 @@ def _needs_checkpointing(dtype: torch.dtype, micro_batch_size: int) -> bool:
     return peak > 0.9 * (capacity - context)
 
 
-def _full(require_device: bool = True) -> Profile:
+def _full(require_device: bool = True, name: str = "full") -> Profile:
     if require_device or torch.cuda.is_available():
-        _require_gpu_and_bitsandbytes("full")
+        _require_gpu_and_bitsandbytes(name)
         dtype = _cuda_compute_dtype()
     else:  # planning a Colab session from a laptop (benchmarks.colab_budget): a free T4, fp16
         dtype = torch.float16
@@ -231,7 +231,7 @@ def _full(require_device: bool = True) -> Profile:
 
 
 def _shapes(require_device: bool = True) -> Profile:
-    return replace(_full(require_device), name="shapes", model_config=dict(LLAMA3_8B_CONFIG))
+    return replace(_full(require_device, name="shapes"), name="shapes", model_config=dict(LLAMA3_8B_CONFIG))
 
 
 def _cola_root() -> Path:
