@@ -19,12 +19,12 @@ import os
 import platform
 import statistics
 import sys
-import time
 
 import torch
 
+from benchmarks.gpu_memory import attach_lora, timed
 from lmcls_helpers.batches import collate, label_loss
-from lmcls_helpers.models import LLAMA_PROJECTIONS, load_model
+from lmcls_helpers.models import load_model
 from lmcls_helpers.profiles import get_profile
 from lmcls_helpers.scoring import last_token_logits
 
@@ -45,21 +45,12 @@ def cpu_model() -> str:
 
 def median_seconds(fn, repeats: int) -> float:
     fn()  # warm-up: allocations, kernel choice
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(timed(fn, "cpu", repeats))
 
 
 def run(thread_counts: list[int], repeats: int = 3) -> dict:
-    from peft import LoraConfig, get_peft_model
-
     profile = get_profile("tiny").with_(model_config=SMOLLM2_135M, torch_threads=None)
-    model = load_model(profile)  # random weights, quantized to NF4 as they are built
-    model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05,
-                                             target_modules=list(LLAMA_PROJECTIONS), task_type="CAUSAL_LM"))
+    model = attach_lora(load_model(profile), profile)  # random weights, quantized to NF4 as they are built
     g = torch.Generator().manual_seed(0)
     prompts = torch.randint(0, SMOLLM2_135M["vocab_size"], (64, SEQ_LEN), generator=g).tolist()
     score_batch = collate(prompts, pad_id=0)

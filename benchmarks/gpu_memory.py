@@ -26,6 +26,7 @@ import json
 import statistics
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -75,6 +76,7 @@ def make_batch(config: dict, batch_size: int, device: str, padded: bool = False,
 
 
 def attach_lora(model, profile):
+    """LoRA with the profile's rank, alpha and dropout on all seven projections, as notebook 5 attaches it."""
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(r=profile.lora_r, lora_alpha=profile.lora_alpha, lora_dropout=profile.lora_dropout,
@@ -102,9 +104,18 @@ def train_step(model, optimizer, batch: dict, logits: str) -> None:
     optimizer.zero_grad(set_to_none=True)
 
 
-def sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
+def timed(fn, device: str, repeats: int) -> list[float]:
+    """Seconds of ``repeats`` calls of ``fn``, each between two synchronizations (GPU work is asynchronous)."""
+    seconds = []
+    for _ in range(repeats):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        seconds.append(time.perf_counter() - start)
+    return seconds
 
 
 def measure_variant(model, profile, config: dict, *, batch_size: int, logits: str, checkpointing: bool,
@@ -119,13 +130,7 @@ def measure_variant(model, profile, config: dict, *, batch_size: int, logits: st
     meter = memory.MemoryMeter(device)
     with meter.phase("step", model, opt):
         train_step(model, opt, batch, logits)
-    seconds = []
-    for _ in range(TIMED_STEPS):
-        sync(device)
-        start = time.perf_counter()
-        train_step(model, opt, batch, logits)
-        sync(device)
-        seconds.append(time.perf_counter() - start)
+    seconds = timed(partial(train_step, model, opt, batch, logits), device, TIMED_STEPS)
     set_grad_checkpointing(model, False)
     del opt
     free_gpu_memory()
@@ -148,14 +153,7 @@ def score_seconds(model, profile, config: dict, batch_size: int, lean: bool, bat
     batch = make_batch(config, batch_size, profile.device)
     batch = {k: batch[k] for k in ("input_ids", "attention_mask")}
     last_token_logits(model, batch, lean=lean)  # warm-up
-    seconds = []
-    for _ in range(batches):
-        sync(profile.device)
-        start = time.perf_counter()
-        last_token_logits(model, batch, lean=lean)
-        sync(profile.device)
-        seconds.append(time.perf_counter() - start)
-    return statistics.median(seconds) / batch_size
+    return statistics.median(timed(lambda: last_token_logits(model, batch, lean=lean), profile.device, batches)) / batch_size
 
 
 def notebook5_phases(profile, config: dict) -> tuple[dict, object, object]:
@@ -167,8 +165,7 @@ def notebook5_phases(profile, config: dict) -> tuple[dict, object, object]:
     with meter.phase("model_loaded_4bit"):
         model = load_model(profile)
         meter.track(model)
-    sync(device)
-    build_s = time.perf_counter() - start
+    build_s = time.perf_counter() - start  # the phase ends with a synchronization on a GPU
     with meter.phase("forward_eval_seed_recipe", model), torch.no_grad():
         out = model(**batch)
     del out

@@ -101,8 +101,9 @@ def ablation(device: str) -> list[Recipe]:
     return rows
 
 
-def examples(n: int, cola_root: Path | None = None) -> list[list[int]]:
-    """``n`` training examples (prompt + label word) with Llama 3's tokenizer: the tiny CoLA set, or the real one.
+def examples(n: int | None, cola_root: Path | None = None) -> list[list[int]]:
+    """The first ``n`` training examples (prompt + label word; None: all) with Llama 3's tokenizer: the tiny
+    CoLA set, or the real one.
 
     ``cola_root``: a folder holding real CoLA's ``raw/in_domain_train.tsv`` (the tutorial's data, whose
     longest prompt sets the tutorial's padding); default: the tiny world's synthetic sentences.
@@ -285,8 +286,11 @@ def run(device: str, n_examples: int, ablate: bool = False, repeats: int = 1, co
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {repeats}.")
     torch.manual_seed(0)
-    data = examples(n_examples, cola_root)
-    longest = max(map(len, examples(10**9, cola_root))) if cola_root else None  # the whole file's, as the tutorial
+    if cola_root is None:
+        data, longest = examples(n_examples), None
+    else:  # the tutorial padded to the longest prompt of its whole training set: tokenize it all once
+        every = examples(None, cola_root)
+        data, longest = every[:n_examples], max(map(len, every))
     model, profile = build_model(device)
     config = dict(profile.model_config)
     recipes = ablation(device) if ablate else [TUTORIAL, LEAN]

@@ -176,13 +176,8 @@ def _plan_04(profile, sizes) -> Plan:
     cut = "" if pool == sizes["in_domain_train"] else (
         f"one pass over {pool - round(0.1 * pool):,} of in_domain_train's {sizes['in_domain_train']:,} sentences "
         f"(the tutorial trained on 7,696), validating on {val:,}.")
-    return Plan(loads=3, train_examples=trained, scored_examples=scored, seq_len=_seq_len(profile),
+    return Plan(loads=3, train_examples=trained, scored_examples=scored, seq_len=profile.prompt_tokens,
                 recompute=profile.gradient_checkpointing, cut=cut)
-
-
-def _seq_len(profile) -> int:
-    """Tokens in the few-shot prompt with a sentence, as batches pad it on ``profile``'s tokenizer."""
-    return profile.prompt_tokens
 
 
 PLANS["04_training_loop"] = _plan_04
@@ -208,7 +203,7 @@ def _plan_02(profile, sizes) -> Plan:
     ood = _first(sizes["out_of_domain_dev"], profile.max_eval_examples)
     # dev: left-padded, right-padded, five prompt variants; out of domain once (exercise 1 scores dev once more)
     return Plan(loads=1, train_examples=0, scored_examples=round((2 + variants_weight()) * dev) + ood,
-                seq_len=_seq_len(profile))
+                seq_len=profile.prompt_tokens)
 
 
 def _sixteen_bit_fits(profile) -> bool:
@@ -232,7 +227,7 @@ def _plan_03(profile, sizes) -> Plan:
     # one NF4 load to inspect, then each precision: scored once with the prompt, once for perplexity; perplexity
     # reads the bare sentence (about a third of the prompt's tokens, with logits at every one): half an example
     return Plan(loads=1 + precisions, train_examples=0, scored_examples=round(precisions * 1.5 * dev + 0.5 * 64),
-                seq_len=_seq_len(profile))
+                seq_len=profile.prompt_tokens)
 
 
 def _plan_05(profile, sizes) -> Plan:
@@ -290,7 +285,7 @@ def _plan_06(profile, sizes) -> Plan:
     # -1 head: dev in 3 layouts + pads; last-real head: 3 layouts + left/-1 + pads; its reload; the frozen head;
     # its reload (scores + hidden states); the loss check (two micro-batches); the saved classifier's check + 6 sentences
     scored = (3 * dev + pads) + (4 * dev + pads) + dev + dev + 2 * dev + 2 * profile.micro_batch_size + 16 + 6
-    return Plan(loads=2, train_examples=3 * run, scored_examples=scored, seq_len=_seq_len(profile),
+    return Plan(loads=2, train_examples=3 * run, scored_examples=scored, seq_len=profile.prompt_tokens,
                 recompute=profile.gradient_checkpointing,
                 cut=f"{profile.max_steps} optimizer steps per head (not 250)." if profile.device == "cuda" else "")
 
@@ -309,7 +304,7 @@ def _plan_07(profile, sizes) -> Plan:
     # ledger: two heads (two layouts each), the tutorial's pipeline (two layouts), label words, SequenceClassification
     grammar_work = grammar_runs * run + (grammar_runs + 1) * dev + 4  # + the few-shot score, the pad-id demo
     ledger_work = 5 * ledger_run + 8 * test
-    seq_len = _seq_len(profile)
+    seq_len = profile.prompt_tokens
     ledger_len = profile.ledger_tokens
     mean_len = round((grammar_work * seq_len + ledger_work * ledger_len) / (grammar_work + ledger_work))
     cut = ""
