@@ -21,15 +21,15 @@ export MPLBACKEND := Agg
 # An executed notebook is a static page: a progress bar there would show only its first frame.
 export TQDM_DISABLE := 1
 
-.PHONY: setup world small run test lint unit notebooks sync strip bench bench-notebooks bench-gpu clean
+.PHONY: setup world small run test test-colab lint unit notebooks sync strip bench bench-notebooks bench-gpu clean
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0 $(TORCH_PIP_ARGS)
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
 
 world: $(WORLD)
@@ -58,7 +58,7 @@ run: world small
 	@echo "Results (JSON):     $(CURDIR)/build/results/"
 
 lint: $(STAMP)
-	$(BIN)/ruff check lmcls_helpers tests benchmarks nbs_src conftest.py
+	$(BIN)/ruff check lmcls_helpers tests benchmarks colab nbs_src conftest.py
 	$(BIN)/codespell README.md nbs_src lmcls_helpers
 
 # One pytest run: unit tests, the pairing/cleanliness checks, and every notebook via nbmake,
@@ -66,6 +66,24 @@ lint: $(STAMP)
 # LMCLS_ONE_MODEL=1: load_model refuses a second live base model on the CPU too, as on a T4 (issue 14).
 test: world small lint
 	LMCLS_ONE_MODEL=1 $(BIN)/python -m pytest tests notebooks --nbmake --nbmake-timeout=600 --durations=10
+
+# What the Colab badge gives a student: a fresh environment with Colab's own package versions
+# (colab/requirements.txt), then the notebooks' own Colab cell (colab/run_install_cell.py), then every
+# notebook on the tiny profile under nbmake, with its own build/ (the tiny world is built there anew).
+COLAB_VENV := .venv-colab
+COLAB_ROOT := $(CURDIR)/build/colab
+test-colab: small
+	rm -rf $(COLAB_VENV) $(COLAB_ROOT)
+	$(PYTHON) -m venv $(COLAB_VENV)
+	$(COLAB_VENV)/bin/python -m pip install -q --upgrade pip
+	$(COLAB_VENV)/bin/python -m pip install -q torch==2.13.0 $(TORCH_PIP_ARGS)
+	$(COLAB_VENV)/bin/python -m pip install -q -r colab/requirements.txt
+	$(COLAB_VENV)/bin/python colab/run_install_cell.py
+	mkdir -p $(COLAB_ROOT)/build
+	ln -s $(CURDIR)/build/small $(COLAB_ROOT)/build/small  # data, not packages: the converted SmolLM2 folder
+	cd /tmp && LMCLS_ROOT=$(COLAB_ROOT) $(CURDIR)/$(COLAB_VENV)/bin/python -m lmcls_helpers.world  # once, not per notebook
+	PATH="$(CURDIR)/$(COLAB_VENV)/bin:$$PATH" LMCLS_ROOT=$(COLAB_ROOT) LMCLS_ONE_MODEL=1 \
+		$(COLAB_VENV)/bin/python -m pytest notebooks --nbmake --nbmake-timeout=900 --durations=10
 
 unit: world
 	$(BIN)/python -m pytest tests

@@ -54,7 +54,9 @@ def colab_badge(notebook: str) -> str:
 #: What a Colab runtime lacks, at this project's pins (tests check them against pyproject.toml).
 #: Everything else (torch, pandas, scikit-learn, matplotlib, ...) Colab already has: reinstalling
 #: an imported package would break the running kernel, so the package itself goes in ``--no-deps``.
-COLAB_PACKAGES = ("transformers==5.23.0", "peft==0.21.2", "bitsandbytes==0.50.2", "accelerate==1.15.0")
+COLAB_PACKAGES = (
+    "transformers==5.23.0", "peft==0.21.2", "bitsandbytes==0.50.2", "accelerate==1.15.0", "gguf==0.19.0",
+)
 
 
 def pip_install_line() -> str:

@@ -51,6 +51,7 @@ class Rates:
     checkpointing_factor: float = 1.0  # training time with gradient checkpointing / without
     assumed: tuple[str, ...] = ()
     overhead_s: float = 0.0  # what every notebook spends outside its plan: kernel, imports, figures, checks
+    install_s: float = 0.0  # the Colab cell's pip installs, paid by every notebook on a fresh Colab runtime
 
 
 def load_rates() -> dict[str, Rates]:
@@ -59,15 +60,16 @@ def load_rates() -> dict[str, Rates]:
     return {name: Rates(name=name, load_s=r["load_s"], reload_s=r["reload_s"], train_example_s=r["train_example_s"],
                         score_example_s=r["score_example_s"], seq_len=r["seq_len"], source=r["source"],
                         checkpointing_factor=r.get("checkpointing_factor", 1.0), assumed=tuple(r.get("assumed", ())),
-                        overhead_s=r.get("overhead_s", 0.0))
+                        overhead_s=r.get("overhead_s", 0.0), install_s=r.get("install_s", 0.0))
             for name, r in json.loads(text)["runtimes"].items()}
 
 
 def estimate(plan: Plan, rates: Rates) -> dict[str, float]:
-    """Seconds for each part of ``plan`` at ``rates``: the first load, reloads, training, scoring, overhead, total."""
+    """Seconds for each part of ``plan`` at ``rates``: installs, the first load, reloads, training, scoring, overhead, total."""
     scale = plan.seq_len / rates.seq_len
     recompute = rates.checkpointing_factor if plan.recompute else 1.0  # backward recomputes each block's forward
     parts = {
+        "install_s": rates.install_s,
         "load_s": rates.load_s if plan.loads else 0.0,
         "reload_s": max(plan.loads - 1, 0) * rates.reload_s,
         "train_s": plan.train_examples * rates.train_example_s * scale * recompute,
@@ -129,7 +131,8 @@ def report(stem: str, profile) -> str:
         est = estimate(plan, rates[name])
         guess = f" (assumed: {', '.join(rates[name].assumed)})" if rates[name].assumed else ""
         idle = " (measured on an idle 2-core CPU; a busy or slower one takes longer)" if name.startswith("CPU") else ""
-        lines.append(f"about {est['total_s'] / 60:.1f} min on {name}{guess}{idle}")
+        installs = f" ({est['install_s']:.0f} s of it the Colab cell's installs)" if est["install_s"] else ""
+        lines.append(f"about {est['total_s'] / 60:.1f} min on {name}{installs}{guess}{idle}")
     if plan.cut:
         lines.append(f"cut to fit a class hour: {plan.cut}")
     return "\n".join(lines)

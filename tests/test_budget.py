@@ -29,7 +29,11 @@ def test_estimate_is_rates_times_work():
     rates = budget.Rates("x", load_s=100, reload_s=10, train_example_s=0.5, score_example_s=0.1, seq_len=50, source="",
                          checkpointing_factor=4 / 3)
     est = budget.estimate(budget.Plan(loads=3, train_examples=10, scored_examples=20, seq_len=100), rates)
-    assert est == {"load_s": 100, "reload_s": 20, "train_s": 10.0, "score_s": 4.0, "overhead_s": 0.0, "total_s": 134.0}
+    assert est == {"install_s": 0.0, "load_s": 100, "reload_s": 20, "train_s": 10.0, "score_s": 4.0, "overhead_s": 0.0,
+                   "total_s": 134.0}
+    on_colab = budget.estimate(budget.Plan(loads=0, train_examples=0, scored_examples=0),
+                               budget.Rates("z", 1, 1, 1, 1, 50, "", install_s=40.0))
+    assert on_colab["total_s"] == 40.0  # a fresh Colab runtime installs before anything else
     fixed = budget.estimate(budget.Plan(loads=0, train_examples=0, scored_examples=0),
                             budget.Rates("y", 1, 1, 1, 1, 50, "", overhead_s=6.5))
     assert fixed["total_s"] == 6.5  # a notebook with nothing planned still starts a kernel and imports
@@ -42,7 +46,9 @@ def test_shipped_rates_name_their_source_and_assumptions():
     assert {"T4", "H100", "CPU (tiny)"} <= set(rates)
     for r in rates.values():
         assert r.source and r.train_example_s > 0 and r.score_example_s > 0
-        assert set(r.assumed) <= {"load_s", "reload_s", "train_example_s", "score_example_s", "checkpointing_factor"}
+        assert set(r.assumed) <= {"load_s", "reload_s", "train_example_s", "score_example_s", "checkpointing_factor",
+                                  "install_s"}
+    assert rates["T4"].install_s > 0, "a Colab notebook's plan counts the Colab cell's installs"
 
 
 def test_colab_budget_json_lists_every_notebook_under_the_budget(capsys):

@@ -67,15 +67,15 @@ def test_readme_badges_agree_with_the_repository_constant():
 
 
 def test_colab_installs_the_pinned_versions_it_lacks():
-    from test_packaging import pyproject_pins
+    from test_packaging import constraint_pins
 
-    pins = pyproject_pins()
+    pins = constraint_pins()
     for spec in lmcls_helpers.COLAB_PACKAGES:
         name, version = spec.split("==")
-        assert pins[name] == version, f"COLAB_PACKAGES pins {spec}, pyproject.toml {name}=={pins[name]}"
+        assert pins[name] == version, f"COLAB_PACKAGES pins {spec}, constraints.txt {name}=={pins[name]}"
     for nb_path in NOTEBOOKS:
         install = nbformat.read(nb_path, as_version=4).cells[1].source
-        assert re.findall(r'"([\w.-]+==[\w.]+)"', install) == list(lmcls_helpers.COLAB_PACKAGES), nb_path.name
+        assert re.findall(r"([\w.-]+==[\w.]+)", install) == list(lmcls_helpers.COLAB_PACKAGES), nb_path.name
         assert "--no-deps" in install, f"{nb_path.name}: installing our pins over Colab's packages breaks its kernel"
 
 
