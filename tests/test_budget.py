@@ -66,10 +66,20 @@ def test_unknown_notebooks_and_drifting_plans_are_named(monkeypatch):
     profile = get_profile("tiny")
     with pytest.raises(ValueError, match="No time plan"):
         budget.plan_for("99_nothing", profile)
+    monkeypatch.setattr(budget, "_loads_before", {})
     monkeypatch.setattr("lmcls_helpers.models._LOADS", {"count": 7})
     with pytest.raises(AssertionError, match="loaded 7 base model"):
         budget.check_loads("02_prompt_scoring", profile)
     assert "min on CPU (tiny)" in budget.report("02_prompt_scoring", profile)
+
+
+def test_loads_count_from_the_plan_line_so_a_world_built_before_it_is_not_counted(monkeypatch):
+    """On Colab the first notebook builds the tiny world in its own kernel, loading a model to check it."""
+    profile = get_profile("tiny")
+    monkeypatch.setattr("lmcls_helpers.models._LOADS", {"count": 1})  # the world build's load
+    budget.report("02_prompt_scoring", profile)
+    monkeypatch.setattr("lmcls_helpers.models._LOADS", {"count": 2})  # the notebook's own one load
+    assert budget.check_loads("02_prompt_scoring", profile) == 1
 
 
 def test_notebook_4_pays_for_recomputation_only_where_the_profile_checkpoints():
