@@ -53,19 +53,15 @@ def _shown(value: Any) -> str | None:
 
 def summary(folder: Path | None = None, width: int = WIDTH) -> list[str]:
     """One line per notebook, ``width`` characters at most: its stem, then its headline numbers as ``key value``."""
-    lines = []
-    for notebook, values in load_all(folder).items():
-        keys = HEADLINES.get(notebook.split("_")[0]) or list(values)
-        line = f"{notebook[:30]:30}"
-        for key in keys:
+    lines, recorded = [], load_all(folder)
+    column = min(30, max(map(len, recorded), default=0))
+    for notebook, values in recorded.items():
+        line = f"{notebook[:column]:{column}}"
+        for key in HEADLINES.get(notebook.split("_")[0]) or list(values):
             shown = _shown(values.get(key))
-            if shown is None:
-                continue
-            part = f"  {key} {shown}"
-            if len(line) + len(part) > width:
-                break
-            line += part
-        lines.append(line[:width])
+            if shown is not None and len(line) + len(key) + len(shown) + 3 <= width:  # else the next may fit
+                line += f"  {key} {shown}"
+        lines.append(line)
     return lines or ["(no results recorded yet)"]
 
 
