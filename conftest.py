@@ -33,7 +33,7 @@ def pytest_sessionstart(session) -> None:
     """nbmake checks that a notebook runs; we also check that its prose quotes what it printed.
 
     A sentence like "on the tiny profile this run printed 0.291" goes stale, with every cell still
-    passing, when an upstream change moves the number. ``results.unprinted_quotes`` finds such
+    passing, when an upstream change moves the number. ``lmcls_build.report.unprinted_quotes`` finds such
     quotes in the executed notebook, and the notebook's test fails on them like on a failing cell.
     """
     try:
@@ -48,7 +48,7 @@ def pytest_sessionstart(session) -> None:
     def execute_and_check_prose(self):
         result = execute(self)
         if result.error is None:
-            from lmcls_helpers.results import unprinted_quotes
+            from lmcls_build.report import unprinted_quotes
 
             stale = unprinted_quotes(result.nb.cells)
             if stale:

@@ -25,7 +25,7 @@ import torch
 from benchmarks.gpu_memory import attach_lora, timed
 from lmcls_helpers.batches import collate, label_loss
 from lmcls_helpers.models import load_model
-from lmcls_helpers.profiles import get_profile
+from lmcls_helpers.profiles import get_profile, library_versions
 from lmcls_helpers.scoring import last_token_logits
 
 #: SmolLM2-135M-Instruct's architecture (build/small/config.json), so no download is needed.
@@ -86,7 +86,7 @@ def run(thread_counts: list[int], repeats: int = 3) -> dict:
         row["score_speedup_vs_2"] = ref["score_example_s"] / row["score_example_s"]
         row["train_speedup_vs_2"] = ref["train_example_s"] / row["train_example_s"]
     return {"machine": cpu_model(), "cores_visible": len(os.sched_getaffinity(0)),
-            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "versions": library_versions(),
             "seq_len": SEQ_LEN, "threads": rows}
 
 

@@ -47,16 +47,16 @@ from pathlib import Path
 
 import torch
 
+from lmcls_build.world import ensure_world
 from lmcls_helpers.batches import collate, label_loss
 from lmcls_helpers.data import load_cola
 from lmcls_helpers.memory import estimate_training_memory
 from lmcls_helpers.models import LLAMA_PROJECTIONS, load_model
 from lmcls_helpers.paths import build_dir
-from lmcls_helpers.profiles import LABEL_WORDS, LLAMA3_8B_CONFIG, get_profile
+from lmcls_helpers.profiles import LABEL_WORDS, LLAMA3_8B_CONFIG, get_profile, library_versions
 from lmcls_helpers.prompts import PromptTemplate
 from lmcls_helpers.scoring import last_token_logits
 from lmcls_helpers.tokens import load_reference_tokenizer
-from lmcls_helpers.world import ensure_world
 
 #: The CPU stand-in: Llama 3's vocabulary and head, a body small enough for two cores.
 CPU_SCALED = dict(LLAMA3_8B_CONFIG, hidden_size=256, intermediate_size=896, num_hidden_layers=2,
@@ -294,7 +294,7 @@ def run(device: str, n_examples: int, ablate: bool = False, repeats: int = 1, co
     model, profile = build_model(device)
     config = dict(profile.model_config)
     recipes = ablation(device) if ablate else [TUTORIAL, LEAN]
-    report = {"device": device, "machine": _machine(device), "versions": _versions(), "n_examples": len(data),
+    report = {"device": device, "machine": _machine(device), "versions": library_versions(), "n_examples": len(data),
               "repeats": repeats,
               "data": f"real CoLA in_domain_train ({cola_root})" if cola_root else "the tiny world's synthetic CoLA",
               "step_examples": STEP_EXAMPLES,
@@ -331,19 +331,6 @@ def run(device: str, n_examples: int, ablate: bool = False, repeats: int = 1, co
     report["score_speedup"] = report["score"]["lean"]["speedup"]
     report["peak_memory_ratio"] = report["train"]["lean"]["peak_ratio"]
     return report
-
-
-def _versions() -> dict[str, str | None]:
-    """The library versions a speed depends on, so a saved report says what it measured."""
-    from importlib import metadata
-
-    versions = {"torch": torch.__version__, "cuda": torch.version.cuda}
-    for dist in ("transformers", "peft", "bitsandbytes"):
-        try:
-            versions[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            versions[dist] = None
-    return versions
 
 
 def _machine(device: str) -> str:

@@ -257,7 +257,7 @@ def _plan_08(profile, sizes) -> Plan:
 
         ledger = load_ledger(profile.ledger_path)
     else:  # the same lines ensure_world writes (the ledger is synthetic on every profile)
-        from . import synthetic, world
+        from lmcls_build import synthetic, world  # planning only: no build, just the generator
 
         ledger = synthetic.ledger_lines(world.SIZES["ledger"], world.SEED)
     k = len(CATEGORY_NAMES)

@@ -55,6 +55,15 @@ def load_cola(root: str | Path) -> dict[str, pd.DataFrame]:
     return {split: read_cola_tsv(raw / f"{split}.tsv") for split in COLA_SPLITS}
 
 
+def error_kinds(cola_root: str | Path) -> dict[str, pd.DataFrame] | None:
+    """The synthetic splits' error ``kind`` and ``construction``, row-aligned with the TSVs; None for real CoLA."""
+    path = Path(cola_root) / "kinds.csv"
+    if not path.exists():
+        return None
+    df = pd.read_csv(path, keep_default_na=False)
+    return {name: g.drop(columns="split").reset_index(drop=True) for name, g in df.groupby("split", sort=False)}
+
+
 def write_cola_tsv(df: pd.DataFrame, path: str | Path) -> None:
     """Write a split in CoLA's raw format (used for the synthetic set and for test fixtures)."""
     path = Path(path)

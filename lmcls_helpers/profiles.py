@@ -275,15 +275,9 @@ def _require_cola(root: Path) -> None:
     )
 
 
-def _custom_model(label_words: tuple[str, str] = LABEL_WORDS) -> str | None:
-    """``$LMCLS_MODEL`` (hub id or local folder), checked now: Llama projections, one-token label words."""
-    model_id = os.environ.get("LMCLS_MODEL", "").strip()
-    if not model_id:
-        return None
-    from .small import check_custom_model
-
-    check_custom_model(model_id, label_words)
-    return model_id
+def _custom_model() -> str | None:
+    """``$LMCLS_MODEL`` (hub id or local folder); :func:`ensure_world` checks it (Llama projections, label words)."""
+    return os.environ.get("LMCLS_MODEL", "").strip() or None
 
 
 def _small(require_device: bool = True) -> Profile:
@@ -296,15 +290,13 @@ def _small(require_device: bool = True) -> Profile:
     and notebook 4's 57 steps of 16 leave the model at chance, as 124 steps at lr 1e-3 did, with or
     without a class-balanced loss, so this profile asserts no fine-tuning gain.
     """
-    from .small import ensure_built, small_dir
-
     cola_root = _cola_root()
     if require_device:
         _require_cola(cola_root)
         if importlib.util.find_spec("bitsandbytes") is None:
             raise RuntimeError("The 'small' profile loads the model in 4 bits and needs bitsandbytes: "
                                "`pip install bitsandbytes` (0.50 or newer runs 4-bit layers on the CPU).")
-    model_id = _custom_model() or str(ensure_built() if require_device else small_dir())
+    model_id = _custom_model() or str(build_dir("small"))  # built by ensure_world (or `make small`)
     return Profile(
         name="small",
         fewshot_mcc_min=-0.2,  # a 135M model does not do this task few-shot (about 0 on real CoLA): not worse than chance
@@ -360,26 +352,43 @@ def get_profile(name: str | None = None, require_device: bool = True) -> Profile
     return profile
 
 
-def environment_report(profile: Profile) -> str:
-    """Library versions and the device, printed by every notebook so a pasted error has context."""
+def ensure_world(profile: Profile, smollm2: str | None = None) -> Path | None:
+    """What every notebook calls first: build what ``profile`` reads from ``build/`` once, then reuse it.
+
+    The tiny world on ``tiny``; SmolLM2's folder on ``small``; a model chosen with ``LMCLS_MODEL``
+    is checked. ``smollm2="model"`` or ``"tokenizer"`` returns a folder with SmolLM2's weights or
+    its tokenizer alone. The build tooling lives in ``lmcls_build`` (``make world``, ``make small``).
+    """
+    from lmcls_build.world import ensure_world as build_what_is_missing
+
+    return build_what_is_missing(profile, smollm2)
+
+
+def library_versions() -> dict[str, str | None]:
+    """Versions of python and the libraries that decide the numbers (None: not installed; cuda: None without)."""
     import platform
     from importlib import metadata
 
-    import transformers
+    versions = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda}
+    for dist in ("transformers", "tokenizers", "peft", "bitsandbytes"):  # metadata: importing peft takes seconds
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[dist] = None
+    return versions
 
+
+def environment_report(profile: Profile) -> str:
+    """Library versions and the device, printed by every notebook so a pasted error has context."""
     model = profile.model_id
     try:  # a folder in this checkout is shown relative to it: outputs never carry a machine's paths
         model = str(Path(model).resolve().relative_to(build_dir().parent))
     except ValueError:
         pass
     lines = [f"profile: {profile.name}   model: {model}"]
-    versions = {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__}
-    for dist in ("peft", "bitsandbytes"):  # from the installed metadata: importing peft alone takes seconds
-        try:
-            versions[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:  # missing: say so rather than fail here
-            versions[dist] = "not installed"
-    lines.append("   ".join(f"{k} {v}" for k, v in versions.items()))
+    versions = library_versions()
+    lines.append("   ".join(f"{k} {versions[k] or 'not installed'}" for k in
+                            ("python", "torch", "transformers", "peft", "bitsandbytes")))
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
         lines.append(f"device: {props.name}, {props.total_memory / 2**30:.1f} GiB, compute dtype {profile.compute_dtype}")

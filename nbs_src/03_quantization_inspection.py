@@ -46,8 +46,7 @@ if "google.colab" in sys.modules:  # Colab only: this package, and the libraries
 # %%
 from lmcls_helpers import budget, results
 from lmcls_helpers.hub import hub_login
-from lmcls_helpers.profiles import environment_report, get_profile
-from lmcls_helpers.world import ensure_world
+from lmcls_helpers.profiles import ensure_world, environment_report, get_profile
 
 profile = get_profile(PROFILE)  # the first cell (or $LMCLS_PROFILE) chooses; "tiny" by default
 ensure_world(profile)  # builds the tiny world under build/ once, then reuses it
@@ -269,9 +268,7 @@ assert nf4_mean_abs_error < fp4_mean_abs_error, "on near-normal weights NF4 shou
 # distribution, more when rare large weights stretch the blocks' absmax.
 
 # %%
-from lmcls_helpers.small import ensure_built
-
-smollm2 = quant.checkpoint_tensor(str(ensure_built()), weight_name).float()
+smollm2 = quant.checkpoint_tensor(str(ensure_world(profile, smollm2="model")), weight_name).float()
 matrices = {f"{profile.name} profile's model": weight, "SmolLM2-135M": smollm2,
             "normal draws": torch.randn(smollm2.shape, generator=torch.Generator().manual_seed(profile.seed))}
 

@@ -48,8 +48,7 @@ if "google.colab" in sys.modules:  # Colab only: this package, and the libraries
 # %%
 from lmcls_helpers import budget, results
 from lmcls_helpers.hub import hub_login
-from lmcls_helpers.profiles import environment_report, get_profile
-from lmcls_helpers.world import ensure_world
+from lmcls_helpers.profiles import ensure_world, environment_report, get_profile
 
 profile = get_profile(PROFILE)  # the first cell (or $LMCLS_PROFILE) chooses; "tiny" by default
 ensure_world(profile)  # builds the tiny world under build/ once, then reuses it
@@ -68,7 +67,7 @@ import torch
 
 from lmcls_helpers import memory, plots, quant
 from lmcls_helpers.batches import collate, encode_examples, label_loss, step_batches, train_val_split
-from lmcls_helpers.data import download_cola, load_cola
+from lmcls_helpers.data import download_cola, error_kinds, load_cola
 from lmcls_helpers.models import LLAMA_PROJECTIONS, load_model
 from lmcls_helpers.paths import build_dir
 from lmcls_helpers.profiles import LLAMA3_8B_CONFIG
@@ -76,7 +75,6 @@ from lmcls_helpers.progress import tqdm  # tqdm.auto's bar, off when TQDM_DISABL
 from lmcls_helpers.prompts import PromptTemplate
 from lmcls_helpers.scoring import evaluate, recall_by_kind
 from lmcls_helpers.tokens import last_token_index, load_tokenizer
-from lmcls_helpers.world import error_kinds
 
 torch.manual_seed(profile.seed)
 notebook_start = time.perf_counter()

@@ -51,8 +51,7 @@ if "google.colab" in sys.modules:  # Colab only: this package, and the libraries
 # %%
 from lmcls_helpers import budget, results
 from lmcls_helpers.hub import hub_login
-from lmcls_helpers.profiles import environment_report, get_profile
-from lmcls_helpers.world import ensure_world
+from lmcls_helpers.profiles import ensure_world, environment_report, get_profile
 
 profile = get_profile(PROFILE)  # the first cell (or $LMCLS_PROFILE) chooses; "tiny" by default
 ensure_world(profile)  # builds the tiny world under build/ once, then reuses it

@@ -98,7 +98,7 @@ def test_the_small_profile_is_planned_at_its_own_cpu_rates():
 
 def test_planned_ledger_size_is_the_worlds():
     """Without a built ledger (planning from a fresh clone), notebook 7's plan counts the lines the world writes."""
-    from lmcls_helpers.world import SIZES
+    from lmcls_build.world import SIZES
 
     assert budget.LEDGER_SIZE == SIZES["ledger"]
 

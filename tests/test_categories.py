@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from lmcls_helpers import synthetic
+from lmcls_build import synthetic
 from lmcls_helpers.categories import CATEGORY_NAMES, MEMO_CATEGORY, MINORITY, category_of, ledger_categories
 
 

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from lmcls_build import report
 from lmcls_helpers import results
 
 
@@ -14,14 +15,14 @@ def test_record_writes_under_the_root_whatever_the_cwd(tmp_root, tmp_path, monke
     results.record("by_variant", {"a": torch.tensor(0.25)})
     data = json.loads((tmp_root / "build" / "results" / "99_demo.json").read_text())
     assert data == {"mcc": 0.5, "by_variant": {"a": 0.25}}
-    assert "99_demo" in results.summary_table()
+    assert "99_demo" in "\n".join(report.summary(tmp_root / "build" / "results"))
 
 
 def test_start_clears_old_numbers(tmp_root):
     results.start("99_demo")
     results.record("old", 1)
     results.start("99_demo")
-    assert results.load_all()["99_demo"] == {}
+    assert report.load_all()["99_demo"] == {}
 
 
 def test_bad_values_and_names(tmp_root):
@@ -30,84 +31,3 @@ def test_bad_values_and_names(tmp_root):
         results.record("x", float("nan"))
     with pytest.raises(ValueError, match="stem"):
         results.start("notebooks/02.ipynb")
-
-
-def _notebook(path, outputs):
-    cell = {"cell_type": "code", "source": "", "metadata": {}, "execution_count": 1, "outputs": outputs}
-    path.write_text(json.dumps({"cells": [cell], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
-
-
-def test_check_executed_counts_inline_figures_and_finds_paths_and_reprs(tmp_root):
-    executed, figures = tmp_root / "executed", tmp_root / "figures"
-    executed.mkdir()
-    figures.mkdir()
-    (figures / "07_a.png").write_bytes(b"png")
-    (figures / "07_b.png").write_bytes(b"png")
-    image = {"output_type": "display_data", "data": {"image/png": "iVBOR"}, "metadata": {}}
-    _notebook(executed / "07_demo.ipynb", [image, image])
-    assert results.check_executed(executed, figures) == []
-    path_echo = {"output_type": "execute_result", "execution_count": 1, "metadata": {},
-                 "data": {"text/plain": f"PosixPath('{tmp_root}/build/figures/07_a.png')"}}
-    _notebook(executed / "07_demo.ipynb", [image, path_echo])
-    found = results.check_executed(executed, figures)
-    assert any("1 inline figure(s) but 2 saved" in f for f in found)
-    assert any(str(tmp_root) in f for f in found) and any("PosixPath(" in f for f in found)
-
-
-def test_check_executed_finds_a_progress_bar_frame(tmp_root):
-    executed, figures = tmp_root / "executed", tmp_root / "figures"
-    executed.mkdir()
-    figures.mkdir()
-    frame = {"output_type": "display_data", "metadata": {},
-             "data": {"text/plain": "scoring:   0%|          | 0/8 [00:00<?, ?it/s]"}}
-    _notebook(executed / "02_demo.ipynb", [frame])
-    assert any("progress bar" in f for f in results.check_executed(executed, figures))
-    text = {"output_type": "stream", "name": "stdout", "text": "accuracy 71.6% | MCC 0.372 | 500/500 sentences\n"}
-    _notebook(executed / "02_demo.ipynb", [text])
-    assert results.check_executed(executed, figures) == []
-
-
-
-def _cells(prose: str, printed: str, profile: str = "tiny") -> list[dict]:
-    report = {"output_type": "stream", "name": "stdout", "text": f"profile: {profile}   model: build/{profile}/model\n"}
-    out = {"output_type": "stream", "name": "stdout", "text": printed}
-    return [{"cell_type": "code", "source": "", "outputs": [report, out]},
-            {"cell_type": "markdown", "source": prose}]
-
-
-@pytest.mark.parametrize("printed", ["accuracy 0.5778\n", "accuracy 57.78%\n", "57.8% one at a time\n"])
-def test_a_quote_matches_a_printed_number_that_rounds_to_it(printed):
-    prose = "On the tiny profile this run printed 57.8% one line at a time."
-    assert results.unprinted_quotes(_cells(prose, printed)) == []
-
-
-def test_a_stale_quote_is_named_with_its_cell():
-    prose = "Intro. On the tiny profile this run printed macro-F1 0.291 (plain) and -0.66 (seed 43)."
-    found = results.unprinted_quotes(_cells(prose, "macro-F1 0.235, MCC -0.747\n"))
-    assert [index for index, _ in found] == [1, 1]
-    assert "0.291" in found[0][1] and "-0.66" in found[1][1]
-
-
-def test_bounds_sentences_about_other_worlds_and_other_profiles_are_not_quotes():
-    printed = "span 0.02\n"
-    assert results.unprinted_quotes(_cells("On the tiny profile within about 0.05 MCC, less than 10%.", printed)) == []
-    assert results.unprinted_quotes(_cells("Llama 3 reached 0.555 on the full profile.", printed)) == []
-    assert results.unprinted_quotes(_cells("On the tiny profile 0.291.", printed, profile="small")) == []
-
-
-def test_make_test_fails_a_notebook_whose_prose_quotes_an_unprinted_number(tmp_path):
-    """conftest.py wraps nbmake's run: a notebook that runs cleanly but quotes a stale number fails."""
-    from nbmake.nb_run import NotebookRun
-
-    nb = {"cells": [{"cell_type": "code", "source": "print('profile: tiny   x'); print('MCC 0.235')", "metadata": {},
-                     "execution_count": None, "outputs": []},
-                    {"cell_type": "markdown", "source": "On the tiny profile this run printed MCC 0.291.", "metadata": {}}],
-          "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
-          "nbformat": 4, "nbformat_minor": 5}
-    path = tmp_path / "stale.ipynb"
-    path.write_text(json.dumps(nb))
-    result = NotebookRun(path, 120).execute()
-    assert result.error is not None and "0.291" in result.error.trace and result.error.failing_cell_index == 1
-    nb["cells"][1]["source"] = "On the tiny profile this run printed MCC 0.235."
-    path.write_text(json.dumps(nb))
-    assert NotebookRun(path, 120).execute().error is None

@@ -14,7 +14,8 @@ import subprocess
 import pytest
 import torch
 
-from lmcls_helpers import profiles, small
+from lmcls_build import small
+from lmcls_helpers import profiles
 from lmcls_helpers.paths import build_dir
 from lmcls_helpers.profiles import get_profile
 
@@ -70,8 +71,18 @@ def test_an_incompatible_architecture_is_refused_at_once(env, tmp_path):
 
     GPT2Config(n_layer=1, n_embd=16, n_head=2).save_pretrained(tmp_path)  # c_attn, c_proj: no q_proj
     env.setenv("LMCLS_MODEL", str(tmp_path))
+    profile = get_profile("small")  # plain data: nothing is read or built yet
     with pytest.raises(ValueError, match=r"'gpt2' model.*q_proj, k_proj.*llama, mistral, qwen2"):
-        get_profile("small")
+        profiles.ensure_world(profile)
+
+
+def test_loading_the_small_profile_builds_nothing_and_ensure_world_builds_it(env, monkeypatch):
+    calls = []
+    monkeypatch.setattr(small, "ensure_built", lambda: calls.append("small") or small.small_dir())
+    profile = get_profile("small")
+    assert calls == [] and profile.model_id == str(small.small_dir())
+    assert profiles.ensure_world(profile) is None and calls == ["small"]
+    assert profiles.ensure_world(get_profile("tiny"), smollm2="model") == small.small_dir()
 
 
 def _llama_folder(tmp_path):

