@@ -8,7 +8,8 @@ matrices, so the same arithmetic as the real model), in NF4 through bitsandbytes
 prompts of the small profile's padded length (60 tokens), scoring at batch 64 with the label
 position's logits only, training steps of 16 (2 micro-batches of 8) with LoRA r = 8 on all seven
 projections. Seconds per example are the median of a few batches. Run it on an idle machine with
-at least as many cores as the largest thread count; nothing here asserts a speed.
+at least as many cores as the largest thread count; nothing here asserts a speed. To ship a
+run, save its ``--json`` report in ``lmcls_helpers/measurements/`` as ``cpu_threads_<cpu>.json``.
 """
 
 from __future__ import annotations

@@ -4,11 +4,13 @@
 
 What notebook 5 measures (and more) in one process, for a machine you hold only for minutes: the
 ``shapes`` profile builds Llama-3-8B's architecture with random weights in NF4 (no download), so
-memory and speed are the real model's. Writes, under ``--out`` (default ``build/bench/``):
+memory and speed are the real model's. Writes, under ``--out`` (default on a GPU
+``lmcls_helpers/measurements/``, the folder every shipped measurement lives in; ``build/bench/`` for
+a CPU rehearsal):
 
 * ``gpu_measurements_<gpu>.json``: notebook 5's seven phases (batch 8 × 86 tokens, unpadded,
-  AdamW) in the shipped format (:func:`lmcls_helpers.memory.save_measurements`). Copied into
-  ``lmcls_helpers/measurements/``, notebook 5 and ``tests/test_memory.py`` check the estimator on it.
+  AdamW) in the shipped format (:func:`save_measurements`, below). Notebook 5 and
+  ``tests/test_memory.py`` check the estimator on every such file in ``lmcls_helpers/measurements/``.
 * ``gpu_grid_<gpu>.json``: one training step per variant, each with a fresh optimizer: micro-batch
   4/8/16/32 × the tutorial's loss or label-position logits × gradient checkpointing off/on, a
   padded batch, 8-bit AdamW, and peft's ``prepare_model_for_kbit_training`` (its fp32 upcast).
@@ -22,10 +24,14 @@ rehearsal of the script, not a measurement of anything a notebook plans with.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
+import platform
+import re
 import statistics
 import sys
 import time
+from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
 
@@ -35,7 +41,7 @@ from benchmarks.recipes import set_grad_checkpointing
 from lmcls_helpers import memory
 from lmcls_helpers.batches import label_loss
 from lmcls_helpers.models import LLAMA_PROJECTIONS, free_gpu_memory, load_model
-from lmcls_helpers.paths import build_dir
+from lmcls_helpers.paths import MEASUREMENTS, build_dir
 from lmcls_helpers.profiles import get_profile
 from lmcls_helpers.scoring import last_token_logits
 
@@ -51,6 +57,91 @@ GRID_ABOUT = ("One training step per branch of memory.estimate_training_memory a
 GRID_SOURCE = ("benchmarks/gpu_memory.py, the same run (one process) as the gpu_measurements file; 'peak_gib' = "
                "torch.cuda.max_memory_allocated during one steady-state step, each with a fresh optimizer after one "
                "untimed step; 'step_s' = median of 3 timed steps")
+
+
+# --- The shipped measurement format ----------------------------------------------------------------------
+
+
+#: Keys of a measurement file (the shipped reference and every ``gpu_measurements_<gpu>.json`` a GPU run writes).
+MEASUREMENT_KEYS = ("about", "provenance", "model_config", "batch_size", "seq_len", "phases")
+#: Keys of its ``provenance``: the machine, the library versions and the recipe the figures depend on.
+PROVENANCE_KEYS = ("source", "gpu", "torch", "cuda", "transformers", "peft", "bitsandbytes", "dtype", "quant",
+                   "double_quant", "lora", "optimizer", "gradient_checkpointing", "padding", "date", "units")
+UNITS = ("GiB = bytes / 2**30; 'allocated'/'peak' = torch.cuda.memory_allocated/max_memory_allocated, 'reserved' = "
+         "torch.cuda.memory_reserved, 'smi' = mem_get_info total - free (the driver's count, as nvidia-smi shows)")
+
+
+def check_measurements(data: Mapping, source: str = "measurements") -> dict:
+    """``data`` if it has every key of the shipped format, else a ValueError naming what is missing."""
+    missing = [k for k in MEASUREMENT_KEYS if k not in data]
+    missing += [f"provenance.{k}" for k in PROVENANCE_KEYS if k not in data.get("provenance", {})]
+    missing += [f"provenance.lora.{k}" for k in ("r", "alpha", "targets") if k not in data.get("provenance", {}).get("lora", {})]
+    if missing:
+        raise ValueError(f"{source} is not in the shipped format: missing {missing}. Write it with save_measurements.")
+    bad = [p for p, m in data["phases"].items() if not {"allocated", "peak", "smi"} & set(m)]
+    if bad:
+        raise ValueError(f"{source}: phases {bad} have none of allocated, peak, smi.")
+    return dict(data)
+
+
+def measurement_filename(gpu: str | None = None) -> str:
+    """``gpu_measurements_<gpu>.json`` for this machine's GPU (or ``gpu``), e.g. ``gpu_measurements_nvidia_h200.json``."""
+    gpu = gpu or (torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu")
+    return f"gpu_measurements_{re.sub(r'[^a-z0-9]+', '_', gpu.lower()).strip('_')}.json"
+
+
+def training_recipe(model, optimizer, *, padding: bool) -> dict:
+    """The recipe facts a measurement depends on, read off the measured model and optimizer (not retyped)."""
+    qc = getattr(model.config, "quantization_config", None)
+    qc = qc.to_dict() if hasattr(qc, "to_dict") else dict(qc or {})
+    quantized = bool(qc.get("load_in_4bit"))
+    lora = getattr(model, "peft_config", {}).get("default")
+    if lora is None:
+        raise ValueError("No LoRA adapter on the model: attach one with peft.get_peft_model before measuring.")
+    targets = lora.target_modules
+    return {
+        "dtype": str(qc.get("bnb_4bit_compute_dtype") if quantized else model.dtype).removeprefix("torch."),
+        "quant": qc.get("bnb_4bit_quant_type") if quantized else None,
+        "double_quant": bool(qc.get("bnb_4bit_use_double_quant", False)),
+        "lora": {"r": lora.r, "alpha": lora.lora_alpha, "dropout": lora.lora_dropout,
+                 "targets": targets if isinstance(targets, str) else sorted(targets)},
+        "optimizer": f"{type(optimizer).__module__}.{type(optimizer).__qualname__}",
+        "gradient_checkpointing": bool(getattr(model, "is_gradient_checkpointing", False)),
+        "padding": padding,
+    }
+
+
+def save_measurements(phases: Mapping, path: str | Path, *, config: Mapping, batch_size: int, seq_len: int,
+                      recipe: Mapping, about: str) -> Path:
+    """Write this run's phases in the shipped format; :func:`lmcls_helpers.memory.all_measurements` reads it back.
+
+    ``recipe``: :func:`training_recipe` of the measured model and optimizer. The provenance adds
+    the GPU, the library versions, the cuBLAS workspace and the date.
+    """
+    import bitsandbytes
+    import peft
+    import transformers
+
+    missing = [k for k in ("dtype", "quant", "double_quant", "lora", "optimizer", "gradient_checkpointing", "padding")
+               if k not in recipe]
+    if missing:
+        raise ValueError(f"recipe is missing {missing}: pass training_recipe(model, optimizer, padding=...).")
+    on_gpu = torch.cuda.is_available()
+    provenance = {
+        "source": "measured by lmcls benchmarks/gpu_memory.py (memory.MemoryMeter), written by its save_measurements",
+        "gpu": torch.cuda.get_device_name(0) if on_gpu else "none", "python": platform.python_version(),
+        "torch": torch.__version__, "cuda": torch.version.cuda, "transformers": transformers.__version__,
+        "peft": peft.__version__, "bitsandbytes": bitsandbytes.__version__, **recipe,
+        "cublas_workspace_mib": memory.cublas_workspace_mib("cuda" if on_gpu else "cpu"),
+        "date": datetime.date.today().isoformat(), "units": UNITS,
+    }
+    data = {"about": about, "provenance": provenance, "model_config": dict(config), "batch_size": batch_size,
+            "seq_len": seq_len, "phases": {k: {n: round(v, 4) for n, v in m.items()} for k, m in phases.items()}}
+    check_measurements(data)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    return path
 
 
 def profile_for(device: str):
@@ -202,14 +293,14 @@ def run(device: str, out_dir: Path) -> dict:
 
     phases, model, optimizer = notebook5_phases(profile, config)
     report["build_s"] = round(phases["build_s"], 2)
-    recipe = memory.training_recipe(model, optimizer, padding=False)
+    recipe = training_recipe(model, optimizer, padding=False)
     del optimizer
     free_gpu_memory()
-    name = memory.measurement_filename() if device == "cuda" else "gpu_measurements_cpu_rehearsal.json"
-    saved = memory.save_measurements(phases["phases"], out_dir / name, config=config,
-                                     batch_size=profile.micro_batch_size, seq_len=SEQ_LEN, recipe=recipe,
-                                     about="benchmarks/gpu_memory.py: notebook 5's phases, profile "
-                                           f"{profile.name}, random-token batches of {SEQ_LEN} tokens, no padding")
+    name = measurement_filename() if device == "cuda" else "gpu_measurements_cpu_rehearsal.json"
+    saved = save_measurements(phases["phases"], out_dir / name, config=config,
+                              batch_size=profile.micro_batch_size, seq_len=SEQ_LEN, recipe=recipe,
+                              about="benchmarks/gpu_memory.py: notebook 5's phases, profile "
+                                    f"{profile.name}, random-token batches of {SEQ_LEN} tokens, no padding")
     shipped = json.loads(saved.read_text())
     keep = ("gpu", "python", "torch", "cuda", "transformers", "peft", "bitsandbytes", "quant", "double_quant", "lora",
             "cublas_workspace_mib", "date", "units")
@@ -261,9 +352,11 @@ def run(device: str, out_dir: Path) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--out", type=Path, default=None, help="folder for the JSON files (default: build/bench)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="folder for the JSON files (default: lmcls_helpers/measurements on cuda, where they ship; "
+                             "build/bench for a cpu rehearsal)")
     args = parser.parse_args(argv)
-    out_dir = args.out or build_dir("bench")
+    out_dir = args.out or (MEASUREMENTS if args.device == "cuda" else build_dir("bench"))
     out_dir.mkdir(parents=True, exist_ok=True)
     return run(args.device, out_dir)
 

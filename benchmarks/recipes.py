@@ -1,6 +1,6 @@
 """The tutorial's recipe against the lean one, in one process, on the same data.
 
-    python -m benchmarks.recipes --device cpu|cuda [--json] [--ablate] [--repeats N] [--threads N] [--examples N]
+    python -m benchmarks.recipes --device cpu|cuda [--json] [--ablate] [--repeats N] [--threads N] [--examples N] [--out DIR]
 
 *Tutorial recipe* (the Llama 3 CoLA seed): logits for every position and the whole vocabulary,
 loss through ``model(..., labels=...)``, micro-batch 8, no gradient checkpointing, batches in
@@ -31,8 +31,9 @@ that keeps Llama 3's 128,256-token vocabulary and a small body, so the LM head i
 machine other work only ever slows a run down). ``--threads 1`` when other jobs share the
 cores: torch's threads wait for each other at every operation, and two threads on two busy cores
 ran up to 10x slower than one and swung 4x from repeat to repeat. Prints a table (with ``--json``:
-only JSON on stdout, the table on stderr) and writes a chart. Benchmarks are not tests: nothing
-here asserts a speed.
+only JSON on stdout, the table on stderr), writes a chart and the report (on ``cuda`` as
+``lmcls_helpers/measurements/recipes_cuda_<gpu>.json``, with every shipped measurement). Benchmarks
+are not tests: nothing here asserts a speed.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import re
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
@@ -52,7 +54,7 @@ from lmcls_helpers.batches import collate, label_loss
 from lmcls_helpers.data import load_cola
 from lmcls_helpers.memory import estimate_training_memory
 from lmcls_helpers.models import LLAMA_PROJECTIONS, load_model
-from lmcls_helpers.paths import build_dir
+from lmcls_helpers.paths import MEASUREMENTS, build_dir
 from lmcls_helpers.profiles import LABEL_WORDS, LLAMA3_8B_CONFIG, get_profile, library_versions
 from lmcls_helpers.prompts import PromptTemplate
 from lmcls_helpers.scoring import last_token_logits
@@ -400,6 +402,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads for torch (default: torch's choice); 1 on a machine shared with other jobs")
     parser.add_argument("--json", action="store_true", help="print only the JSON report on stdout (the table on stderr)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="folder for the JSON report (default: lmcls_helpers/measurements on cuda, where shipped "
+                             "measurements live; build/bench on cpu)")
     parser.add_argument("--cola", type=Path, default=None,
                         help="a cola_public/ folder: train on real CoLA sentences (default: the tiny world's)")
     args = parser.parse_args(argv)
@@ -409,7 +414,11 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
     report = run(args.device, args.examples or (64 if args.device == "cpu" else 512), ablate=args.ablate,
                  repeats=args.repeats, cola_root=args.cola)
-    path = build_dir("bench", f"recipes_{args.device}.json")
+    if args.device == "cuda":  # a GPU's report ships, named after the GPU (recipes_cuda_nvidia_h200.json)
+        gpu = re.sub(r"[^a-z0-9]+", "_", torch.cuda.get_device_name(0).lower()).strip("_")
+        path = (args.out or MEASUREMENTS) / f"recipes_cuda_{gpu}.json"
+    else:
+        path = (args.out or build_dir("bench")) / "recipes_cpu.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2) + "\n")
     human = sys.stderr if args.json else sys.stdout

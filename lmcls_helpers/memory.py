@@ -26,12 +26,15 @@ import torch
 from torch.utils._pytree import tree_flatten
 
 from .models import LLAMA_PROJECTIONS as PROJECTIONS
+from .paths import MEASUREMENTS as MEASURED
+from .quant import predicted_table
 
 GIB = 2**30
 MIB = 2**20
 #: The Llama 3 tutorial's few-shot CoLA prompt is 86 Llama 3 tokens; its figures are for batches of 8.
 SEED_SEQ_LEN = 86
-MEASUREMENTS = Path(__file__).parent / "measurements" / "gpu_measurements.json"
+#: The reference measurement (H100), in the folder of every shipped measurement (package data).
+MEASUREMENTS = MEASURED / "gpu_measurements.json"
 #: Memory visible to CUDA (GiB, about what ``torch.cuda.get_device_properties(0).total_memory`` reports;
 #: the T4 figure is the tutorial's) and PyTorch's default cuBLAS workspace per handle (MiB): 32 on
 #: Hopper, ``:4096:2:16:8`` = 8.125 on older GPUs.
@@ -100,8 +103,6 @@ def _sizes(config, batch_size: int, seq_len: int, lora_r: int, lora_targets, dty
 
 def _weights(z, quant: str | None, double_quant: bool) -> tuple[float, float]:
     """(4-bit, 16-bit) bytes, from notebook 3's per-parameter table (:func:`quant.predicted_table`)."""
-    from .quant import predicted_table
-
     if quant not in ("nf4", "fp4", None):
         raise ValueError(f"quant must be 'nf4', 'fp4' or None (16-bit weights), got {quant!r}.")
     table = predicted_table(z.cfg, dtype={2: torch.bfloat16, 4: torch.float32}[z.c], quantize=quant is not None,
@@ -377,111 +378,24 @@ def phase_segments(phases: Mapping[str, Mapping[str, float]]) -> list[dict]:
     return rows
 
 
-#: Keys of a measurement file (the shipped reference and every ``gpu_measurements_<gpu>.json`` a GPU run writes).
-MEASUREMENT_KEYS = ("about", "provenance", "model_config", "batch_size", "seq_len", "phases")
-#: Keys of its ``provenance``: the machine, the library versions and the recipe the figures depend on.
-PROVENANCE_KEYS = ("source", "gpu", "torch", "cuda", "transformers", "peft", "bitsandbytes", "dtype", "quant",
-                   "double_quant", "lora", "optimizer", "gradient_checkpointing", "padding", "date", "units")
-UNITS = ("GiB = bytes / 2**30; 'allocated'/'peak' = torch.cuda.memory_allocated/max_memory_allocated, 'reserved' = "
-         "torch.cuda.memory_reserved, 'smi' = mem_get_info total - free (the driver's count, as nvidia-smi shows)")
-
-
-def check_measurements(data: Mapping, source: str = "measurements") -> dict:
-    """``data`` if it has every key of the shipped format, else a ValueError naming what is missing."""
-    missing = [k for k in MEASUREMENT_KEYS if k not in data]
-    missing += [f"provenance.{k}" for k in PROVENANCE_KEYS if k not in data.get("provenance", {})]
-    missing += [f"provenance.lora.{k}" for k in ("r", "alpha", "targets") if k not in data.get("provenance", {}).get("lora", {})]
-    if missing:
-        raise ValueError(f"{source} is not in the shipped format: missing {missing}. Write it with memory.save_measurements.")
-    bad = [p for p, m in data["phases"].items() if not {"allocated", "peak", "smi"} & set(m)]
-    if bad:
-        raise ValueError(f"{source}: phases {bad} have none of allocated, peak, smi.")
-    return dict(data)
-
-
 def load_measurements(path: str | Path = MEASUREMENTS) -> dict:
-    """One measurement file in the shipped format (default: the reference H100 figures)."""
+    """One shipped measurement file (default: the reference H100 figures); ``benchmarks/gpu_memory.py`` writes them."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing: reinstall the package (the shipped file is package data).")
-    return check_measurements(json.loads(path.read_text()), str(path))
+    return json.loads(path.read_text())
 
 
 def all_measurements(folder: str | Path = MEASUREMENTS.parent) -> dict[str, dict]:
     """Every ``gpu_measurements*.json`` in ``folder`` (the package data), by file name, the reference first.
 
-    A GPU run of notebook 5 writes ``gpu_measurements_<gpu>.json`` (:func:`save_measurements`);
-    copied into ``lmcls_helpers/measurements/``, notebook 5 and the tests check the estimator against it too.
+    ``python -m benchmarks.gpu_memory`` on a GPU writes ``gpu_measurements_<gpu>.json`` there;
+    notebook 5 and the tests check the estimator against every one.
     """
     paths = sorted(Path(folder).glob("gpu_measurements*.json"), key=lambda p: (p.name != MEASUREMENTS.name, p.name))
     if not paths:
         raise FileNotFoundError(f"No gpu_measurements*.json in {folder}: reinstall the package.")
     return {p.name: load_measurements(p) for p in paths}
-
-
-def measurement_filename(gpu: str | None = None) -> str:
-    """``gpu_measurements_<gpu>.json`` for this machine's GPU (or ``gpu``), e.g. ``gpu_measurements_nvidia_h200.json``."""
-    import re
-
-    gpu = gpu or (torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu")
-    return f"gpu_measurements_{re.sub(r'[^a-z0-9]+', '_', gpu.lower()).strip('_')}.json"
-
-
-def training_recipe(model, optimizer, *, padding: bool) -> dict:
-    """The recipe facts a measurement depends on, read off the measured model and optimizer (not retyped)."""
-    qc = getattr(model.config, "quantization_config", None)
-    qc = qc.to_dict() if hasattr(qc, "to_dict") else dict(qc or {})
-    quantized = bool(qc.get("load_in_4bit"))
-    lora = getattr(model, "peft_config", {}).get("default")
-    if lora is None:
-        raise ValueError("No LoRA adapter on the model: attach one with peft.get_peft_model before measuring.")
-    targets = lora.target_modules
-    return {
-        "dtype": str(qc.get("bnb_4bit_compute_dtype") if quantized else model.dtype).removeprefix("torch."),
-        "quant": qc.get("bnb_4bit_quant_type") if quantized else None,
-        "double_quant": bool(qc.get("bnb_4bit_use_double_quant", False)),
-        "lora": {"r": lora.r, "alpha": lora.lora_alpha, "dropout": lora.lora_dropout,
-                 "targets": targets if isinstance(targets, str) else sorted(targets)},
-        "optimizer": f"{type(optimizer).__module__}.{type(optimizer).__qualname__}",
-        "gradient_checkpointing": bool(getattr(model, "is_gradient_checkpointing", False)),
-        "padding": padding,
-    }
-
-
-def save_measurements(phases: Mapping, path: str | Path, *, config: Mapping, batch_size: int, seq_len: int,
-                      recipe: Mapping, about: str) -> Path:
-    """Write this run's phases in the shipped format; :func:`all_measurements` reads it back.
-
-    ``recipe``: :func:`training_recipe` of the measured model and optimizer. The provenance adds
-    the GPU, the library versions, the cuBLAS workspace and the date.
-    """
-    import datetime
-    import platform
-
-    import bitsandbytes
-    import peft
-    import transformers
-
-    missing = [k for k in ("dtype", "quant", "double_quant", "lora", "optimizer", "gradient_checkpointing", "padding")
-               if k not in recipe]
-    if missing:
-        raise ValueError(f"recipe is missing {missing}: pass memory.training_recipe(model, optimizer, padding=...).")
-    on_gpu = torch.cuda.is_available()
-    provenance = {
-        "source": "measured by lmcls notebook 5 (memory.MemoryMeter), written by memory.save_measurements",
-        "gpu": torch.cuda.get_device_name(0) if on_gpu else "none", "python": platform.python_version(),
-        "torch": torch.__version__, "cuda": torch.version.cuda, "transformers": transformers.__version__,
-        "peft": peft.__version__, "bitsandbytes": bitsandbytes.__version__, **recipe,
-        "cublas_workspace_mib": cublas_workspace_mib("cuda" if on_gpu else "cpu"),
-        "date": datetime.date.today().isoformat(), "units": UNITS,
-    }
-    data = {"about": about, "provenance": provenance, "model_config": dict(config), "batch_size": batch_size,
-            "seq_len": seq_len, "phases": {k: {n: round(v, 4) for n, v in m.items()} for k, m in phases.items()}}
-    check_measurements(data)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    return path
 
 
 # --- Estimates next to measurements -----------------------------------------------------------------------

@@ -9,6 +9,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+#: Every shipped measurement (GPU memory, runtime rates, benchmark reports): package data, so Colab has it too.
+MEASUREMENTS = Path(__file__).resolve().parent / "measurements"
+
 
 def repo_root() -> Path:
     """The checkout root (``LMCLS_ROOT`` overrides), found from this file; else the working directory."""

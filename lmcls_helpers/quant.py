@@ -2,9 +2,9 @@
 
 The arithmetic itself (absmax, scale, nearest level, pack two codes per byte) is taught cell by
 cell in notebook 3, section 2; :func:`quantize_4bit_by_hand` is the tested copy of those cells.
-Everything else here is accounting: a parameter table of a loaded model, the same table
-predicted from a config alone (so Llama-3-8B can be weighed without a download), and the
-measured figure it is checked against.
+Everything else here is accounting: a parameter table of a loaded model, and the same table
+predicted from a config alone (so Llama-3-8B can be weighed without a download; notebook 3 checks
+it against the measurement shipped in ``measurements/``, read by :mod:`lmcls_helpers.memory`).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from .hub import explain_hub_error
 from .models import LLAMA_PROJECTIONS
 
 #: bitsandbytes' default block: 64 weights share one absmax (QLoRA, section 3).
@@ -249,20 +250,6 @@ def fits_in_memory(nbytes: int, device: str, headroom: float = 1.2) -> bool:
     return nbytes * headroom <= free
 
 
-def gpu_measurement(phase: str = "model_loaded_4bit", key: str = "allocated", path: str | Path | None = None) -> float:
-    """A GiB figure measured on an H100 for the 8B shape in NF4 (the file ships with the package).
-
-    ``model_loaded_4bit`` / ``allocated`` is ``torch.cuda.memory_allocated()`` right after loading (the
-    file's ``peak`` for that phase, ``max_memory_allocated()``, is the same 5.66 GiB).
-    """
-    from .memory import MEASUREMENTS, load_measurements
-
-    phases = load_measurements(path or MEASUREMENTS)["phases"]
-    if phase not in phases or key not in phases[phase]:
-        raise ValueError(f"No measurement {phase!r}/{key!r}; phases are {sorted(phases)}.")
-    return float(phases[phase][key])
-
-
 def checkpoint_tensor(model_id: str, name: str) -> torch.Tensor:
     """One tensor straight from a checkpoint's safetensors files, without building the model.
 
@@ -276,18 +263,17 @@ def checkpoint_tensor(model_id: str, name: str) -> torch.Tensor:
         if Path(model_id).is_dir():
             return local if local.exists() else None
         from huggingface_hub import hf_hub_download
-        from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError
+        from huggingface_hub.errors import EntryNotFoundError
 
         try:
             return Path(hf_hub_download(model_id, filename))
         except EntryNotFoundError:  # no such file in the repository (or, offline, not cached): try the other layout
             return None
-        except HfHubHTTPError as err:  # gated, private, misspelt, or the hub refused the token
-            raise PermissionError(
-                f"The hub refused {filename} of {model_id!r} ({type(err).__name__}). Llama 3 is gated: accept "
-                "Meta's licence on the model's hub page, then log in with `huggingface_hub.login()` (or set "
-                "HF_TOKEN); check the id for typos."
-            ) from err
+        except Exception as err:  # gated, private, or the hub refused the token: the steps, as load_model gives them
+            explained = explain_hub_error(err, model_id)
+            if explained is None:
+                raise
+            raise explained from err
 
     index = fetch("model.safetensors.index.json")
     if index is not None:

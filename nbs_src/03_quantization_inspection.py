@@ -63,7 +63,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from lmcls_helpers import plots, quant
+from lmcls_helpers import memory, plots, quant
 from lmcls_helpers.models import bnb_config, load_model, model_config, require_bitsandbytes
 from lmcls_helpers.profiles import LLAMA3_8B_CONFIG
 
@@ -482,7 +482,8 @@ if live:  # measured now: section 4's model (Llama-3-8B on the full profile)
     measured_gib, estimate_gib = torch.cuda.memory_allocated() / 2**30, quant.total_bytes(table) / 2**30
     source, measured_label = f"measured now on this {torch.cuda.get_device_name()}", "NF4, measured here"
 else:  # no GPU here: the shipped H100 figure for the 8B shape
-    measured_gib, estimate_gib = quant.gpu_measurement("model_loaded_4bit", "allocated"), nf4_8b_weights_gib
+    shipped = memory.load_measurements()["phases"]["model_loaded_4bit"]  # the reference H100 file
+    measured_gib, estimate_gib = shipped["allocated"], nf4_8b_weights_gib
     source, measured_label = "shipped H100 figure for the 8B shape, not measured on this machine", "NF4, H100, shipped"
 print(f"estimate {estimate_gib:.3f} GiB; memory_allocated, {source}: {measured_gib:.3f} GiB; "
       f"estimate / measured = {estimate_gib / measured_gib:.3f}")

@@ -65,7 +65,6 @@ from peft import LoraConfig, get_peft_model
 from lmcls_helpers import memory, plots
 from lmcls_helpers.batches import label_loss
 from lmcls_helpers.models import LLAMA_PROJECTIONS, load_model, model_config
-from lmcls_helpers.paths import build_dir
 from lmcls_helpers.profiles import LLAMA3_8B_CONFIG
 
 torch.manual_seed(profile.seed)
@@ -240,17 +239,10 @@ assert train > 1.5 * meter.phases["lora_attached"]["allocated"], "activations an
 assert meter.phases["train_step_label_position_logits"]["peak"] < train, "label-position logits need less"
 
 # %% [markdown]
-# A GPU run writes its figures in the shipped format: the phases, the shapes, and a provenance read
-# off the objects just measured (GPU, library versions, dtype, quantization, LoRA, optimizer, date).
-# Copied into `lmcls_helpers/measurements/`, the file is picked up by section 5 and by the tests.
-
-# %%
-if meter.device == "cuda":
-    recipe = memory.training_recipe(model, optimizer, padding=False)  # read off the model, not retyped
-    saved_to = memory.save_measurements(
-        meter.phases, build_dir(memory.measurement_filename()), config=config, batch_size=batch_size,
-        seq_len=seq_len, recipe=recipe, about=f"notebook 05, profile {profile.name}, random-token batches")
-    print(f"wrote {saved_to}: copy it into lmcls_helpers/measurements/ to ship it")
+# On a GPU, `python -m benchmarks.gpu_memory` measures these same phases and writes them, with the
+# shapes and a provenance read off the objects it measured (GPU, library versions, dtype,
+# quantization, LoRA, optimizer, date), into `lmcls_helpers/measurements/`, where section 5 and the
+# tests pick them up.
 
 # %% [markdown]
 # ## 3. Drawing the phases
@@ -457,7 +449,7 @@ plots.show(fig, "05_estimate_vs_h100")
 
 # %% [markdown]
 # The same check for every measurement file shipped in `lmcls_helpers/measurements/` (the reference, plus
-# any `gpu_measurements_<gpu>.json` a GPU run of this notebook has added):
+# any `gpu_measurements_<gpu>.json` `python -m benchmarks.gpu_memory` has added on a GPU):
 
 # %%
 errors = {name: memory.compare(data["phases"], memory.estimate_measurement(data))["relative error"]

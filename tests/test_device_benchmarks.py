@@ -40,7 +40,7 @@ def test_gpu_memory_writes_the_shipped_formats(tmp_path, monkeypatch, one_model_
     monkeypatch.setattr(gpu_memory, "CPU_CONFIG", SMALL)
     monkeypatch.setattr(gpu_memory, "TIMED_STEPS", 1)
     report = gpu_memory.main(["--device", "cpu", "--out", str(tmp_path)])
-    phases = memory.load_measurements(tmp_path / "gpu_measurements_cpu_rehearsal.json")  # raises if malformed
+    phases = gpu_memory.check_measurements(memory.load_measurements(tmp_path / "gpu_measurements_cpu_rehearsal.json"))
     assert set(phases["phases"]) == set(memory.estimate_measurement(phases))
     grid = json.loads((tmp_path / "gpu_grid_cpu_rehearsal.json").read_text())
     assert grid["grid"] == report["grid"] and len(grid["grid"]) == 20

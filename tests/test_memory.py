@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import BitsAndBytesConfig, LlamaConfig
 
+import benchmarks.gpu_memory as gpu_memory
 from lmcls_helpers import memory
 from lmcls_helpers.memory import GIB, MIB, estimate_forward_memory, estimate_training_memory
 from lmcls_helpers.profiles import LLAMA3_8B_CONFIG
@@ -127,7 +128,7 @@ MEASUREMENT_FILES = sorted(memory.all_measurements())
 @pytest.mark.parametrize("name", MEASUREMENT_FILES)
 def test_estimates_within_ten_percent_of_every_shipped_measurement(name):
     """Every gpu_measurements*.json in the package data; the reference, whose padding is not recorded, both ways."""
-    shipped = memory.all_measurements()[name]
+    shipped = gpu_memory.check_measurements(memory.all_measurements()[name], name)  # in the format the benchmark writes
     recorded = shipped["provenance"]["padding"]
     for padding in [recorded] if isinstance(recorded, bool) else [False, True]:
         table = memory.compare(shipped["phases"], memory.estimate_measurement(shipped, padding=padding))
@@ -301,31 +302,31 @@ def test_estimate_within_ten_percent_of_a_cpu_training_step(grad_checkpointing, 
 
 
 def test_measurements_round_trip_in_the_shipped_format(tmp_path):
-    """A GPU run's file has the reference's schema, so dropping it into lmcls_helpers/measurements/ is enough."""
+    """benchmarks/gpu_memory.py writes the reference's schema, so notebook 5 reads a GPU run's file like the reference."""
     from peft import LoraConfig, get_peft_model
 
     model = get_peft_model(_tiny_4bit(), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
-    recipe = memory.training_recipe(model, optimizer, padding=False)
+    recipe = gpu_memory.training_recipe(model, optimizer, padding=False)
     assert recipe == {"dtype": "float32", "quant": "nf4", "double_quant": False,
                       "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "targets": ["q_proj", "v_proj"]},
                       "optimizer": "torch.optim.adamw.AdamW", "gradient_checkpointing": False, "padding": False}
     phases = {"model_loaded_4bit": {"allocated": 1.25, "peak": 1.5, "smi": 2.0},
               "train_step_seed_recipe": {"peak": 3.0, "reserved": 3.5, "smi": 4.0}}
-    name = memory.measurement_filename("NVIDIA H200")
+    name = gpu_memory.measurement_filename("NVIDIA H200")
     assert name == "gpu_measurements_nvidia_h200.json"
     shipped_path = tmp_path / "gpu_measurements.json"
     shipped_path.write_text(memory.MEASUREMENTS.read_text())
-    memory.save_measurements(phases, tmp_path / name, config=TINY, batch_size=2, seq_len=8, recipe=recipe, about="test")
+    gpu_memory.save_measurements(phases, tmp_path / name, config=TINY, batch_size=2, seq_len=8, recipe=recipe, about="test")
     found = memory.all_measurements(tmp_path)
     assert list(found) == ["gpu_measurements.json", name]  # the reference first, then every GPU's own
     loaded, shipped = found[name], found["gpu_measurements.json"]
     assert loaded["phases"] == phases and loaded["model_config"] == TINY and loaded["batch_size"] == 2
-    assert set(memory.MEASUREMENT_KEYS) <= set(loaded) and set(memory.MEASUREMENT_KEYS) <= set(shipped)
-    assert set(memory.PROVENANCE_KEYS) <= set(loaded["provenance"]) & set(shipped["provenance"])
+    assert set(gpu_memory.MEASUREMENT_KEYS) <= set(loaded) and set(gpu_memory.MEASUREMENT_KEYS) <= set(shipped)
+    assert set(gpu_memory.PROVENANCE_KEYS) <= set(loaded["provenance"]) & set(shipped["provenance"])
     assert loaded["provenance"]["torch"] == torch.__version__ and loaded["provenance"]["lora"]["r"] == 4
     assert memory.estimate_measurement(loaded)["train_step_seed_recipe"] == estimate_training_memory(
         TINY, batch_size=2, seq_len=8, lora_r=4, lora_targets=["q_proj", "v_proj"], lora_dropout=0.0,
         dtype=torch.float32, padding=False, workspace_mib=0.0)  # the CPU records no cuBLAS workspace
     with pytest.raises(ValueError, match="recipe is missing"):
-        memory.save_measurements(phases, tmp_path / "x.json", config=TINY, batch_size=2, seq_len=8, recipe={}, about="")
+        gpu_memory.save_measurements(phases, tmp_path / "x.json", config=TINY, batch_size=2, seq_len=8, recipe={}, about="")

@@ -96,3 +96,20 @@ def test_a_profile_without_a_thread_count_leaves_torch_alone():
         assert profile.torch_threads is None and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_full_profile_checkpoints_where_the_memory_estimator_says_a_t4_needs_it():
+    """The profile's plain value agrees with notebook 5's estimator: the step at 86 tokens, label-position
+    logits, against the GPU's capacity net of its CUDA context, with 10% kept free."""
+    from lmcls_helpers.memory import GPUS, cuda_context_gib, estimate_training_memory
+    from lmcls_helpers.profiles import CHECKPOINTING_BELOW_GIB, LLAMA3_8B_CONFIG
+
+    full = get_profile("full", require_device=False)  # without a GPU: planned for a T4
+    peak = estimate_training_memory(LLAMA3_8B_CONFIG, batch_size=full.micro_batch_size, seq_len=86,
+                                    dtype=full.compute_dtype, logits="label")["total"]
+    t4, context = GPUS["T4 16 GB"]["capacity_gib"], cuda_context_gib()["T4 16 GB"]
+    assert full.gradient_checkpointing == (peak > 0.9 * (t4 - context)) is True
+    for gpu, spec in GPUS.items():  # on a GPU the profile reads its capacity; the context is the larger known one
+        needs = peak > 0.9 * (spec["capacity_gib"] - max(cuda_context_gib().values()))
+        assert (spec["capacity_gib"] < CHECKPOINTING_BELOW_GIB) == needs, gpu
+    assert CHECKPOINTING_BELOW_GIB == pytest.approx(peak / 0.9 + max(cuda_context_gib().values()), abs=0.05)

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lmcls_helpers import quant
+from lmcls_helpers import memory, quant
 from lmcls_helpers.profiles import LLAMA3_8B_CONFIG
 
 bnbf = pytest.importorskip("bitsandbytes.functional", reason="bitsandbytes is not installed")
@@ -181,9 +179,9 @@ def test_checkpoint_tensor_names_the_fix_when_the_hub_refuses(monkeypatch):
         raise GatedRepoError("401 Client Error", response=response)
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", gated)
-    with pytest.raises(PermissionError, match=r"huggingface_hub\.login\(\)") as info:
+    with pytest.raises(RuntimeError, match="accept the licence") as info:
         quant.checkpoint_tensor("meta-llama/Meta-Llama-3-8B", "model.norm.weight")
-    assert "licence" in str(info.value) and isinstance(info.value.__cause__, GatedRepoError)
+    assert "HF_TOKEN" in str(info.value) and isinstance(info.value.__cause__, GatedRepoError)
 
     def missing(repo_id, filename, **kw):
         raise EntryNotFoundError(f"{filename} not found")
@@ -191,22 +189,6 @@ def test_checkpoint_tensor_names_the_fix_when_the_hub_refuses(monkeypatch):
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", missing)
     with pytest.raises(FileNotFoundError, match="No safetensors checkpoint"):
         quant.checkpoint_tensor("someone/no-weights", "model.norm.weight")
-
-
-def test_gpu_measurement(tmp_path):
-    from lmcls_helpers import memory
-
-    path = tmp_path / "gpu_measurements.json"
-    with pytest.raises(FileNotFoundError, match="missing"):
-        quant.gpu_measurement(path=path)
-    shipped = memory.load_measurements()
-    path.write_text(json.dumps({**shipped, "phases": {"model_loaded_4bit": {"allocated": 5.25}}}))
-    assert quant.gpu_measurement(path=path) == 5.25
-    with pytest.raises(ValueError, match="phases are"):
-        quant.gpu_measurement("nope", path=path)
-    path.write_text(json.dumps({"phases": {"model_loaded_4bit": {"allocated": 5.25}}}))  # no provenance
-    with pytest.raises(ValueError, match="not in the shipped format"):
-        quant.gpu_measurement(path=path)
 
 
 def test_fits_in_memory_compares_with_the_gpus_free_memory(monkeypatch):
@@ -232,7 +214,7 @@ def test_missing_bitsandbytes_says_how_to_install_it(monkeypatch):
 
 def test_shipped_measurement_explains_the_8b_estimate():
     """Weights plus scales, predicted from the config, account for 97-100% of the H100 measurement."""
-    ratio = quant.total_bytes(quant.predicted_table(LLAMA3_8B_CONFIG)) / 2**30 / quant.gpu_measurement()
+    ratio = quant.total_bytes(quant.predicted_table(LLAMA3_8B_CONFIG)) / 2**30 / memory.load_measurements()["phases"]["model_loaded_4bit"]["allocated"]
     assert 0.97 < ratio <= 1.0, ratio
 
 
