@@ -10,6 +10,7 @@ notebooks (the later ones train more) go out first, the unit tests fill in aroun
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import lmcls_helpers  # noqa: F401  first: it pins torch's and MKL's CPU code path, for workers and kernels too
 
@@ -30,11 +31,14 @@ def pytest_collection_modifyitems(config, items) -> None:
 
 
 def pytest_sessionstart(session) -> None:
-    """nbmake checks that a notebook runs; we also check that its prose quotes what it printed.
+    """nbmake checks that a notebook runs; we also check that its prose quotes what it printed,
+    and that its recorded numbers meet its profile's expectations.
 
     A sentence like "on the tiny profile this run printed 0.291" goes stale, with every cell still
     passing, when an upstream change moves the number. ``lmcls_build.report.unprinted_quotes`` finds such
     quotes in the executed notebook, and the notebook's test fails on them like on a failing cell.
+    Then ``tests/expectations.py`` reads what the notebook recorded (``build/results/<stem>.json``)
+    and fails it where a number misses the bound set for the profile it ran under (``LMCLS_PROFILE``).
     """
     try:
         from nbmake.nb_result import NotebookError
@@ -55,7 +59,23 @@ def pytest_sessionstart(session) -> None:
                 summary = f"{len(stale)} number(s) in the prose that the run did not print"
                 trace = "\n".join(p for _, p in stale) + "\nUpdate the prose in nbs_src/ to the run's numbers."
                 result.error = NotebookError(summary=summary, trace=trace, failing_cell_index=stale[0][0])
+        if result.error is None:
+            from tests.expectations import unmet
+
+            missed = unmet(Path(self.filename).stem, os.environ.get("LMCLS_PROFILE") or "tiny")
+            if missed:
+                summary = f"{len(missed)} recorded number(s) missed this profile's expectations"
+                trace = "\n".join(m for _, m in missed) + "\nThe bounds are in tests/expectations.py."
+                result.error = NotebookError(summary=summary, trace=trace,
+                                             failing_cell_index=_recording_cell(result.nb.cells, missed[0][0]))
         return result
+
+    def _recording_cell(cells, key: str) -> int:
+        """The first code cell that names ``key`` in quotes (where it is recorded), else the last cell."""
+        for index, cell in enumerate(cells):
+            if cell["cell_type"] == "code" and any(f"{q}{key}{q}" in "".join(cell["source"]) for q in "\"'"):
+                return index
+        return len(cells) - 1
 
     execute_and_check_prose.checks_prose = True
     NotebookRun.execute = execute_and_check_prose

@@ -433,14 +433,15 @@ if kinds is not None:
 # So the figure to compare with `fewshot_ood_mcc` on the `full` profile, which loads the model in
 # 4-bit, is **0.495**; 0.555 is a different split (notebook 3 discusses the 16-bit vs 4-bit gap).
 #
-# How far above chance a prompt alone gets depends on the model, so the check reads its floor from
-# the profile: clearly above chance for the tiny model (built in) and for Llama-3-8B (0.555 in the
-# tutorial); for the 135M model of the `small` profile only "not clearly worse than chance" (above
-# −0.2), because a model that small does not do this task few-shot (its MCC is about 0).
+# How far above chance a prompt alone gets depends on the model: clearly above chance for the tiny
+# model (built in) and for Llama-3-8B (0.555 in the tutorial), about 0 for the 135M model of the
+# `small` profile, because a model that small does not do this task few-shot. So the notebook checks
+# only that the MCC is one, and records it (`fewshot_dev_mcc`, above); what each profile should reach
+# is a test's business (`tests/expectations.py`).
 
 # %%
-print(f"few-shot dev MCC {fewshot_dev.mcc:.3f}; this profile expects more than {profile.fewshot_mcc_min}")
-assert fewshot_dev.mcc > profile.fewshot_mcc_min, f"few-shot dev MCC {fewshot_dev.mcc:.3f} is below this profile's floor"
+print(f"few-shot dev MCC {fewshot_dev.mcc:.3f}")
+assert -1 <= fewshot_dev.mcc <= 1, f"an MCC lies in [-1, 1], not {fewshot_dev.mcc}"
 
 # %% [markdown]
 # ## 10. Prompt ablation

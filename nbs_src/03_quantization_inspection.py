@@ -702,10 +702,11 @@ for name, run in runs.items():
     print(f"{name:>20}: {b} right -> wrong, {c} wrong -> right, McNemar p = {p:.3f}")
 
 # %% [markdown]
-# The self-check asks what "NF4 costs little" should mean, wherever the unquantized model fits: the
-# language model's perplexity moves by less than `profile.nf4_perplexity_rise_max` (10%; 40% on the
-# `small` profile, whose 135M model has the heavy-tailed weights of section 2 and little redundancy
-# to absorb rounding). And where the few-shot classifier has answers worth protecting (its MCC is
+# The self-check asks what "NF4 costs little" should mean, wherever the unquantized model fits. The
+# language model's perplexity should move little; how little depends on the model (a 135M model, with
+# the heavy-tailed weights of section 2 and little redundancy to absorb rounding, loses more than an
+# 8B one), so the notebook records the change (`nf4_perplexity_rise`) and the tests hold each
+# profile's bound. And where the few-shot classifier has answers worth protecting (its MCC is
 # above 0.2), fewer than 1 sentence in 10 gets another answer, and the paired interval of the MCC
 # difference contains zero or lies within 0.05 of it. A classifier near chance has no answers worth
 # protecting; its label logits often sit close together, so rounding can flip many of them without
@@ -716,7 +717,8 @@ assert set(runs) >= {"nf4", "fp4"}, "the 4-bit runs should always fit"
 if baseline in runs:  # skipped above on a card too small for the unquantized model
     ppl_change = summary.loc["nf4", "perplexity"] / summary.loc[baseline, "perplexity"] - 1
     flip_rate = summary.loc["nf4", "flipped"] / len(sentences)
-    assert abs(ppl_change) < profile.nf4_perplexity_rise_max, f"NF4 moved perplexity by {ppl_change:+.1%}"
+    assert summary.loc[[baseline, "nf4"], "perplexity"].ge(1).all(), "a perplexity is at least 1"
+    results.record("nf4_perplexity_rise", ppl_change)
     answers_checked = summary.loc[baseline, "MCC"] > 0.2  # a classifier above chance: its answers should survive
     if answers_checked:
         assert flip_rate < 0.10, f"NF4 changed {flip_rate:.1%} of the answers"
@@ -725,6 +727,7 @@ if baseline in runs:  # skipped above on a card too small for the unquantized mo
     print(f"NF4 vs {baseline}: perplexity {ppl_change:+.1%}, {flip_rate:.1%} of the answers changed; answer checks "
           + ("passed" if answers_checked else f"skipped ({baseline}'s few-shot MCC {summary.loc[baseline, 'MCC']:.3f} <= 0.2)"))
 else:
+    results.record("nf4_perplexity_rise", None)  # not measured
     print(f"{baseline} did not fit on this device: nothing unquantized to compare NF4 with")
 
 # %%

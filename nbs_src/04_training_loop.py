@@ -844,15 +844,13 @@ print(f"unacceptable called acceptable: {missed} of {int((test.labels == 0).sum(
 
 # %%
 gain = test.mcc - fewshot_test.mcc
-if profile.finetune_gain_min is not None:  # None: a profile whose model learns too little in its budget (small)
-    assert gain > profile.finetune_gain_min, f"fine-tuning should beat the prompt alone ({test.mcc:.3f} vs {fewshot_test.mcc:.3f})"
+assert -2 <= gain <= 2, f"a difference of two MCCs lies in [-2, 2], not {gain}"
 results.record("finetuned_ood_mcc", test.mcc)
 results.record("finetuned_ood_accuracy", test.accuracy)
 results.record("best_val_mcc", best_val_mcc)
 results.record("train_seconds", round(train_seconds, 1))
 results.record("finetuned_gain_mcc", gain)
-print(f"MCC gain over few-shot: {gain:+.3f}"
-      + ("" if profile.finetune_gain_min is not None else " (this profile does not expect a gain: see below)"))
+print(f"MCC gain over few-shot: {gain:+.3f}")
 
 # %% [markdown]
 # How much of that gain could be luck of the test set? Draw new test sets of the same size from this
@@ -881,9 +879,9 @@ print(f"gain {gain:+.3f} ± {gain_sd:.3f} from resampling {len(test_df)} test se
 # the prompt left it, calling most sentences acceptable. A longer trial did no better: 124 steps of
 # 16 at a learning rate of 1e-3 (1,980 sentences, 13 minutes) scored MCC 0.065 on all 516 test
 # sentences, a gain of +0.035 ± 0.059, calling all but at most 2 of them acceptable. A few hundred
-# examples do not teach a 135M model what makes a sentence grammatical, so the small profile asks
-# for no gain (`profile.finetune_gain_min` is `None`; tiny and full assert one above 0). What it
-# shows is the code path on real weights: the loss, checkpoints, resume and merge run as on a GPU.
+# examples do not teach a 135M model what makes a sentence grammatical, so on the small profile the
+# tests expect no gain (on tiny and full, one above 0). What it shows is the code path on real
+# weights: the loss, checkpoints, resume and merge run as on a GPU.
 
 # %% [markdown]
 # ## 11. Saving the adapter, loading it, merging it
