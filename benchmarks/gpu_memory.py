@@ -9,8 +9,9 @@ memory and speed are the real model's. Writes, under ``--out`` (default on a GPU
 a CPU rehearsal):
 
 * ``gpu_measurements_<gpu>.json``: notebook 5's seven phases (batch 8 × 86 tokens, unpadded,
-  AdamW) in the shipped format (:func:`save_measurements`, below). Notebook 5 and
-  ``tests/test_memory.py`` check the estimator on every such file in ``lmcls_helpers/measurements/``.
+  AdamW) in the shipped format (:func:`save_measurements`, below). ``benchmarks/memory_validation.py``
+  and ``tests/test_memory.py`` check the estimator on every such file in ``lmcls_helpers/measurements/``;
+  rerun ``python -m benchmarks.memory_validation`` afterwards for the table notebook 5 shows.
 * ``gpu_grid_<gpu>.json``: one training step per variant, each with a fresh optimizer: micro-batch
   4/8/16/32 × the tutorial's loss or label-position logits × gradient checkpointing off/on, a
   padded batch, 8-bit AdamW, and peft's ``prepare_model_for_kbit_training`` (its fp32 upcast).
@@ -37,6 +38,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.memory_validation import compare, estimate_measurement
 from benchmarks.recipes import set_grad_checkpointing
 from lmcls_helpers import memory
 from lmcls_helpers.batches import label_loss
@@ -113,7 +115,7 @@ def training_recipe(model, optimizer, *, padding: bool) -> dict:
 
 def save_measurements(phases: Mapping, path: str | Path, *, config: Mapping, batch_size: int, seq_len: int,
                       recipe: Mapping, about: str) -> Path:
-    """Write this run's phases in the shipped format; :func:`lmcls_helpers.memory.all_measurements` reads it back.
+    """Write this run's phases in the shipped format; :func:`benchmarks.memory_validation.all_measurements` reads it back.
 
     ``recipe``: :func:`training_recipe` of the measured model and optimizer. The provenance adds
     the GPU, the library versions, the cuBLAS workspace and the date.
@@ -306,7 +308,7 @@ def run(device: str, out_dir: Path) -> dict:
             "cublas_workspace_mib", "date", "units")
     report = {"about": GRID_ABOUT, "provenance": {"source": GRID_SOURCE, **{k: shipped["provenance"][k] for k in keep}},
               "model_config": config, **report}
-    errors = memory.compare(phases["phases"], memory.estimate_measurement(shipped))
+    errors = compare(phases["phases"], estimate_measurement(shipped))
     report["phases_relative_error"] = errors["relative error"].round(4).to_dict()
     log(f"phases written to {saved}; estimator errors {report['phases_relative_error']}")
 

@@ -1,4 +1,4 @@
-"""Memory of 4-bit LoRA fine-tuning: measured per phase, predicted from the config, compared (notebook 5).
+"""Memory of 4-bit LoRA fine-tuning: measured per phase, and predicted from the config (notebook 5).
 
 Three different numbers get called "GPU memory used" (notebook 5, section 1):
 
@@ -9,7 +9,9 @@ Three different numbers get called "GPU memory used" (notebook 5, section 1):
   library handles) and anything else on the GPU. The Llama 3 tutorial's figures are of this kind.
 
 :func:`estimate_training_memory` predicts the peak of *allocated* during a training step from the
-architecture alone, one commented formula per component; sections 4-5 derive and check each term.
+architecture alone, one commented formula per component; section 4 derives each term. Its check
+against every shipped GPU measurement lives in ``benchmarks/memory_validation.py``, which writes the
+table notebook 5 shows (:data:`VALIDATION`).
 """
 
 from __future__ import annotations
@@ -23,11 +25,12 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from .models import LLAMA_PROJECTIONS as PROJECTIONS
 from .paths import MEASUREMENTS as MEASURED
-from .quant import predicted_table
+from .quant import llama_shapes, predicted_table
 
 GIB = 2**30
 MIB = 2**20
@@ -35,16 +38,15 @@ MIB = 2**20
 SEED_SEQ_LEN = 86
 #: The reference measurement (H100), in the folder of every shipped measurement (package data).
 MEASUREMENTS = MEASURED / "gpu_measurements.json"
+#: The estimator against every shipped measurement, per phase and per measured branch (notebook 5, section 5);
+#: ``python -m benchmarks.memory_validation`` writes it from the files next to it.
+VALIDATION = MEASURED / "estimator_validation.json"
 #: Memory visible to CUDA (GiB, about what ``torch.cuda.get_device_properties(0).total_memory`` reports;
 #: the T4 figure is the tutorial's) and PyTorch's default cuBLAS workspace per handle (MiB): 32 on
 #: Hopper, ``:4096:2:16:8`` = 8.125 on older GPUs.
-GPUS = {
-    "T4 16 GB": {"capacity_gib": 14.75, "workspace_mib": 8.125},
-    "L4 24 GB": {"capacity_gib": 22.0, "workspace_mib": 8.125},
-    "A100 40 GB": {"capacity_gib": 39.4, "workspace_mib": 8.125},
-    "A100 80 GB": {"capacity_gib": 79.2, "workspace_mib": 8.125},
-    "H100 80 GB": {"capacity_gib": 79.2, "workspace_mib": 32.0},
-}
+GPUS = {gpu: {"capacity_gib": capacity, "workspace_mib": workspace} for gpu, capacity, workspace in (
+    ("T4 16 GB", 14.75, 8.125), ("L4 24 GB", 22.0, 8.125), ("A100 40 GB", 39.4, 8.125),
+    ("A100 80 GB", 79.2, 8.125), ("H100 80 GB", 79.2, 32.0))}
 
 
 def cuda_context_gib(data: Mapping | None = None) -> dict[str, float]:
@@ -66,9 +68,7 @@ def cuda_context_gib(data: Mapping | None = None) -> dict[str, float]:
 
 def cublas_workspace_mib(device: str) -> float:
     """PyTorch's default cuBLAS workspace per thread on this machine's GPU (0 on the CPU)."""
-    if device != "cuda":
-        return 0.0
-    return 32.0 if torch.cuda.get_device_capability()[0] >= 9 else 8.125
+    return 0.0 if device != "cuda" else 32.0 if torch.cuda.get_device_capability()[0] >= 9 else 8.125
 
 
 COMPONENTS = ("quantized_weights", "weights_16bit", "lora_weights", "gradients", "optimizer_state",
@@ -78,10 +78,8 @@ COMPONENTS = ("quantized_weights", "weights_16bit", "lora_weights", "gradients",
 def _sizes(config, batch_size: int, seq_len: int, lora_r: int, lora_targets, dtype) -> SimpleNamespace:
     """The sizes the formulas use: T tokens, H hidden, M MLP width, V vocabulary, c bytes per compute value."""
     cfg = config.to_dict() if hasattr(config, "to_dict") else dict(config)
-    missing = [k for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                           "num_attention_heads") if k not in cfg]
-    if missing:
-        raise ValueError(f"Not a Llama-style config: missing {missing}. Pass model.config or profiles.LLAMA3_8B_CONFIG.")
+    layer0 = {k.split(".")[-2]: v for k, v in llama_shapes(cfg).items()  # ValueError if not a Llama config
+              if k.startswith("model.layers.0.") and k.endswith("_proj.weight")}  # projection: (out, in)
     if batch_size < 1 or seq_len < 1 or lora_r < 0:
         raise ValueError(f"Need batch_size >= 1, seq_len >= 1, lora_r >= 0; got {batch_size}, {seq_len}, {lora_r}.")
     targets = PROJECTIONS if lora_targets == "all-linear" else tuple(lora_targets)
@@ -94,10 +92,8 @@ def _sizes(config, batch_size: int, seq_len: int, lora_r: int, lora_targets, dty
                         heads=heads, kv_heads=kv_heads, hd=hd, q=heads * hd, kv=kv_heads * hd, B=batch_size,
                         S=seq_len, T=batch_size * seq_len, r=lora_r, targets=targets,
                         c=torch.empty((), dtype=getattr(torch, dtype) if isinstance(dtype, str) else dtype).element_size())
-    z.inputs = {"q_proj": H, "k_proj": H, "v_proj": H, "o_proj": z.q, "gate_proj": H, "up_proj": H, "down_proj": z.M}
-    outputs = {"q_proj": z.q, "k_proj": z.kv, "v_proj": z.kv, "o_proj": H, "gate_proj": z.M, "up_proj": z.M, "down_proj": H}
-    # LoRA adds A (r x in) and B (out x r) to every targeted projection of every block
-    z.lora_numels = [n for t in targets for n in (lora_r * z.inputs[t], outputs[t] * lora_r)] * z.L
+    z.inputs = {t: shape[1] for t, shape in layer0.items()}
+    z.lora_numels = [lora_r * n for t in targets for n in layer0[t]] * z.L  # A (r x in) and B (out x r) per block
     return z
 
 
@@ -113,15 +109,11 @@ def _weights(z, quant: str | None, double_quant: bool) -> tuple[float, float]:
 
 def _optimizer_bytes(numels: Iterable[int], optimizer: str | None) -> float:
     """Optimizer state for the LoRA matrices."""
-    total = 0.0
-    for n in numels:
-        if optimizer == "adamw":  # exp_avg and exp_avg_sq, fp32 like the LoRA weights
-            total += 8 * n
-        elif optimizer == "adamw8bit":  # bitsandbytes: two uint8 states + one fp32 scale per 256 values each;
-            total += 2 * n + 8 * math.ceil(n / 256) if n >= 4096 else 8 * n  # tensors under 4096 values stay fp32
-        elif optimizer not in ("sgd", None):  # plain SGD (no momentum) keeps nothing
-            raise ValueError(f"optimizer must be 'adamw', 'adamw8bit' or 'sgd', got {optimizer!r}.")
-    return total
+    if optimizer not in ("adamw", "adamw8bit", "sgd", None):  # plain SGD (no momentum) keeps nothing
+        raise ValueError(f"optimizer must be 'adamw', 'adamw8bit' or 'sgd', got {optimizer!r}.")
+    if optimizer == "adamw8bit":  # bitsandbytes: two uint8 states + one fp32 scale per 256 values each;
+        return float(sum(2 * n + 8 * math.ceil(n / 256) if n >= 4096 else 8 * n for n in numels))  # small ones: fp32
+    return 8.0 * sum(numels) if optimizer == "adamw" else 0.0  # AdamW: exp_avg and exp_avg_sq, fp32 like LoRA's
 
 
 def _block_activations(z, mask: int, dropout: float, padding: bool, first: bool = False) -> float:
@@ -170,9 +162,7 @@ def estimate_training_memory(
     """
     if logits not in ("all", "label"):
         raise ValueError(f"logits must be 'all' (every position, the tutorial) or 'label', got {logits!r}.")
-    if upcast:
-        dtype = torch.float32
-    z = _sizes(config, batch_size, seq_len, lora_r, lora_targets, dtype)
+    z = _sizes(config, batch_size, seq_len, lora_r, lora_targets, torch.float32 if upcast else dtype)
     if lora_r < 1:
         raise ValueError("Training needs something to train: lora_r must be >= 1 (the base model is frozen).")
     T, H, M, V, c = z.T, z.H, z.M, z.V, z.c
@@ -212,43 +202,10 @@ def estimate_training_memory(
     return out
 
 
-def estimate_forward_memory(
-    config, *, batch_size: int, seq_len: int, quant: str | None = "nf4", double_quant: bool = False, lora_r: int = 0,
-    lora_targets="all-linear", logits: str = "all", loss: bool = True, use_cache: bool = True,
-    dtype=torch.bfloat16, optimizer: str | None = None, device: str = "cuda", workspace_mib: float | None = None,
-) -> dict[str, float]:
-    """GiB per component at the peak of one forward pass under ``torch.no_grad()`` (evaluation).
-
-    ``loss``: labels are passed, so the logits are upcast to fp32 and log-softmaxed (the tutorial's
-    evaluation). ``lora_r > 0``: adapters attached. ``optimizer``: evaluating in the middle of training,
-    so its state and the backward thread's cuBLAS workspace are still allocated.
-    """
-    if logits not in ("all", "label"):
-        raise ValueError(f"logits must be 'all' (every position, the tutorial) or 'label', got {logits!r}.")
-    z = _sizes(config, batch_size, seq_len, lora_r, lora_targets, dtype)
-    T, H, M, V, c = z.T, z.H, z.M, z.V, z.c
-    N = T if logits == "all" else z.B
-    ws = (32.0 if device == "cuda" else 0.0) if workspace_mib is None else workspace_mib
-    quantized, weights16 = _weights(z, quant, double_quant)
-    cache = 2 * c * T * z.kv * z.L if use_cache else 0  # the KV cache: every block's keys and values
-    # At the end: the last hidden state and the logits; with a loss also their fp32 copy (16-bit compute) and
-    # the fp32 log-softmax. Inside the last MLP: a dequantized weight, two token x M tensors, two hidden states.
-    end = (c * T * H, c * N * V + (((4 if c != 4 else 0) + 4) * N * V if loss else 0), 0)
-    block = (2 * c * T * M + 2 * c * T * H, 0, c * H * M if quant else 0)
-    activations, logit_bytes, transient = max(end, block, key=sum)
-    parts = {"quantized_weights": quantized, "weights_16bit": weights16, "lora_weights": 4.0 * sum(z.lora_numels),
-             "gradients": 0.0, "optimizer_state": _optimizer_bytes(z.lora_numels, optimizer),
-             "activations": cache + activations, "logits": logit_bytes,
-             "workspace": (2 if optimizer else 1) * ws * MIB + transient}
-    out = {k: parts[k] / GIB for k in COMPONENTS}
-    out["total"] = sum(out.values())
-    return out
-
-
 # --- Measuring -------------------------------------------------------------------------------------------
 
 
-class TensorBytes:
+class TensorBytes(TorchDispatchMode):
     """Live and peak bytes of CPU tensors: a stand-in for the CUDA allocator's statistics (notebook 5, section 2).
 
     Every tensor an operation creates inside ``with tracker:`` is counted until its storage is freed;
@@ -257,35 +214,29 @@ class TensorBytes:
     """
 
     def __init__(self):
-        from torch.utils._python_dispatch import TorchDispatchMode
+        super().__init__()
+        self._live, self.now, self.peak = {}, 0, 0
 
-        tracker = self
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self._add_all(out)
+        return out
 
-        class _Mode(TorchDispatchMode):
-            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-                out = func(*args, **(kwargs or {}))
-                tracker._add_all(out)
-                return out
-
-        self._mode, self._live, self.now, self.peak = _Mode(), {}, 0, 0
-
-    def _add(self, t) -> None:
-        if not isinstance(t, torch.Tensor) or t.device.type == "meta":
-            return
-        storage = t.untyped_storage()
-        key, size = storage.data_ptr(), storage.nbytes()
-        if size and key not in self._live:
-            self._live[key] = size
-            self.now += size
-            self.peak = max(self.peak, self.now)
-            weakref.finalize(storage, self._free, key)  # runs when the storage's memory is released
+    def _add_all(self, obj) -> None:
+        """Count every tensor in ``obj`` (nested lists, tuples, dicts) whose storage is not counted yet."""
+        for t in tree_flatten(obj)[0]:
+            if not isinstance(t, torch.Tensor) or t.device.type == "meta":
+                continue
+            storage = t.untyped_storage()
+            key, size = storage.data_ptr(), storage.nbytes()
+            if size and key not in self._live:
+                self._live[key] = size
+                self.now += size
+                self.peak = max(self.peak, self.now)
+                weakref.finalize(storage, self._free, key)  # runs when the storage's memory is released
 
     def _free(self, key) -> None:
         self.now -= self._live.pop(key, 0)
-
-    def _add_all(self, obj) -> None:
-        for leaf in tree_flatten(obj)[0]:
-            self._add(leaf)
 
     def track(self, *holders) -> None:
         """Count the tensors of modules (parameters, buffers, gradients, 4-bit scales), optimizers or tensors."""
@@ -293,20 +244,12 @@ class TensorBytes:
             if isinstance(h, torch.nn.Module):
                 for t in (*h.parameters(), *h.buffers()):
                     self._add_all([t, t.grad])
-                    qs = getattr(t, "quant_state", None)
-                    for part in (qs, getattr(qs, "state2", None)):
-                        self._add_all([getattr(part, n, None) for n in ("absmax", "code", "offset")])
+                    qs = getattr(t, "quant_state", None)  # 4-bit scales, and their own when double-quantized
+                    self._add_all([getattr(p, n, None) for p in (qs, getattr(qs, "state2", None)) for n in ("absmax", "code", "offset")])
             elif isinstance(h, torch.optim.Optimizer):
                 self._add_all([list(s.values()) for s in h.state.values()])
             else:
                 self._add_all(h)
-
-    def __enter__(self):
-        self._mode.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        return self._mode.__exit__(*exc)
 
 
 class MemoryMeter:
@@ -318,8 +261,6 @@ class MemoryMeter:
     """
 
     def __init__(self, device: str):
-        if device not in ("cpu", "cuda"):
-            raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}.")
         self.device, self.phases, self._tracker = device, {}, None
 
     def track(self, *holders) -> None:
@@ -336,10 +277,9 @@ class MemoryMeter:
             yield self
             torch.cuda.synchronize()
             free, total = torch.cuda.mem_get_info()
-            self.phases[name] = {"allocated": torch.cuda.memory_allocated() / GIB,
-                                 "peak": torch.cuda.max_memory_allocated() / GIB,
-                                 "reserved": torch.cuda.memory_reserved() / GIB,
-                                 "smi": (total - free) / GIB, "capacity": total / GIB}
+            self.phases[name] = {k: v / GIB for k, v in dict(
+                allocated=torch.cuda.memory_allocated(), peak=torch.cuda.max_memory_allocated(),
+                reserved=torch.cuda.memory_reserved(), smi=total - free, capacity=total).items()}
             return
         self._tracker = tracker = TensorBytes()
         tracker.track(*holders)
@@ -359,155 +299,22 @@ def phase_segments(phases: Mapping[str, Mapping[str, float]]) -> list[dict]:
     rows = []
     for phase, m in phases.items():
         alloc, peak, reserved, smi = (m.get(k) for k in ("allocated", "peak", "reserved", "smi"))
-        if alloc is None and peak is None:
-            if smi is None:
-                raise ValueError(f"Phase {phase!r} has none of allocated, peak, smi: {dict(m)}.")
-            rows.append({"phase": phase, "segment": "driver's count (tensors, cache, CUDA context)", "GiB": smi})
-            continue
-        top = max(v for v in (alloc, peak) if v is not None)
-        parts = [("tensors at the peak", peak)] if alloc is None else [("tensors alive after the phase", alloc)]
-        if alloc is not None and peak is not None:
-            parts.append(("extra tensors at the peak", peak - alloc))
-        if reserved is not None:
+        if alloc is None and peak is None and smi is None:
+            raise ValueError(f"Phase {phase!r} has none of allocated, peak, smi: {dict(m)}.")
+        parts = [] if alloc is None else [("tensors alive after the phase", alloc)]
+        if peak is not None:
+            parts.append(("tensors at the peak" if alloc is None else "extra tensors at the peak", peak - (alloc or 0)))
+        top = max(alloc or 0, peak or 0)
+        if reserved is not None and parts:
             parts.append(("reserved by PyTorch, not in tensors", reserved - top))
             top = max(top, reserved)
         if smi is not None:
-            name = "CUDA context and others" if reserved is not None else "allocator cache + CUDA context"
-            parts.append((name, smi - top))
+            parts.append(("driver's count (tensors, cache, CUDA context)" if not parts else "CUDA context and others"
+                          if reserved is not None else "allocator cache + CUDA context", smi - top))
         rows += [{"phase": phase, "segment": s, "GiB": max(v, 0.0)} for s, v in parts]
     return rows
 
 
 def load_measurements(path: str | Path = MEASUREMENTS) -> dict:
     """One shipped measurement file (default: the reference H100 figures); ``benchmarks/gpu_memory.py`` writes them."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path} is missing: reinstall the package (the shipped file is package data).")
-    return json.loads(path.read_text())
-
-
-def all_measurements(folder: str | Path = MEASUREMENTS.parent) -> dict[str, dict]:
-    """Every ``gpu_measurements*.json`` in ``folder`` (the package data), by file name, the reference first.
-
-    ``python -m benchmarks.gpu_memory`` on a GPU writes ``gpu_measurements_<gpu>.json`` there;
-    notebook 5 and the tests check the estimator against every one.
-    """
-    paths = sorted(Path(folder).glob("gpu_measurements*.json"), key=lambda p: (p.name != MEASUREMENTS.name, p.name))
-    if not paths:
-        raise FileNotFoundError(f"No gpu_measurements*.json in {folder}: reinstall the package.")
-    return {p.name: load_measurements(p) for p in paths}
-
-
-# --- Estimates next to measurements -----------------------------------------------------------------------
-
-
-def estimate_phases(config, *, batch_size: int, seq_len: int, lora_r: int = 8, **common) -> dict[str, dict]:
-    """The estimator's components for each measured phase name (the phases of notebook 5, section 2).
-
-    ``common`` goes to both estimators (quant, double_quant, dtype, device, workspace_mib);
-    ``padding`` (default True), ``grad_checkpointing`` and ``lora_dropout`` to the training one.
-    Phases after training keep the AdamW state, as measured.
-    """
-    train_only = {k: common.pop(k) for k in ("padding", "grad_checkpointing", "lora_dropout") if k in common}
-    fwd = dict(config=config, batch_size=batch_size, seq_len=seq_len, **common)
-    train = dict(fwd, lora_r=lora_r, **{"padding": True, **train_only})
-    loaded = estimate_forward_memory(**fwd)
-    weights = {k: (v if k in ("quantized_weights", "weights_16bit") else 0.0) for k, v in loaded.items()}
-    weights["total"] = weights["quantized_weights"] + weights["weights_16bit"]
-    with_lora = estimate_forward_memory(**fwd, lora_r=lora_r)
-    lora = {k: (v if k in ("quantized_weights", "weights_16bit", "lora_weights", "workspace") else 0.0)
-            for k, v in with_lora.items()}  # allocated after a forward: the weights, LoRA and one cuBLAS workspace
-    lora["total"] = sum(v for k, v in lora.items() if k != "total")
-    return {
-        "model_loaded_4bit": weights,
-        "forward_eval_seed_recipe": loaded,
-        "lora_attached": lora,
-        "train_step_seed_recipe": estimate_training_memory(**train),
-        "train_step_label_position_logits": estimate_training_memory(**train, logits="label"),
-        "eval_batch_seed_recipe": estimate_forward_memory(**fwd, lora_r=lora_r, optimizer="adamw"),
-        "eval_batch_gather_label_logits": estimate_forward_memory(**fwd, lora_r=lora_r, optimizer="adamw", loss=False),
-    }
-
-
-def estimate_measurement(data: Mapping, **overrides) -> dict[str, dict]:
-    """:func:`estimate_phases` for the shapes and recipe a measurement file records.
-
-    What its provenance leaves unrecorded gets the estimator's default (``padding``: unpadded,
-    like notebook 5's batches; cuBLAS workspace: Hopper's); ``overrides`` replace any of it.
-    The optimizer is taken to be AdamW, the one notebook 5 measures.
-    """
-    prov = data["provenance"]
-    lora = prov["lora"]
-    known = {"quant": prov["quant"], "double_quant": prov["double_quant"], "dtype": getattr(torch, prov["dtype"]),
-             "lora_r": lora["r"], "lora_dropout": lora.get("dropout", 0.05),
-             "lora_targets": lora["targets"] if isinstance(lora["targets"], list) else "all-linear",
-             "padding": prov["padding"] if isinstance(prov["padding"], bool) else False,
-             "grad_checkpointing": prov["gradient_checkpointing"], "workspace_mib": prov.get("cublas_workspace_mib")}
-    known.update(overrides)
-    return estimate_phases(data["model_config"], batch_size=data["batch_size"], seq_len=data["seq_len"], **known)
-
-
-def compare(measured: Mapping[str, Mapping[str, float]], estimates: Mapping[str, Mapping[str, float]]):
-    """Measured next to estimated GiB for every phase in both, as a DataFrame.
-
-    Loading and attaching LoRA are compared by what stays allocated (the estimate is of the weights,
-    not of the loader's temporary copies); the other phases by their peak.
-    """
-    import pandas as pd
-
-    rows = []
-    for phase, m in measured.items():
-        key = "allocated" if phase in ("model_loaded_4bit", "lora_attached") and "allocated" in m else "peak"
-        if phase in estimates and key in m:
-            value = m[key]
-            est = estimates[phase]["total"]
-            rows.append({"phase": phase, "measured GiB": value, "estimated GiB": est,
-                         "estimated / measured": est / value, "relative error": (est - value) / value})
-    if not rows:
-        raise ValueError(f"No phase is both measured and estimated: {sorted(measured)} vs {sorted(estimates)}.")
-    return pd.DataFrame(rows).set_index("phase")
-
-
-# --- One training step per estimator branch, measured on a GPU ---------------------------------------------
-
-
-def grid_files(folder: str | Path = MEASUREMENTS.parent) -> dict[str, dict]:
-    """Every ``gpu_grid_*.json`` in ``folder`` (the package data), by file name.
-
-    ``python -m benchmarks.gpu_memory`` writes one per GPU: a training step at the Llama-3-8B shape
-    for each branch of :func:`estimate_training_memory` (micro-batch 4-32, the tutorial's loss or
-    label-position logits, gradient checkpointing, a padded batch, 8-bit AdamW) and one with peft's
-    fp32 upcast (``upcast=True``).
-    """
-    return {p.name: json.loads(p.read_text()) for p in sorted(Path(folder).glob("gpu_grid_*.json"))}
-
-
-def grid_peak(grid: Mapping, *, batch_size: int = 8, logits: str = "all", checkpointing: bool = False,
-              padded: bool = False, optimizer: str = "adamw", upcast_fp32: bool = False) -> float:
-    """The measured peak GiB of one step of a grid file (default: the tutorial's step, batch 8)."""
-    want = (batch_size, logits, checkpointing, padded, optimizer, upcast_fp32)
-    for r in grid["grid"]:
-        if (r["batch_size"], r["logits"], r["checkpointing"], r["padded"], r["optimizer"], r.get("upcast_fp32", False)) == want:
-            return r["peak_gib"]
-    raise KeyError(f"No step with batch_size, logits, checkpointing, padded, optimizer, upcast_fp32 = {want} in this grid.")
-
-
-def grid_table(grid: Mapping):
-    """Measured peak next to the estimator's, recomputed now from each row's settings, as a DataFrame."""
-    import pandas as pd
-
-    prov = grid["provenance"]
-    config, dtype, lora = grid["model_config"], getattr(torch, grid["dtype"]), prov["lora"]
-    rows = []
-    for r in grid["grid"]:
-        what = (f"batch {r['batch_size']}, {'tutorial loss' if r['logits'] == 'all' else 'label logits'}"
-                + ", checkpointing" * r["checkpointing"] + ", padded" * r["padded"]
-                + (", 8-bit AdamW" if r["optimizer"] == "adamw8bit" else "") + ", fp32 upcast" * r.get("upcast_fp32", False))
-        est = estimate_training_memory(
-            config, batch_size=r["batch_size"], seq_len=grid["seq_len"], logits=r["logits"],
-            grad_checkpointing=r["checkpointing"], padding=r["padded"], optimizer=r["optimizer"], dtype=dtype,
-            lora_r=lora["r"], lora_dropout=lora["dropout"], device=grid["device"],
-            workspace_mib=prov["cublas_workspace_mib"], upcast=r.get("upcast_fp32", False))["total"]
-        rows.append({"step": what, "measured GiB": r["peak_gib"], "estimated GiB": est,
-                     "relative error": (est - r["peak_gib"]) / r["peak_gib"], "seconds per step": r["step_s"]})
-    return pd.DataFrame(rows).set_index("step")
+    return json.loads(Path(path).read_text())  # a FileNotFoundError: reinstall the package (it ships the files)

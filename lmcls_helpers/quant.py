@@ -25,12 +25,8 @@ BLOCKSIZE = 64
 #: Double quantization quantizes the fp32 absmax values to 8 bits, 256 of them per block.
 DQ_BLOCKSIZE = 256
 
-TABLE_COLUMNS = ["name", "kind", "shape", "dtype", "numel", "bytes", "state_bytes", "quantized", "weights"]
 
-
-def quantize_4bit_by_hand(
-    weight: torch.Tensor, levels: torch.Tensor, blocksize: int = BLOCKSIZE
-) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_4bit_by_hand(weight: torch.Tensor, levels: torch.Tensor, blocksize: int = BLOCKSIZE) -> tuple[torch.Tensor, torch.Tensor]:
     """Blockwise absmax 4-bit quantization, as built in notebook 3, section 2; returns (packed, absmax).
 
     ``packed`` is uint8 of shape (numel // 2,): the first code of each pair in the high nibble,
@@ -42,10 +38,8 @@ def quantize_4bit_by_hand(
     if levels.numel() != 16:
         raise ValueError(f"A 4-bit data type has 16 levels; got {levels.numel()}. Pass get_4bit_type('nf4').")
     if weight.numel() % blocksize or blocksize % 2:
-        raise ValueError(
-            f"{weight.numel()} weights do not split into blocks of {blocksize}; pick a block size "
-            "that divides the weight count (every Llama matrix is a multiple of 64)."
-        )
+        raise ValueError(f"{weight.numel()} weights do not split into blocks of {blocksize}; pick a block size "
+                         "that divides the weight count (every Llama matrix is a multiple of 64).")
     blocks = weight.detach().float().reshape(-1, blocksize)  # (n_blocks, blocksize)
     absmax = blocks.abs().amax(dim=1)  # (n_blocks,)
     scaled = blocks * (1.0 / absmax.clamp(min=1e-38))[:, None]  # bitsandbytes multiplies by the reciprocal
@@ -62,9 +56,8 @@ def unpack_codes(packed: torch.Tensor) -> torch.Tensor:
     return torch.stack([packed >> 4, packed & 0x0F], dim=1).flatten()
 
 
-def dequantize_4bit_by_hand(
-    packed: torch.Tensor, absmax: torch.Tensor, levels: torch.Tensor, blocksize: int = BLOCKSIZE
-) -> torch.Tensor:
+def dequantize_4bit_by_hand(packed: torch.Tensor, absmax: torch.Tensor, levels: torch.Tensor,
+                            blocksize: int = BLOCKSIZE) -> torch.Tensor:
     """Undo :func:`quantize_4bit_by_hand`: unpack the nibbles, look up each level, multiply by its block's absmax.
 
     Returns a flat fp32 tensor; reshape it to the weight's shape.
@@ -73,59 +66,11 @@ def dequantize_4bit_by_hand(
     return (values * absmax.float()[:, None]).flatten()
 
 
-def cpu_has_avx512f() -> bool:
-    """Whether bitsandbytes' CPU library takes its AVX-512 code paths here (it asks the CPU, not PyTorch).
-
-    Notebook 3, exercise 1: bitsandbytes 0.50's AVX-512 ``dequantize_4bit`` mis-scales blocks that do
-    not tile a row; the scalar path taken on other CPUs (AVX2 only, ARM) is right.
-    """
-    try:
-        from bitsandbytes.cextension import lib
-
-        return bool(lib.has_avx512f_cpu())
-    except Exception:  # no native CPU library, or an older one without the probe
-        return False
-
-
-def avx512_scale_index(shape: tuple[int, ...], blocksize: int) -> torch.Tensor:
-    """Which absmax each weight is multiplied by in bitsandbytes 0.50's AVX-512 CPU ``dequantize_4bit``.
-
-    The kernel walks the matrix row by row and reads ``absmax[row * (n // blocksize) + column // blocksize]``
-    for a row of ``n`` weights. That equals the true block, ``(row * n + column) // blocksize``, only
-    when ``blocksize`` divides ``n``; with blocks longer than a row, ``n // blocksize`` is 0 and every
-    weight gets ``absmax[0]``. Returns an int64 tensor of ``shape`` (notebook 3, exercise 1).
-    """
-    n = shape[-1]
-    rows = torch.arange(math.prod(shape[:-1]))[:, None]
-    cols = torch.arange(n)[None, :]
-    return (rows * (n // blocksize) + cols // blocksize).reshape(shape)
-
-
 def _kind(name: str) -> str:
     """Which part of a Llama a parameter belongs to, from its name."""
-    if "embed_tokens" in name:
-        return "embedding"
-    if name.startswith("lm_head"):
-        return "lm_head"
-    if "norm" in name:
-        return "norm"
-    if ".self_attn." in name:
-        return "attention"
-    if ".mlp." in name:
-        return "mlp"
-    return "other"
-
-
-def _state_bytes(state) -> int:
-    """Bytes of a QuantState's scales: absmax, plus the second level when double-quantized.
-
-    The 16- and 256-entry lookup tables (a few hundred bytes per layer) are left out.
-    """
-    total = state.absmax.numel() * state.absmax.element_size()
-    if getattr(state, "nested", False):
-        total += state.state2.absmax.numel() * state.state2.absmax.element_size()
-        total += state.offset.numel() * state.offset.element_size()
-    return total
+    parts = (("embed_tokens", "embedding"), ("lm_head", "lm_head"), ("norm", "norm"), (".self_attn.", "attention"),
+             (".mlp.", "mlp"))
+    return next((kind for key, kind in parts if key in name), "other")
 
 
 def parameter_table(model: torch.nn.Module) -> pd.DataFrame:
@@ -137,23 +82,15 @@ def parameter_table(model: torch.nn.Module) -> pd.DataFrame:
     """
     rows = []
     for name, param in model.named_parameters():
-        state = getattr(param, "quant_state", None)
-        rows.append(
-            {
-                "name": name,
-                "kind": _kind(name),
-                "shape": tuple(param.shape),
-                "dtype": str(param.dtype).removeprefix("torch."),
-                "numel": param.numel(),
-                "bytes": param.numel() * param.element_size(),
-                "state_bytes": _state_bytes(state) if state is not None else 0,
-                "quantized": state is not None,
-                "weights": math.prod(state.shape) if state is not None else param.numel(),
-            }
-        )
+        state = getattr(param, "quant_state", None)  # the absmax scales (+ their own with double quantization)
+        scales = [] if state is None else [state.absmax, *((state.state2.absmax, state.offset) if state.nested else ())]
+        rows.append({"name": name, "kind": _kind(name), "shape": tuple(param.shape),
+                     "dtype": str(param.dtype).removeprefix("torch."), "numel": param.numel(),
+                     "bytes": param.numel() * param.element_size(), "state_bytes": sum(t.nbytes for t in scales),
+                     "quantized": state is not None, "weights": param.numel() if state is None else math.prod(state.shape)})
     if not rows:
         raise ValueError("The model has no parameters; pass a loaded model, not its class or config.")
-    return pd.DataFrame(rows, columns=TABLE_COLUMNS)
+    return pd.DataFrame(rows)
 
 
 def llama_shapes(config: Mapping) -> dict[str, tuple[int, ...]]:
@@ -162,21 +99,14 @@ def llama_shapes(config: Mapping) -> dict[str, tuple[int, ...]]:
     missing = [k for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads") if k not in c]
     if missing:
         raise ValueError(f"Not a Llama config: missing {missing}. Pass e.g. profiles.LLAMA3_8B_CONFIG or model.config.to_dict().")
-    hidden, inter, vocab = c["hidden_size"], c["intermediate_size"], c["vocab_size"]
-    heads = c["num_attention_heads"]
-    kv_heads = c.get("num_key_value_heads") or heads
+    hidden, inter, vocab, heads = c["hidden_size"], c["intermediate_size"], c["vocab_size"], c["num_attention_heads"]
     head_dim = c.get("head_dim") or hidden // heads
-    layer = {
-        "self_attn.q_proj.weight": (heads * head_dim, hidden),
-        "self_attn.k_proj.weight": (kv_heads * head_dim, hidden),
-        "self_attn.v_proj.weight": (kv_heads * head_dim, hidden),
-        "self_attn.o_proj.weight": (hidden, heads * head_dim),
-        "mlp.gate_proj.weight": (inter, hidden),
-        "mlp.up_proj.weight": (inter, hidden),
-        "mlp.down_proj.weight": (hidden, inter),
-        "input_layernorm.weight": (hidden,),
-        "post_attention_layernorm.weight": (hidden,),
-    }
+    q, kv = heads * head_dim, (c.get("num_key_value_heads") or heads) * head_dim
+    layer = {"self_attn.q_proj.weight": (q, hidden), "self_attn.k_proj.weight": (kv, hidden),
+             "self_attn.v_proj.weight": (kv, hidden), "self_attn.o_proj.weight": (hidden, q),
+             "mlp.gate_proj.weight": (inter, hidden), "mlp.up_proj.weight": (inter, hidden),
+             "mlp.down_proj.weight": (hidden, inter), "input_layernorm.weight": (hidden,),
+             "post_attention_layernorm.weight": (hidden,)}
     shapes = {"model.embed_tokens.weight": (vocab, hidden)}
     for i in range(c["num_hidden_layers"]):
         shapes.update({f"model.layers.{i}.{k}": v for k, v in layer.items()})
@@ -186,13 +116,8 @@ def llama_shapes(config: Mapping) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def predicted_table(
-    config: Mapping,
-    dtype: torch.dtype = torch.bfloat16,
-    quantize: bool = True,
-    double_quant: bool = False,
-    blocksize: int = BLOCKSIZE,
-) -> pd.DataFrame:
+def predicted_table(config: Mapping, dtype: torch.dtype = torch.bfloat16, quantize: bool = True,
+                    double_quant: bool = False, blocksize: int = BLOCKSIZE) -> pd.DataFrame:
     """The :func:`parameter_table` a model with this config would have, computed without loading it.
 
     With ``quantize``, the seven projections of each block are 4-bit (half a byte per weight,
@@ -204,17 +129,14 @@ def predicted_table(
     for name, shape in llama_shapes(config).items():
         n = math.prod(shape)
         quantized = quantize and name.split(".")[-2] in LLAMA_PROJECTIONS  # what transformers makes Linear4bit
-        if quantized:
-            n_blocks = -(-n // blocksize)
-            if double_quant:
-                state = n_blocks + 4 * -(-n_blocks // DQ_BLOCKSIZE) + 4
-            else:
-                state = 4 * n_blocks
+        if quantized:  # half a byte per weight, rounded up; double quantization: 1 byte per block + fp32 per 256 + offset
+            blocks = -(-n // blocksize)
+            state = blocks + 4 * -(-blocks // DQ_BLOCKSIZE) + 4 if double_quant else 4 * blocks
             row = {"shape": (-(-n // 2), 1), "dtype": "uint8", "numel": -(-n // 2), "bytes": -(-n // 2), "state_bytes": state}
         else:
             row = {"shape": shape, "dtype": str(dtype).removeprefix("torch."), "numel": n, "bytes": n * size, "state_bytes": 0}
         rows.append({"name": name, "kind": _kind(name), **row, "quantized": quantized, "weights": n})
-    return pd.DataFrame(rows, columns=TABLE_COLUMNS)
+    return pd.DataFrame(rows)
 
 
 def by_kind(table: pd.DataFrame) -> pd.DataFrame:
@@ -244,10 +166,7 @@ def fits_in_memory(nbytes: int, device: str, headroom: float = 1.2) -> bool:
 
     On the CPU the answer is yes: the tiny model is small, and the full profile always has a GPU.
     """
-    if device != "cuda":
-        return True
-    free, _ = torch.cuda.mem_get_info()
-    return nbytes * headroom <= free
+    return device != "cuda" or nbytes * headroom <= torch.cuda.mem_get_info()[0]  # (free, total) bytes
 
 
 def checkpoint_tensor(model_id: str, name: str) -> torch.Tensor:
@@ -256,18 +175,16 @@ def checkpoint_tensor(model_id: str, name: str) -> torch.Tensor:
     Lets notebook 3 quantize a real weight matrix of an 8B model on the CPU. ``model_id`` is a
     local folder or a hub id (the shard is downloaded into the same cache ``from_pretrained`` uses).
     """
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
     from safetensors import safe_open
 
     def fetch(filename: str) -> Path | None:
-        local = Path(model_id) / filename
         if Path(model_id).is_dir():
-            return local if local.exists() else None
-        from huggingface_hub import hf_hub_download
-        from huggingface_hub.errors import EntryNotFoundError
-
+            return Path(model_id, filename) if Path(model_id, filename).exists() else None
         try:
             return Path(hf_hub_download(model_id, filename))
-        except EntryNotFoundError:  # no such file in the repository (or, offline, not cached): try the other layout
+        except EntryNotFoundError:  # not in the repository (or, offline, not cached): try the other layout
             return None
         except Exception as err:  # gated, private, or the hub refused the token: the steps, as load_model gives them
             explained = explain_hub_error(err, model_id)
@@ -275,20 +192,13 @@ def checkpoint_tensor(model_id: str, name: str) -> torch.Tensor:
                 raise
             raise explained from err
 
-    index = fetch("model.safetensors.index.json")
-    if index is not None:
-        weight_map = json.loads(index.read_text())["weight_map"]
-        if name not in weight_map:
-            raise ValueError(f"{name!r} is not in {model_id}; names look like {next(iter(weight_map))!r}.")
-        path = fetch(weight_map[name])
-    else:
-        path = fetch("model.safetensors")
+    index = fetch("model.safetensors.index.json")  # sharded: the index names each tensor's shard
+    shards = json.loads(index.read_text())["weight_map"] if index else {name: "model.safetensors"}
+    path = fetch(shards.get(name, next(iter(shards.values()))))  # an unknown name: the first shard lists names
     if path is None:
-        raise FileNotFoundError(
-            f"No safetensors checkpoint found for {model_id!r} (neither model.safetensors nor an index); "
-            "offline, the files must already be in the hub cache."
-        )
+        raise FileNotFoundError(f"No safetensors checkpoint found for {model_id!r} (neither model.safetensors nor an "
+                                "index); offline, the files must already be in the hub cache.")
     with safe_open(str(path), framework="pt") as f:
         if name not in f.keys():
-            raise ValueError(f"{name!r} is not in {path.name}; names look like {next(iter(f.keys()))!r}.")
+            raise ValueError(f"{name!r} is not in {model_id}; names look like {next(iter(f.keys()))!r}.")
         return f.get_tensor(name)

@@ -835,10 +835,18 @@ probe_packed, probe_state = bnbf.quantize_4bit(rows_of_64, blocksize=128, quant_
 probe_levels = nf4_levels[quant.unpack_codes(probe_packed).long()].reshape(rows_of_64.shape)
 by_hand = probe_levels * probe_state.absmax.repeat_interleave(2)[:, None]  # blocks of 128 = pairs of rows
 from_bnb = bnbf.dequantize_4bit(probe_packed, probe_state)
-avx512_reading = probe_levels * probe_state.absmax[quant.avx512_scale_index(rows_of_64.shape, 128)]
+n_rows, n = rows_of_64.shape  # the AVX-512 kernel reads absmax[r * (n // b) + c // b] for row r, column c
+avx512_index = torch.arange(n_rows)[:, None] * (n // 128) + torch.arange(n)[None, :] // 128
+avx512_reading = probe_levels * probe_state.absmax[avx512_index]
 case = "agrees with the hand-made one" if torch.equal(from_bnb, by_hand) else (
     "mis-scales, exactly as described" if torch.equal(from_bnb, avx512_reading) else "differs in a new way")
-print(f"AVX-512F: {quant.cpu_has_avx512f()}; bitsandbytes' CPU dequantize_4bit, blocks of 128 on rows of 64: {case}")
+try:  # bitsandbytes asks the CPU itself whether to take its AVX-512 paths
+    from bitsandbytes.cextension import lib
+
+    avx512f = bool(lib.has_avx512f_cpu())
+except Exception:  # no native CPU library, or an older one without the probe
+    avx512f = False
+print(f"AVX-512F: {avx512f}; bitsandbytes' CPU dequantize_4bit, blocks of 128 on rows of 64: {case}")
 assert case != "differs in a new way", "bitsandbytes' CPU dequantization changed: re-read the hint above"
 
 # %%

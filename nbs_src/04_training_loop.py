@@ -217,11 +217,13 @@ print(f"Llama-3-8B: {upcast_params / 1e9:.2f}B weights would go from 2 to 4 byte
 # section 5, has the whole table):
 
 # %%
-grid = next(iter(memory.grid_files().values()))  # shipped with the package: benchmarks/gpu_memory.py on a GPU
-plain, upcast = memory.grid_peak(grid), memory.grid_peak(grid, upcast_fp32=True)
+shipped = memory.load_measurements(memory.VALIDATION)  # notebook 5's table of GPU measurements, shipped
+steps = {r["step"]: r for r in shipped["branches"]}
+plain, upcast = (steps[s]["measured_gib"] for s in ("batch 8, tutorial loss", "batch 8, tutorial loss, fp32 upcast"))
 weights_gib = upcast_params * 2 / 2**30
-print(f"{grid['provenance']['gpu']}: {plain:.1f} GiB without the cast, {upcast:.1f} GiB with it: "
-      f"+{upcast - plain:.1f} GiB, {weights_gib:.2f} for the weights and {upcast - plain - weights_gib:.1f} for the activations")
+print(f"{shipped['files'][steps['batch 8, tutorial loss']['file']]['gpu']}: {plain:.1f} GiB without the cast, "
+      f"{upcast:.1f} GiB with it: +{upcast - plain:.1f} GiB, {weights_gib:.2f} for the weights and "
+      f"{upcast - plain - weights_gib:.1f} for the activations")
 
 # %% [markdown]
 # Now the adapters: rank 8, scale α/r = 16/8 = 2, dropout 0.05 on their input, on **all seven

@@ -241,8 +241,8 @@ assert meter.phases["train_step_label_position_logits"]["peak"] < train, "label-
 # %% [markdown]
 # On a GPU, `python -m benchmarks.gpu_memory` measures these same phases and writes them, with the
 # shapes and a provenance read off the objects it measured (GPU, library versions, dtype,
-# quantization, LoRA, optimizer, date), into `lmcls_helpers/measurements/`, where section 5 and the
-# tests pick them up.
+# quantization, LoRA, optimizer, date), into `lmcls_helpers/measurements/`, where the tests and
+# the table of section 5 pick them up.
 
 # %% [markdown]
 # ## 3. Drawing the phases
@@ -430,54 +430,45 @@ pd.DataFrame(estimates).round(3)  # GiB
 # %% [markdown]
 # ## 5. Checking the estimate
 #
-# Against every phase measured on the H100: the four phases, the label-position step, and two
+# Against every phase measured on a GPU: the four phases, the label-position step, and two
 # evaluation batches that the measurement ran between training steps (AdamW's state still alive).
-# `memory.estimate_measurement` reads the shapes and the recipe from the file's provenance. That
-# provenance does not record whether the batches were padded; the estimator then assumes unpadded
+# Each `gpu_measurements*.json` in `lmcls_helpers/measurements/` holds them (the H100 reference, plus
+# any file `python -m benchmarks.gpu_memory` has added on a GPU), and `python -m benchmarks.memory_validation`
+# estimates each phase again from the shapes and the recipe the file records, and ships the result
+# as one small table, `estimator_validation.json` (`tests/test_memory.py` checks it is up to date).
+# Where a file does not record whether its batches were padded, the estimate assumes unpadded
 # batches (like ours), and we print what a padding mask would add.
 
 # %%
-h100_estimates = memory.estimate_measurement(shipped)  # batch 8 x 86 tokens, NF4, bf16, r = 8, unpadded
-h100_check = memory.compare(shipped["phases"], h100_estimates)
-gap_mib = (h100_check["measured GiB"] - h100_check["estimated GiB"]) * 1024
+validation = memory.load_measurements(memory.VALIDATION)  # estimated and measured GiB per phase and per step
+checks = pd.DataFrame(validation["phases"]).set_index(["file", "phase"])
+checks["relative error"] = (checks["estimated_gib"] - checks["measured_gib"]) / checks["measured_gib"]
+h100_check = checks.loc["gpu_measurements.json"]  # the reference: batch 8 x 86 tokens, NF4, bf16, r = 8, unpadded
+gap_mib = (h100_check["measured_gib"] - h100_check["estimated_gib"]) * 1024
 print("measured - estimated, MiB:", gap_mib.round(0).astype(int).to_dict())
-h100_check.round(4)
-
-# %%
-fig = plots.estimate_vs_measured(h100_check, title="estimate vs the shipped H100 measurement (Llama-3-8B)")
-plots.show(fig, "05_estimate_vs_h100")
-
-# %% [markdown]
-# The same check for every measurement file shipped in `lmcls_helpers/measurements/` (the reference, plus
-# any `gpu_measurements_<gpu>.json` `python -m benchmarks.gpu_memory` has added on a GPU):
-
-# %%
-errors = {name: memory.compare(data["phases"], memory.estimate_measurement(data))["relative error"]
-          for name, data in memory.all_measurements().items()}
-max_rel_error = max(float(e.abs().max()) for e in errors.values())
+max_rel_error = float(checks["relative error"].abs().max())
+assert max_rel_error < validation["tolerance"]["phases"], checks  # 10%, as tests/test_memory.py asks
 results.record("estimator_max_rel_error", round(max_rel_error, 4))
 results.record("estimator_rel_error_by_phase", h100_check["relative error"].round(4).to_dict())
 padded = memory.estimate_training_memory(LLAMA3_8B_CONFIG, batch_size=8, seq_len=86)["total"]
-print(f"{len(errors)} shipped file(s), largest error {max_rel_error:.1%} (tests/test_memory.py keeps it under 10%); "
-      f"padded, the H100 step would need {padded:.2f} GiB")
+print(f"{checks.index.levels[0].size} shipped file(s), largest error {max_rel_error:.1%} (tests/test_memory.py keeps "
+      f"it under 10%); padded, the H100 step would need {padded:.2f} GiB")
+checks["ratio"].unstack("file").round(4)  # estimated / measured, one column per shipped file
 
 # %% [markdown]
 # Every phase within 1%, all slightly low: the 47 MiB found at loading stays in every later phase, and
 # grows to about 75 MiB in the two training steps. With a padding mask transformers repeats the 8 key/value heads to all 32 before
 # calling SDPA and autograd keeps the copies: real CoLA batches are padded, so section 6 plans with it.
 #
-# And against this run's own measurements, phase by phase (on the CPU, where the kernels differ
+# And against this run's own two training steps (on the CPU, where the kernels differ
 # slightly: dropout keeps fp32 noise instead of a bool mask, `device="cpu"` accounts for it):
 
 # %%
-run_estimates = memory.estimate_phases(config, batch_size=batch_size, seq_len=seq_len, lora_r=profile.lora_r,
-                                       dtype=profile.compute_dtype, device=profile.device, padding=False,
-                                       workspace_mib=memory.cublas_workspace_mib(profile.device))
-run_check = memory.compare(meter.phases, run_estimates)
-fig = plots.estimate_vs_measured(run_check, title=f"estimate vs this run ({profile.name} profile)")
-plots.show(fig, "05_estimate_vs_this_run")
-
-# %%
+run_check = pd.DataFrame({phase: {"measured GiB": meter.phases[phase]["peak"], "estimated GiB": memory.estimate_training_memory(
+    config, batch_size=batch_size, seq_len=seq_len, lora_r=profile.lora_r, dtype=profile.compute_dtype, logits=logits,
+    device=profile.device, padding=False, workspace_mib=memory.cublas_workspace_mib(profile.device))["total"]}
+    for phase, logits in (("train_step_seed_recipe", "all"), ("train_step_label_position_logits", "label"))}).T
+run_check["relative error"] = (run_check["estimated GiB"] - run_check["measured GiB"]) / run_check["measured GiB"]
 run_error = float(run_check["relative error"].abs().max())
 results.record("estimator_max_rel_error_this_run", round(run_error, 4))
 assert run_error < 0.10, run_check
@@ -489,19 +480,23 @@ run_check.round(4)
 # `python -m benchmarks.gpu_memory` measured one Llama-3-8B training step on a GPU for each of them:
 # micro-batches of 4 to 32, the tutorial's loss and label-position logits, gradient checkpointing
 # off and on, a padded batch, 8-bit AdamW, and, last, a model prepared the way most QLoRA recipes
-# prepare it (below). Its file ships with the package; here every row is estimated again, now, from
-# the settings the file records:
+# prepare it (below). Its file (`gpu_grid_<gpu>.json`) ships with the package, and the same table
+# has every row estimated again from the settings the file records:
 
 # %%
-grids = memory.grid_files()  # gpu_grid_<gpu>.json files written by benchmarks/gpu_memory.py
-for name, grid in grids.items():
-    prov = grid["provenance"]
+for name in dict.fromkeys(r["file"] for r in validation["branches"]):  # one gpu_grid_<gpu>.json per GPU
+    grid = {"grid": [r for r in validation["branches"] if r["file"] == name]}
+    prov = validation["files"][name]
     print(f"{name}: {prov['gpu']}, {prov['date']}, torch {prov['torch']}, transformers {prov['transformers']}, "
-          f"bitsandbytes {prov['bitsandbytes']}, {grid['dtype']}, {grid['seq_len']} tokens per row")
-    branches = memory.grid_table(grid)
-    branch_error = float(branches["relative error"].abs().max())  # NaN rows (no estimate) are skipped
+          f"bitsandbytes {prov['bitsandbytes']}, {prov['dtype']}, {prov['seq_len']} tokens per row")
+    branches = pd.DataFrame(grid["grid"]).set_index("step").rename(columns={"measured_gib": "measured GiB",
+                                                                             "estimated_gib": "estimated GiB"})
+    branches["relative error"] = (branches["estimated GiB"] - branches["measured GiB"]) / branches["measured GiB"]
+    branches["seconds per step"] = branches["step_s"]
+    branches = branches[["measured GiB", "estimated GiB", "relative error", "seconds per step"]]
+    branch_error = float(branches["relative error"].abs().max())
     results.record(f"branch_max_rel_error_{name.removesuffix('.json')}", round(branch_error, 4))
-    assert branch_error <= 0.05, branches
+    assert branch_error <= validation["tolerance"]["branches"], branches  # 5%
 branches.round(3)
 
 # %%
@@ -531,7 +526,7 @@ plots.show(fig, "05_measured_branches")
 # which is why it lands furthest off of all the rows, though still within the 5% we ask of it.
 
 # %%
-plain, upcast = memory.grid_peak(grid), memory.grid_peak(grid, upcast_fp32=True)
+plain, upcast = branches.loc[["batch 8, tutorial loss", "batch 8, tutorial loss, fp32 upcast"], "measured GiB"]
 print(f"tutorial's step, batch 8: {plain:.2f} GiB; after prepare_model_for_kbit_training: {upcast:.2f} GiB "
       f"(+{upcast - plain:.2f} GiB)")
 
@@ -596,7 +591,7 @@ t4_spec = memory.GPUS["T4 16 GB"]
 t4_peak = memory.estimate_training_memory(LLAMA3_8B_CONFIG, batch_size=8, seq_len=86, optimizer="adamw8bit",
                                           dtype=torch.float16, workspace_mib=t4_spec["workspace_mib"])["total"]
 results.record("t4_tutorial_step_estimated_gib", round(t4_peak, 3))
-results.record("h100_seed_step_estimated_gib", round(h100_estimates["train_step_seed_recipe"]["total"], 3))
+results.record("h100_seed_step_estimated_gib", round(h100_check.loc["train_step_seed_recipe", "estimated_gib"], 3))
 t4_context = contexts["T4 16 GB"]
 print(f"the estimator says: the tutorial's T4 step (fp16, 8-bit AdamW, padded batch of 8): {t4_peak:.2f} GiB of tensors at the peak, "
       f"+ {t4_context:.2f} GiB context = {t4_peak + t4_context:.2f} of {t4_spec['capacity_gib']} GiB, "

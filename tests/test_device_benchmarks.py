@@ -13,6 +13,7 @@ import pytest
 
 import benchmarks.cpu_threads as cpu_threads
 import benchmarks.gpu_memory as gpu_memory
+import benchmarks.memory_validation as validation
 from lmcls_helpers import memory
 
 SMALL = dict(model_type="llama", vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
@@ -41,12 +42,12 @@ def test_gpu_memory_writes_the_shipped_formats(tmp_path, monkeypatch, one_model_
     monkeypatch.setattr(gpu_memory, "TIMED_STEPS", 1)
     report = gpu_memory.main(["--device", "cpu", "--out", str(tmp_path)])
     phases = gpu_memory.check_measurements(memory.load_measurements(tmp_path / "gpu_measurements_cpu_rehearsal.json"))
-    assert set(phases["phases"]) == set(memory.estimate_measurement(phases))
+    assert set(phases["phases"]) == set(validation.estimate_measurement(phases))
     grid = json.loads((tmp_path / "gpu_grid_cpu_rehearsal.json").read_text())
     assert grid["grid"] == report["grid"] and len(grid["grid"]) == 20
-    table = memory.grid_table(grid)  # the shipped file's reader works on what the script wrote
+    table = validation.grid_table(grid)  # the shipped file's reader works on what the script wrote
     assert table["estimated GiB"].notna().all() and table["measured GiB"].gt(0).all()
-    assert memory.grid_peak(grid, batch_size=32, logits="label", checkpointing=True) < memory.grid_peak(grid, batch_size=32)
+    assert validation.grid_peak(grid, batch_size=32, logits="label", checkpointing=True) < validation.grid_peak(grid, batch_size=32)
 
 
 def test_cpu_threads_reports_every_thread_count(monkeypatch, one_model_rule_lifted):

@@ -6,6 +6,8 @@ Measurements come from two places: the H100 figures shipped with the package, an
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -13,8 +15,10 @@ from hypothesis import strategies as st
 from transformers import BitsAndBytesConfig, LlamaConfig
 
 import benchmarks.gpu_memory as gpu_memory
+import benchmarks.memory_validation as validation
+from benchmarks.memory_validation import estimate_forward_memory
 from lmcls_helpers import memory
-from lmcls_helpers.memory import GIB, MIB, estimate_forward_memory, estimate_training_memory
+from lmcls_helpers.memory import GIB, MIB, estimate_training_memory
 from lmcls_helpers.profiles import LLAMA3_8B_CONFIG
 
 #: Small enough to compute by hand: head_dim 16, two KV heads for four query heads.
@@ -122,18 +126,26 @@ def test_bad_input_says_what_to_fix(bad):
         estimate_training_memory({"hidden_size": 8}, batch_size=1, seq_len=1)
 
 
-MEASUREMENT_FILES = sorted(memory.all_measurements())
+MEASUREMENT_FILES = sorted(validation.all_measurements())
 
 
 @pytest.mark.parametrize("name", MEASUREMENT_FILES)
 def test_estimates_within_ten_percent_of_every_shipped_measurement(name):
     """Every gpu_measurements*.json in the package data; the reference, whose padding is not recorded, both ways."""
-    shipped = gpu_memory.check_measurements(memory.all_measurements()[name], name)  # in the format the benchmark writes
+    shipped = gpu_memory.check_measurements(validation.all_measurements()[name], name)  # in the format the benchmark writes
     recorded = shipped["provenance"]["padding"]
     for padding in [recorded] if isinstance(recorded, bool) else [False, True]:
-        table = memory.compare(shipped["phases"], memory.estimate_measurement(shipped, padding=padding))
+        table = validation.compare(shipped["phases"], validation.estimate_measurement(shipped, padding=padding))
         assert {"model_loaded_4bit", "lora_attached", "train_step_seed_recipe"} <= set(table.index)
         assert table["relative error"].abs().max() < 0.10, (padding, table)
+
+
+def test_the_shipped_validation_table_is_up_to_date():
+    """Notebook 5 shows estimator_validation.json: it must be what the estimator and the raw files give now."""
+    shipped = memory.load_measurements(memory.VALIDATION)
+    assert shipped == json.loads(validation.dumps(validation.validation())), "rerun python -m benchmarks.memory_validation"
+    for kind in ("phases", "branches"):
+        assert all(abs(r["ratio"] - 1) < shipped["tolerance"][kind] for r in shipped[kind]), kind
 
 
 def test_upcast_estimates_fp32_compute_around_the_4bit_weights():
@@ -146,7 +158,7 @@ def test_upcast_estimates_fp32_compute_around_the_4bit_weights():
     assert upcast["activations"] > plain["activations"] and upcast["logits"] > plain["logits"]
 
 
-GRID_FILES = sorted(memory.grid_files())
+GRID_FILES = sorted(validation.grid_files())
 
 
 def test_a_measured_grid_ships():
@@ -157,16 +169,16 @@ def test_a_measured_grid_ships():
 @pytest.mark.parametrize("name", GRID_FILES)
 def test_every_estimator_branch_within_five_percent_of_its_measured_step(name):
     """Micro-batches 4-32, both losses, checkpointing, padding, 8-bit AdamW: each row re-estimated now."""
-    grid = memory.grid_files()[name]
-    table = memory.grid_table(grid)
+    grid = validation.grid_files()[name]
+    table = validation.grid_table(grid)
     # 4 sizes x 2 losses x checkpointing on/off, + padded x 2, + 8-bit AdamW, + peft's fp32 upcast
     assert len(table) >= 20 and table["estimated GiB"].notna().all(), table
     assert table["relative error"].abs().max() <= 0.05, table
     # the upcast costs at least the weights it doubles (notebook 4)
     upcast_weights = estimate_training_memory(grid["model_config"], batch_size=8, seq_len=86)["weights_16bit"]  # 2 -> 4 bytes
-    assert memory.grid_peak(grid, upcast_fp32=True) > memory.grid_peak(grid) + upcast_weights
+    assert validation.grid_peak(grid, upcast_fp32=True) > validation.grid_peak(grid) + upcast_weights
     with pytest.raises(KeyError, match="No step"):
-        memory.grid_peak(grid, batch_size=3)
+        validation.grid_peak(grid, batch_size=3)
 
 
 def test_cuda_context_per_gpu_from_the_driver_counts_after_loading():
@@ -318,14 +330,14 @@ def test_measurements_round_trip_in_the_shipped_format(tmp_path):
     shipped_path = tmp_path / "gpu_measurements.json"
     shipped_path.write_text(memory.MEASUREMENTS.read_text())
     gpu_memory.save_measurements(phases, tmp_path / name, config=TINY, batch_size=2, seq_len=8, recipe=recipe, about="test")
-    found = memory.all_measurements(tmp_path)
+    found = validation.all_measurements(tmp_path)
     assert list(found) == ["gpu_measurements.json", name]  # the reference first, then every GPU's own
     loaded, shipped = found[name], found["gpu_measurements.json"]
     assert loaded["phases"] == phases and loaded["model_config"] == TINY and loaded["batch_size"] == 2
     assert set(gpu_memory.MEASUREMENT_KEYS) <= set(loaded) and set(gpu_memory.MEASUREMENT_KEYS) <= set(shipped)
     assert set(gpu_memory.PROVENANCE_KEYS) <= set(loaded["provenance"]) & set(shipped["provenance"])
     assert loaded["provenance"]["torch"] == torch.__version__ and loaded["provenance"]["lora"]["r"] == 4
-    assert memory.estimate_measurement(loaded)["train_step_seed_recipe"] == estimate_training_memory(
+    assert validation.estimate_measurement(loaded)["train_step_seed_recipe"] == estimate_training_memory(
         TINY, batch_size=2, seq_len=8, lora_r=4, lora_targets=["q_proj", "v_proj"], lora_dropout=0.0,
         dtype=torch.float32, padding=False, workspace_mib=0.0)  # the CPU records no cuBLAS workspace
     with pytest.raises(ValueError, match="recipe is missing"):

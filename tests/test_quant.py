@@ -254,6 +254,26 @@ def _nearest_level_dequantization(weight: torch.Tensor, levels: torch.Tensor, bl
     return (levels.float()[nearest] * absmax).reshape(weight.shape)
 
 
+def cpu_has_avx512f() -> bool:
+    """Whether bitsandbytes' CPU library takes its AVX-512 code paths here (notebook 3, exercise 1, asks the same)."""
+    try:
+        from bitsandbytes.cextension import lib
+
+        return bool(lib.has_avx512f_cpu())
+    except Exception:  # no native CPU library, or an older one without the probe
+        return False
+
+
+def avx512_scale_index(shape: tuple[int, int], blocksize: int) -> torch.Tensor:
+    """The absmax bitsandbytes 0.50's AVX-512 CPU kernel reads per weight: ``row * (n // blocksize) + col // blocksize``.
+
+    The true block is ``(row * n + col) // blocksize``: the same only when ``blocksize`` divides ``n``.
+    Notebook 3's exercise 1 computes this index inline.
+    """
+    rows, n = shape
+    return torch.arange(rows)[:, None] * (n // blocksize) + torch.arange(n) // blocksize
+
+
 @pytest.mark.parametrize("blocksize", [32, 64, 128, 256])
 def test_bitsandbytes_cpu_dequantize_with_blocks_longer_than_a_row(blocksize):
     """bitsandbytes 0.50's CPU dequantize_4bit is right on some CPUs and wrong on others: check ours either way.
@@ -270,10 +290,10 @@ def test_bitsandbytes_cpu_dequantize_with_blocks_longer_than_a_row(blocksize):
     theirs = bnbf.dequantize_4bit(packed_bnb, state)
     if torch.equal(theirs, ours):  # the scalar kernel, blocks that tile a row, or a fixed bitsandbytes
         return
-    assert quant.cpu_has_avx512f(), "bitsandbytes disagrees with us without taking its AVX-512 path: a new bug"
+    assert cpu_has_avx512f(), "bitsandbytes disagrees with us without taking its AVX-512 path: a new bug"
     assert weight.shape[1] % blocksize != 0, "the AVX-512 kernel should be right when the block divides the row"
     levels = NF4[quant.unpack_codes(packed_bnb).long()].reshape(weight.shape)
-    assert torch.equal(theirs, levels * state.absmax[quant.avx512_scale_index(weight.shape, blocksize)])
+    assert torch.equal(theirs, levels * state.absmax[avx512_scale_index(weight.shape, blocksize)])
     # Precisely: block 0 is right, every other block j is scaled by absmax[0] / absmax[j].
     per_block = (theirs.reshape(-1, blocksize), ours.reshape(-1, blocksize))
     nonzero = per_block[1] != 0
@@ -284,5 +304,5 @@ def test_bitsandbytes_cpu_dequantize_with_blocks_longer_than_a_row(blocksize):
 
 
 def test_avx512_scale_index():
-    assert torch.equal(quant.avx512_scale_index((2, 4), 2), torch.tensor([[0, 1], [2, 3]]).repeat_interleave(2, 1))
-    assert torch.equal(quant.avx512_scale_index((4, 4), 8), torch.zeros(4, 4, dtype=torch.int64))  # the bug
+    assert torch.equal(avx512_scale_index((2, 4), 2), torch.tensor([[0, 1], [2, 3]]).repeat_interleave(2, 1))
+    assert torch.equal(avx512_scale_index((4, 4), 8), torch.zeros(4, 4, dtype=torch.int64))  # the bug
