@@ -136,7 +136,7 @@ def values_chart(values: dict, xlabel: str, title: str = "", intervals: dict | N
     if band is not None:
         axes[0][0].axvspan(*band, color="tab:orange", alpha=0.25, zorder=0, label=band_label or "95% interval")
     if band is not None or intervals:
-        axes[0][0].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        axes[0][0].legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2))  # below: the axes keep their width
     axes[0][0].set_yticks(range(len(names)), names, fontsize=8)
     axes[0][0].invert_yaxis()
     return fig
