@@ -253,12 +253,17 @@ def memory_phases(rows: list[dict], capacity_gib: float | None = None, capacity_
     Bars under 1 GiB (the tiny profile) are drawn in MiB. ``ymax`` (GiB) fixes the scale, so that two
     GPUs' figures compare at a glance; a capacity above it is named at the top instead of drawn.
     """
-    frame = pd.DataFrame(rows).pivot_table(index="phase", columns="segment", values="GiB", aggfunc="sum", sort=False)
-    unit, scale = ("MiB", 1024) if frame.sum(axis=1).max() < 1 and capacity_gib is None else ("GiB", 1)
+    phases = list(dict.fromkeys(r["phase"] for r in rows))  # segments stack in each phase's own order
+    top = max(sum(r["GiB"] for r in rows if r["phase"] == p) for p in phases)
+    unit, scale = ("MiB", 1024) if top < 1 and capacity_gib is None else ("GiB", 1)
     fig, ax = _figure(title, "", f"{unit} (2**{30 if unit == 'GiB' else 20} bytes)")
-    # rows come bottom-up, and every phase lists its segments in the same order, so columns stack as they came
-    (scale * frame.fillna(0.0)).rename(index=_phase_label).plot.bar(stacked=True, ax=ax, width=0.6, edgecolor="white",
-        linewidth=0.5, xlabel="", rot=20, fontsize=7, color=[PHASE_COLORS.get(s, "#DD8452") for s in frame])
+    bottom, seen = dict.fromkeys(phases, 0.0), set()
+    for r in rows:  # bottom-up within each phase; a segment named once in the legend
+        ax.bar(_phase_label(r["phase"]), r["GiB"] * scale, bottom=bottom[r["phase"]], width=0.6, edgecolor="white",
+               linewidth=0.5, label=None if r["segment"] in seen else r["segment"],
+               color=PHASE_COLORS.get(r["segment"], "#DD8452"))
+        seen.add(r["segment"])
+        bottom[r["phase"]] += r["GiB"] * scale
     label = capacity_label or (f"capacity {capacity_gib:.1f} GiB" if capacity_gib is not None else "")
     if capacity_gib is not None and (ymax is None or capacity_gib <= ymax):
         ax.axhline(capacity_gib, color="red", linestyle="--", linewidth=1.2, label=label)
@@ -266,7 +271,8 @@ def memory_phases(rows: list[dict], capacity_gib: float | None = None, capacity_
         ax.annotate(f"{label}: above this scale", (0.99, 0.97), xycoords="axes fraction", ha="right", va="top",
                     fontsize=7, color="red")
     if ymax is not None or capacity_gib is not None:  # room for the legend above the capacity line
-        ax.set_ylim(0, (ymax if ymax is not None else 1.45 * max(capacity_gib, frame.sum(axis=1).max())) * scale)
+        ax.set_ylim(0, (ymax if ymax is not None else 1.45 * max(capacity_gib, top)) * scale)
+    ax.tick_params(axis="x", labelsize=7, labelrotation=20)
     ax.legend(fontsize=7, loc="upper left")
     return fig
 
