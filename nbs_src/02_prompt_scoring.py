@@ -375,7 +375,9 @@ print(f"acceptable sentences called unacceptable: {fn}/{tp + fn} ({fn / (tp + fn
 # the better the classes separate; the dashed line is the decision threshold.
 
 # %%
-fig = plots.score_histogram(fewshot_dev.probs, fewshot_dev.labels, title="few-shot P(acceptable), dev split")
+fig = plots.histograms({f"true: {name}": fewshot_dev.probs[fewshot_dev.labels == y] for y, name in enumerate(("unacceptable", "acceptable"))},
+                       "P(' acceptable') from the two label logits", "sentences", title="few-shot P(acceptable), dev split",
+                       bins=20, span=(0, 1), lines=[0.5], lines_label="decision threshold")
 plots.show(fig, "02_score_histogram")
 print(f"P(acceptable) is a softmax over 2 of the model's {model.config.vocab_size:,} logits")
 
@@ -470,8 +472,8 @@ pd.Series(ablation, name="few-shot dev MCC").round(3)
 
 # %%
 tutorial_finetuned = dict(zip(VARIANTS, [0.545, 0.556, 0.632, 0.638, 0.647]))
-fig = plots.bar_chart(ablation, "few-shot dev MCC (this profile's model)", "prompt variants",
-                      reference=tutorial_finetuned, reference_label="tutorial: Llama 3 8B fine-tuned, test MCC")
+fig = plots.values_chart(ablation, "few-shot dev MCC (this profile's model)", "prompt variants",
+                         reference=tutorial_finetuned, reference_label="tutorial: Llama 3 8B fine-tuned, test MCC")
 plots.show(fig, "02_prompt_ablation")
 _ = results.record("ablation", ablation)
 

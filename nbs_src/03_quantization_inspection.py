@@ -239,7 +239,8 @@ plots.show(fig, "03_code_usage")
 # means larger rounding errors.
 
 # %%
-fig = plots.error_histogram({"NF4": nf4_error, "FP4": fp4_error}, "dequantized − original weight")
+fig = plots.histograms({f"{name}: mean |error| {e.abs().mean():.2e}": e for name, e in (("NF4", nf4_error), ("FP4", fp4_error))},
+                       "dequantized − original weight", "weights", title="dequantized minus original weight")
 plots.show(fig, "03_error_histogram")
 
 # %%
@@ -288,8 +289,10 @@ tails = pd.DataFrame({name: tail_stats(w) for name, w in matrices.items()}).T
 tails.round(3)
 
 # %%
-fig = plots.scaled_weights_under_levels({name: w.reshape(-1, blocksize) / w.reshape(-1, blocksize).abs().amax(1, keepdim=True)
-                                         for name, w in matrices.items()}, nf4_levels)
+fig = plots.histograms({name: w.reshape(-1, blocksize) / w.reshape(-1, blocksize).abs().amax(1, keepdim=True)
+                        for name, w in matrices.items()}, "weight / absmax of its block of 64", "density",
+                       title="block-scaled weights under the 16 NF4 levels", bins=101, span=(-1, 1), density=True,
+                       lines=nf4_levels, lines_label="NF4 levels")
 plots.show(fig, "03_real_weights")
 
 # %%
@@ -678,7 +681,7 @@ for name, (d, lo, hi) in paired.items():
 print(f"unpaired 95% interval of {reference}'s MCC alone: [{unpaired[0]:+.3f}, {unpaired[1]:+.3f}] on n = {len(ref_labels)}")
 
 # %%
-fig = plots.metric_by_precision(
+fig = plots.values_chart(
     {name: d for name, (d, _, _) in paired.items()}, f"MCC − MCC of {reference}",
     f"few-shot MCC difference by precision, n = {len(ref_labels)}",
     band=tuple(unpaired), band_label=f"unpaired 95% interval of {reference} (for contrast)",

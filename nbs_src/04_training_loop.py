@@ -589,7 +589,9 @@ lrs = [profile.lr * scheduler.lr_lambdas[0](step) for step in range(total_steps)
 peak = profile.warmup_steps
 assert lrs[peak] == profile.lr and all(a <= b for a, b in zip(lrs[:peak], lrs[1 : peak + 1])), "warm-up rises to lr"
 assert all(a >= b for a, b in zip(lrs[peak:], lrs[peak + 1 :])) and lrs[-1] < lrs[peak], "then it decays"
-fig = plots.lr_schedule(lrs, profile.warmup_steps, title=f"learning rate over {total_steps} steps")
+fig = plots.line_chart({"learning rate": (range(1, total_steps + 1), lrs, {"marker": ""})}, "learning rate",
+                       title=f"learning rate over {total_steps} steps",
+                       span=(0, profile.warmup_steps, f"warm-up ({profile.warmup_steps} steps)"))
 plots.show(fig, "04_lr_schedule")
 
 
@@ -683,8 +685,9 @@ stats.set_index("step")[["train_loss", "val_loss", "val_mcc", "lr", "elapsed_s"]
 # the validation loss is measured on the same held-out sentences every time.
 
 # %%
-fig = plots.learning_curves(steps_df.step, steps_df.loss, stats.step, stats.val_loss,
-                            title="label-word loss: training steps and validation")
+fig = plots.line_chart({"training loss (per step)": (steps_df.step, steps_df.loss, {"marker": "", "alpha": 0.35, "linewidth": 1}),
+                        "validation loss": (stats.step, stats.val_loss, {"color": "tab:green"})},
+                       "cross-entropy of the label word (nats)", title="label-word loss: training steps and validation")
 plots.show(fig, "04_learning_curves")
 spike = steps_df.loc[steps_df.loss.idxmax()]
 print(f"highest training loss {spike.loss:.2f} at step {spike.step:.0f} of {total_steps}, learning rate then "
@@ -701,8 +704,8 @@ print(f"highest training loss {spike.loss:.2f} at step {spike.step:.0f} of {tota
 # places the highest training loss of the run; on the tiny profile it sits at the end of the warm-up.
 
 # %%
-fig = plots.metric_curve(stats.step, stats.val_mcc, "validation MCC", reference=fewshot_val.mcc,
-                         reference_label="few-shot (step 0)", title="validation MCC during training")
+fig = plots.line_chart({"validation MCC": (stats.step, stats.val_mcc, {"color": "tab:purple"})}, "validation MCC",
+                       title="validation MCC during training", hlines={"few-shot (step 0)": fewshot_val.mcc})
 plots.show(fig, "04_validation_mcc")
 best_val_mcc = float(stats.val_mcc[stats.step > 0].max())
 print(f"best validation MCC {best_val_mcc:.3f} (few-shot {fewshot_val.mcc:.3f})")

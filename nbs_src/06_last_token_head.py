@@ -178,7 +178,8 @@ last = last_token_index(batch["attention_mask"])  # (4,): where each sentence re
 print(f"logits {tuple(logits.shape)}; last real token at {last.tolist()}; position -1 is {logits.shape[1] - 1}")
 
 # %%
-fig = plots.two_reads_layout(batch, tokenizer, last, title="right padding: last real token (red) vs position -1 (blue)")
+fig = plots.padding_layout(batch, tokenizer, marks=last, title="right padding: last real token (red) vs position -1 (blue)",
+                           minus_one=True)
 plots.show(fig, "06_two_reads")
 
 # %% [markdown]
@@ -432,7 +433,10 @@ above_zero.round(2)
 # %%
 pad_curves = {(name, i): bug_runs[read]["pads"][i] for read, name in (("minus_one", "position -1"), ("last_real", "last real token"))
               for i in range(3)}
-fig = plots.score_vs_pads(pad_curves, title="three sentences, more and more padding after each")
+fig = plots.line_chart({f"{read}, sentence {i}": (range(len(v)), v, {"linestyle": "--" if read == "position -1" else "-",
+                                                                     "color": f"C{i}", "markersize": 3})
+                        for (read, i), v in pad_curves.items()}, "head logit", xlabel="pad tokens after the sentence",
+                       title="three sentences, more and more padding after each")
 plots.show(fig, "06_score_vs_pads")
 
 # %%

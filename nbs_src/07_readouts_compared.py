@@ -557,8 +557,10 @@ print(f"the three MCCs span {three.max() - three.min():.2f}; resampling the {len
 curve_table = pd.DataFrame(curve).sort_index()
 curve_table.index.name = "training examples"
 results.record("sample_efficiency_mcc", {m: {str(n): float(v) for n, v in col.items()} for m, col in curve_table.items()})
-fig = plots.sample_efficiency(curve_table, title=f"dev MCC after {profile.max_steps} steps, by training-set size",
-                              reference={"label words, 0 examples (few-shot)": fewshot_mcc})
+fig = plots.line_chart({name: (curve_table.index, curve_table[name]) for name in curve_table.columns}, "dev MCC",
+                       title=f"dev MCC after {profile.max_steps} steps, by training-set size", log2x=True,
+                       xlabel="training examples available (log scale)",
+                       hlines={"label words, 0 examples (few-shot)": fewshot_mcc})
 plots.show(fig, "07_sample_efficiency")
 
 # %%
