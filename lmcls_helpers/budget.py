@@ -218,13 +218,13 @@ def _sixteen_bit_fits(profile) -> bool:
     import torch
 
     from . import quant
-    from .models import model_config
+    from .models import llama_config
 
     if profile.device != "cuda":
         return True
     if not torch.cuda.is_available():  # planning for a T4 from a laptop
         return False
-    needed = quant.total_bytes(quant.predicted_table(model_config(profile), dtype=profile.compute_dtype, quantize=False))
+    needed = quant.total_bytes(quant.predicted_table(llama_config(profile), dtype=profile.compute_dtype, quantize=False))
     return quant.fits_in_memory(needed, profile.device)
 
 

@@ -207,6 +207,8 @@ print(f"few-shot  test MCC {fewshot_test.mcc:.3f}  accuracy {fewshot_test.accura
 # %%
 from peft import LoraConfig, get_peft_model
 
+from lmcls_helpers import training
+
 c = LLAMA3_8B_CONFIG
 upcast_params = 2 * c["vocab_size"] * c["hidden_size"] + (2 * c["num_hidden_layers"] + 1) * c["hidden_size"]
 print(f"Llama-3-8B: {upcast_params / 1e9:.2f}B weights would go from 2 to 4 bytes: +{upcast_params * 2 / 2**30:.2f} GiB")
@@ -230,8 +232,7 @@ print(f"{grid['provenance']['gpu']}: {plain:.1f} GiB without the cast, {upcast:.
 # with `B = 0`, so the model is unchanged until the first step.
 
 # %%
-lora_config = LoraConfig(r=profile.lora_r, lora_alpha=profile.lora_alpha, lora_dropout=profile.lora_dropout,
-                         target_modules=list(LLAMA_PROJECTIONS), bias="none", task_type="CAUSAL_LM")
+lora_config = training.lora_config(profile)  # r, alpha, dropout from the profile; all seven projections
 torch.manual_seed(profile.seed)  # the A matrices start random
 model = get_peft_model(model, lora_config)
 trainable = [p for p in model.parameters() if p.requires_grad]
@@ -860,7 +861,7 @@ print(f"MCC gain over few-shot: {gain:+.3f}")
 # above 0, so we hand it each model's logit of " acceptable" minus that of " unacceptable":
 
 # %%
-from lmcls_helpers.readouts import bootstrap_sd
+from lmcls_helpers.training import bootstrap_sd
 
 gain_sd = bootstrap_sd(test.labels, test.scores[:, 1] - test.scores[:, 0],
                        fewshot_test.scores[:, 1] - fewshot_test.scores[:, 0], seed=profile.seed)
