@@ -2,9 +2,9 @@
 
     python -m benchmarks.recipes --device cpu|cuda [--json] [--ablate] [--repeats N] [--threads N] [--examples N] [--out DIR]
 
-*Tutorial recipe* (the Llama 3 CoLA seed): logits for every position and the whole vocabulary,
+*Tutorial recipe* (the Llama 3 CoLA tutorial): logits for every position and the whole vocabulary,
 loss through ``model(..., labels=...)``, micro-batch 8, no gradient checkpointing, batches in
-random order, every batch padded to the longest example in the data (the seed tokenized its whole
+random order, every batch padded to the longest example in the data (the tutorial tokenized its whole
 training set in one call with ``padding="longest"``: 86 tokens on CoLA); scoring keeps
 ``(batch, seq, vocab)`` logits and picks one row.
 *Lean recipe*: the LM head only where the label is predicted (``batches.label_loss(lean=True)``,
@@ -153,7 +153,7 @@ def step_plan(data: list[list[int]], recipe: Recipe, step_examples: int = STEP_E
 
 
 def tutorial_loss(model, batch) -> torch.Tensor:
-    """The seed's loss: transformers computes full logits, shifts, upcasts and averages."""
+    """The tutorial's loss: transformers computes full logits, shifts, upcasts and averages."""
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
     return out.loss * len(batch["input_ids"])  # summed over the batch, like label_loss
 

@@ -137,11 +137,11 @@ def check_loads(stem: str, profile) -> int:
 
 def finish(stem: str, profile) -> str:
     """The closing line of a notebook: time taken against the plan printed at the top, loads checked."""
-    loads = check_loads(stem, profile)
-    planned = estimate(plan_for(stem, profile), load_rates()[this_runtime(profile)])["total_s"]
+    loads, here = check_loads(stem, profile), this_runtime(profile)
+    planned = estimate(plan_for(stem, profile), load_rates()[here])["total_s"]
     taken = time.perf_counter() - _started.get(stem, time.perf_counter())
     return (f"{stem}: {taken / 60:.1f} min from the budget line to here, planned about {planned / 60:.1f} min "
-            f"on {this_runtime(profile)}; {loads} model load(s), as planned")
+            f"on {here}; {loads} model load(s), as planned")
 
 
 # --- each notebook's plan ------------------------------------------------------------------------

@@ -351,7 +351,7 @@ pd.DataFrame({"full logits (MiB, fp32)": {k: v[0] * 4 / 2**20 for k, v in sizes.
 from lmcls_helpers.memory import GPUS, cuda_context_gib, estimate_training_memory
 
 t4_spec = GPUS["T4 16 GB"]
-t4_budget = t4_spec["capacity_gib"] - cuda_context_gib()["T4 16 GB"]  # GiB left for tensors
+t4_tensor_gib = t4_spec["capacity_gib"] - cuda_context_gib()["T4 16 GB"]  # GiB left for tensors
 recipe_switches = {"tutorial (all logits)": {"logits": "all", "grad_checkpointing": False},
                    "lean head": {"logits": "label", "grad_checkpointing": False},
                    "lean head + checkpointing": {"logits": "label", "grad_checkpointing": True}}
@@ -359,11 +359,11 @@ peaks = pd.DataFrame({name: {f"micro-batch {b}": estimate_training_memory(
     LLAMA3_8B_CONFIG, batch_size=b, seq_len=86, workspace_mib=t4_spec["workspace_mib"], **kw)["total"]
     for b in (8, 16, 32)} for name, kw in recipe_switches.items()})
 print(f"estimated peak GiB for one training step; a T4 holds {t4_spec['capacity_gib']} GiB, "
-      f"{t4_budget:.2f} GiB of it for tensors")
+      f"{t4_tensor_gib:.2f} GiB of it for tensors")
 peaks.round(2)
 
 # %%
-tutorial_left = t4_budget - peaks.loc["micro-batch 8", "tutorial (all logits)"]
+tutorial_left = t4_tensor_gib - peaks.loc["micro-batch 8", "tutorial (all logits)"]
 lean_share = peaks["lean head + checkpointing"] / peaks["tutorial (all logits)"]
 print(f"the estimator says: the tutorial's step leaves {tutorial_left:.2f} GiB of the T4's budget; the lean recipe "
       f"needs {' / '.join(f'{x:.0%}' for x in lean_share)} of its peak at {' / '.join(lean_share.index)}")
