@@ -73,10 +73,11 @@ def load_rates() -> dict[str, Rates]:
 
 def estimate(plan: Plan, rates: Rates) -> dict[str, float]:
     """Seconds for each part of ``plan`` at ``rates``: installs, the first load, reloads, training, scoring, overhead, total."""
-    scale = plan.seq_len / rates.seq_len  # recomputation: backward recomputes each block's forward
+    scale = plan.seq_len / rates.seq_len
+    recompute = rates.checkpointing_factor if plan.recompute else 1.0  # backward recomputes each block's forward
     parts = {"install_s": rates.install_s, "load_s": rates.load_s if plan.loads else 0.0,
-             "reload_s": max(plan.loads - 1, 0) * rates.reload_s, "train_s": plan.train_examples * rates.train_example_s
-             * scale * (rates.checkpointing_factor if plan.recompute else 1.0),
+             "reload_s": max(plan.loads - 1, 0) * rates.reload_s,
+             "train_s": plan.train_examples * rates.train_example_s * scale * recompute,
              "score_s": plan.scored_examples * rates.score_example_s * scale, "overhead_s": rates.overhead_s}
     return {**parts, "total_s": sum(parts.values())}
 
