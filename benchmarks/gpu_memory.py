@@ -42,10 +42,11 @@ from benchmarks.memory_validation import compare, estimate_measurement
 from benchmarks.recipes import set_grad_checkpointing
 from lmcls_helpers import memory
 from lmcls_helpers.batches import label_loss
-from lmcls_helpers.models import LLAMA_PROJECTIONS, free_gpu_memory, load_model
+from lmcls_helpers.models import free_gpu_memory, load_model
 from lmcls_helpers.paths import MEASUREMENTS, build_dir
 from lmcls_helpers.profiles import get_profile
 from lmcls_helpers.scoring import last_token_logits
+from lmcls_helpers.training import lora_config
 
 #: The CPU rehearsal's model: Llama's layout, small enough for two cores.
 CPU_CONFIG = dict(model_type="llama", vocab_size=4096, hidden_size=128, intermediate_size=448, num_hidden_layers=2,
@@ -170,11 +171,9 @@ def make_batch(config: dict, batch_size: int, device: str, padded: bool = False,
 
 def attach_lora(model, profile):
     """LoRA with the profile's rank, alpha and dropout on all seven projections, as notebook 5 attaches it."""
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
 
-    config = LoraConfig(r=profile.lora_r, lora_alpha=profile.lora_alpha, lora_dropout=profile.lora_dropout,
-                        target_modules=list(LLAMA_PROJECTIONS), task_type="CAUSAL_LM")
-    return get_peft_model(model, config)
+    return get_peft_model(model, lora_config(profile))
 
 
 def make_optimizer(model, kind: str):

@@ -2,9 +2,9 @@
 
     python -m benchmarks.recipes --device cpu|cuda [--json] [--ablate] [--repeats N] [--threads N] [--examples N] [--out DIR]
 
-*Tutorial recipe* (the Llama 3 CoLA seed): logits for every position and the whole vocabulary,
+*Tutorial recipe* (the Llama 3 CoLA tutorial): logits for every position and the whole vocabulary,
 loss through ``model(..., labels=...)``, micro-batch 8, no gradient checkpointing, batches in
-random order, every batch padded to the longest example in the data (the seed tokenized its whole
+random order, every batch padded to the longest example in the data (the tutorial tokenized its whole
 training set in one call with ``padding="longest"``: 86 tokens on CoLA); scoring keeps
 ``(batch, seq, vocab)`` logits and picks one row.
 *Lean recipe*: the LM head only where the label is predicted (``batches.label_loss(lean=True)``,
@@ -53,12 +53,13 @@ from lmcls_build.world import ensure_world
 from lmcls_helpers.batches import collate, label_loss
 from lmcls_helpers.data import load_cola
 from lmcls_helpers.memory import estimate_training_memory
-from lmcls_helpers.models import LLAMA_PROJECTIONS, load_model
+from lmcls_helpers.models import load_model
 from lmcls_helpers.paths import MEASUREMENTS, build_dir
 from lmcls_helpers.profiles import LABEL_WORDS, LLAMA3_8B_CONFIG, get_profile, library_versions
 from lmcls_helpers.prompts import PromptTemplate
 from lmcls_helpers.scoring import last_token_logits
 from lmcls_helpers.tokens import load_reference_tokenizer
+from lmcls_helpers.training import lora_config
 
 #: The CPU stand-in: Llama 3's vocabulary and head, a body small enough for two cores.
 CPU_SCALED = dict(LLAMA3_8B_CONFIG, hidden_size=256, intermediate_size=896, num_hidden_layers=2,
@@ -152,7 +153,7 @@ def step_plan(data: list[list[int]], recipe: Recipe, step_examples: int = STEP_E
 
 
 def tutorial_loss(model, batch) -> torch.Tensor:
-    """The seed's loss: transformers computes full logits, shifts, upcasts and averages."""
+    """The tutorial's loss: transformers computes full logits, shifts, upcasts and averages."""
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
     return out.loss * len(batch["input_ids"])  # summed over the batch, like label_loss
 
@@ -195,24 +196,22 @@ def accumulate_step(recipe: Recipe, model, step: list[list[list[int]]], pad_id: 
     return total
 
 
-def attach_lora(model, dropout: float = 0.05):
-    """LoRA (r=8) on all seven projections of a 4-bit model, as the notebooks attach it.
+def attach_lora(model, profile):
+    """The profile's LoRA (r=8) on all seven projections of a 4-bit model, as the notebooks attach it.
 
     No ``prepare_model_for_kbit_training``: neither the tutorial nor the notebooks call it, and its
     fp32 upcast of embeddings, LM head and norms costs both recipes memory and time (on an H200 at
     the 8B shape, 4.9 GiB more at the tutorial's step: ``benchmarks/gpu_memory.py``).
     """
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
 
-    lora = LoraConfig(r=8, lora_alpha=16, lora_dropout=dropout, target_modules=list(LLAMA_PROJECTIONS),
-                      task_type="CAUSAL_LM")
-    return get_peft_model(model, lora)
+    return get_peft_model(model, lora_config(profile))
 
 
 def build_model(device: str):
     """A 4-bit model with random weights and LoRA: the 8B shape on cuda, :data:`CPU_SCALED` on cpu."""
     profile = get_profile("shapes") if device == "cuda" else get_profile("tiny").with_(model_config=dict(CPU_SCALED))
-    return attach_lora(load_model(profile)), profile
+    return attach_lora(load_model(profile), profile), profile
 
 
 def _sync(device: str) -> None:

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import pandas as pd
 import torch
 
+from .models import base_model
 from .prompts import PromptTemplate
 from .tokens import last_token_index
 
@@ -152,7 +153,7 @@ def label_loss(model, batch: dict[str, torch.Tensor], lean: bool = True) -> torc
         )
     label_pos = _label_positions(labels)  # (batch,)
     rows = torch.arange(len(label_pos), device=labels.device)
-    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    lm = base_model(model)
     hidden = lm.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
     logits = lm.get_output_embeddings()(hidden[rows, label_pos - 1])  # (batch, vocab)
     return torch.nn.functional.cross_entropy(logits.float(), labels[rows, label_pos], reduction="sum")

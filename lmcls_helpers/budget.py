@@ -13,9 +13,18 @@ minutes. At the end of a notebook :func:`check_loads` compares the planned loads
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from dataclasses import dataclass
+import math
+import time
+from dataclasses import dataclass, fields
 from importlib import resources
+
+import torch
+
+from . import quant
+from .categories import CATEGORY_NAMES, ledger_categories
+from .data import load_cola, load_ledger
+from .models import llama_config, load_count
+from .prompts import PATTERN, VARIANTS
 
 #: Rows per split of the real CoLA corpus (the full and small profiles); the tiny world's are read from disk.
 COLA_SIZES = {"in_domain_train": 8551, "in_domain_dev": 527, "out_of_domain_dev": 516}
@@ -32,7 +41,7 @@ class Plan:
     loads: int  # base-model loads (from_pretrained + 4-bit quantization)
     train_examples: int  # examples through forward and backward, summed over every training run
     scored_examples: int  # examples through a forward pass only
-    seq_len: int = 86  # typical prompt length in tokens (work scales with it)
+    seq_len: int = 86  # typical prompt length in tokens (work scales with it); 86: the tutorial's (memory.SEED_SEQ_LEN)
     recompute: bool = False  # gradient checkpointing: backward recomputes each block's forward
     cut: str = ""  # what the full profile leaves out to fit the class, said where the budget is printed
 
@@ -57,10 +66,8 @@ class Rates:
 def load_rates() -> dict[str, Rates]:
     """The shipped per-unit rates, by runtime name ("T4", "H100", "CPU (tiny)", "CPU (small)")."""
     text = resources.files("lmcls_helpers").joinpath("measurements", "runtime_rates.json").read_text()
-    return {name: Rates(name=name, load_s=r["load_s"], reload_s=r["reload_s"], train_example_s=r["train_example_s"],
-                        score_example_s=r["score_example_s"], seq_len=r["seq_len"], source=r["source"],
-                        checkpointing_factor=r.get("checkpointing_factor", 1.0), assumed=tuple(r.get("assumed", ())),
-                        overhead_s=r.get("overhead_s", 0.0), install_s=r.get("install_s", 0.0))
+    known = {f.name for f in fields(Rates)}  # the file's *_why keys are provenance for readers
+    return {name: Rates(name=name, **{k: tuple(v) if k == "assumed" else v for k, v in r.items() if k in known})
             for name, r in json.loads(text)["runtimes"].items()}
 
 
@@ -68,87 +75,60 @@ def estimate(plan: Plan, rates: Rates) -> dict[str, float]:
     """Seconds for each part of ``plan`` at ``rates``: installs, the first load, reloads, training, scoring, overhead, total."""
     scale = plan.seq_len / rates.seq_len
     recompute = rates.checkpointing_factor if plan.recompute else 1.0  # backward recomputes each block's forward
-    parts = {
-        "install_s": rates.install_s,
-        "load_s": rates.load_s if plan.loads else 0.0,
-        "reload_s": max(plan.loads - 1, 0) * rates.reload_s,
-        "train_s": plan.train_examples * rates.train_example_s * scale * recompute,
-        "score_s": plan.scored_examples * rates.score_example_s * scale,
-        "overhead_s": rates.overhead_s,
-    }
-    parts["total_s"] = sum(parts.values())
-    return parts
+    parts = {"install_s": rates.install_s, "load_s": rates.load_s if plan.loads else 0.0,
+             "reload_s": max(plan.loads - 1, 0) * rates.reload_s,
+             "train_s": plan.train_examples * rates.train_example_s * scale * recompute,
+             "score_s": plan.scored_examples * rates.score_example_s * scale, "overhead_s": rates.overhead_s}
+    return {**parts, "total_s": sum(parts.values())}
 
 
 def this_runtime(profile) -> str:
     """The rates that describe this machine: the GPU's name when we have its rates, else the T4's, or the CPU's."""
-    import torch
-
-    if profile.device != "cuda" or not torch.cuda.is_available():  # the CPU's rates for this profile's model
-        own = f"CPU ({profile.name})"
-        return own if own in load_rates() else "CPU (tiny)"
-    name = torch.cuda.get_device_name(0)
-    return next((key for key in load_rates() if key in name), "T4")
+    if profile.device == "cuda" and torch.cuda.is_available():
+        return next((key for key in load_rates() if key in torch.cuda.get_device_name(0)), "T4")
+    return f"CPU ({profile.name})" if f"CPU ({profile.name})" in load_rates() else "CPU (tiny)"  # this model's CPU rates
 
 
-# --- each notebook's plan ------------------------------------------------------------------------
 def split_sizes(profile) -> dict[str, int]:
     """Rows per CoLA split for ``profile``: read from the tiny world's files, the real corpus's sizes otherwise."""
     if profile.name == "tiny":
-        from .data import load_cola
-
         return {name: len(df) for name, df in load_cola(profile.cola_root).items()}
     return dict(COLA_SIZES)
-
-
-def _first(n: int, limit: int | None) -> int:
-    return n if limit is None else min(n, limit)
-
-
-PLANS: dict[str, Callable[..., Plan]] = {}
 
 
 def plan_for(stem: str, profile, sizes: dict[str, int] | None = None) -> Plan:
     """The plan of notebook ``stem`` (like '04_training_loop') under ``profile``'s sizes."""
     if stem not in PLANS:
         raise ValueError(f"No time plan for {stem!r}: add one to lmcls_helpers.budget.PLANS (known: {sorted(PLANS)}).")
-    return PLANS[stem](profile, split_sizes(profile) if sizes is None else sizes)
-
-
-def report(stem: str, profile) -> str:
-    """The lines a notebook prints after choosing its profile: its plan, and minutes on this runtime and a T4."""
-    import time
-
-    from .models import load_count
-
-    _started[stem] = time.perf_counter()
-    _loads_before[stem] = load_count()  # a world built by ensure_world just before loads a model too: not this plan's
-    plan = plan_for(stem, profile)
-    rates = load_rates()
-    here = this_runtime(profile)
-    work = f"{plan.loads} model load(s), {plan.train_examples:,} training examples, {plan.scored_examples:,} scored examples"
-    if plan.train_examples or plan.scored_examples:
-        work += f", counted as prompts of about {plan.seq_len} tokens (a longer prompt counts as several)"
-    lines = [f"plan: {work}"]
-    for name in dict.fromkeys([here, "T4"]) if profile.device == "cuda" else [here]:
-        est = estimate(plan, rates[name])
-        guess = f" (assumed: {', '.join(rates[name].assumed)})" if rates[name].assumed else ""
-        idle = " (measured on an idle 2-core CPU; a busy or slower one takes longer)" if name.startswith("CPU") else ""
-        installs = f" ({est['install_s']:.0f} s of it the Colab cell's installs)" if est["install_s"] else ""
-        lines.append(f"about {est['total_s'] / 60:.1f} min on {name}{installs}{guess}{idle}")
-    if plan.cut:
-        lines.append(f"cut to fit a class hour: {plan.cut}")
-    return "\n".join(lines)
+    sizes = split_sizes(profile) if sizes is None else sizes  # and the rows the notebooks use, capped by the profile:
+    return PLANS[stem](profile, {**sizes, "train": _first(sizes["in_domain_train"], profile.max_train_examples),
+                                 "dev": _first(sizes["in_domain_dev"], profile.max_eval_examples),
+                                 "ood": _first(sizes["out_of_domain_dev"], profile.max_eval_examples)})
 
 
 _started: dict[str, float] = {}
 _loads_before: dict[str, int] = {}
 
 
+def report(stem: str, profile) -> str:
+    """The lines a notebook prints after choosing its profile: its plan, and minutes on this runtime and a T4."""
+    # loads count from here: a world built by ensure_world just before loads a model too, not this plan's
+    _started[stem], _loads_before[stem] = time.perf_counter(), load_count()
+    plan, rates, here = plan_for(stem, profile), load_rates(), this_runtime(profile)
+    lines = [f"plan: {plan.loads} model load(s), {plan.train_examples:,} training examples, {plan.scored_examples:,} "
+             "scored examples" + (f", counted as prompts of about {plan.seq_len} tokens (a longer prompt counts as "
+                                  "several)" if plan.train_examples or plan.scored_examples else "")]
+    for name in dict.fromkeys([here, "T4"]) if profile.device == "cuda" else [here]:
+        total, r = estimate(plan, rates[name])["total_s"], rates[name]
+        lines.append(f"about {total / 60:.1f} min on {name}"
+                     + (f" ({r.install_s:.0f} s of it the Colab cell's installs)" if r.install_s else "")
+                     + (f" (assumed: {', '.join(r.assumed)})" if r.assumed else "")
+                     + (" (measured on an idle 2-core CPU; a busy or slower one takes longer)" if name.startswith("CPU") else ""))
+    return "\n".join(lines + ([f"cut to fit a class hour: {plan.cut}"] if plan.cut else []))
+
+
 def check_loads(stem: str, profile) -> int:
     """Assert that the notebook loaded as many base models as its plan says, since its plan was printed."""
-    from .models import load_count
-
     planned, done = plan_for(stem, profile).loads, load_count() - _loads_before.get(stem, 0)
     if planned != done:
         raise AssertionError(f"{stem} loaded {done} base model(s) but its plan in lmcls_helpers.budget says {planned}: "
@@ -158,40 +138,16 @@ def check_loads(stem: str, profile) -> int:
 
 def finish(stem: str, profile) -> str:
     """The closing line of a notebook: time taken against the plan printed at the top, loads checked."""
-    import time
-
-    loads = check_loads(stem, profile)
-    planned = estimate(plan_for(stem, profile), load_rates()[this_runtime(profile)])["total_s"]
+    loads, here = check_loads(stem, profile), this_runtime(profile)
+    planned = estimate(plan_for(stem, profile), load_rates()[here])["total_s"]
     taken = time.perf_counter() - _started.get(stem, time.perf_counter())
     return (f"{stem}: {taken / 60:.1f} min from the budget line to here, planned about {planned / 60:.1f} min "
-            f"on {this_runtime(profile)}; {loads} model load(s), as planned")
+            f"on {here}; {loads} model load(s), as planned")
 
 
-def _plan_04(profile, sizes) -> Plan:
-    import math
-
-    pool = _first(sizes["in_domain_train"], profile.max_train_examples)
-    val = round(0.1 * pool)  # batches.train_val_split's default fraction
-    val = _first(val, profile.max_eval_examples)
-    test = _first(sizes["out_of_domain_dev"], profile.max_eval_examples)
-    steps = profile.num_epochs * math.ceil((pool - round(0.1 * pool)) / profile.train_batch_size)
-    validations = steps // profile.eval_every + (steps % profile.eval_every != 0)
-    replay = min(profile.resume_replay_steps or profile.eval_every, profile.eval_every)
-    trained = (steps + replay) * profile.train_batch_size + 4 * profile.train_batch_size  # + the gradient checks
-    # few-shot test and validation; each validation; test after training, after reloading, after merging; checks
-    scored = test + val + validations * val + 3 * test + 16 + 3
-    cut = "" if pool == sizes["in_domain_train"] else (
-        f"one pass over {pool - round(0.1 * pool):,} of in_domain_train's {sizes['in_domain_train']:,} sentences "
-        f"(the tutorial trained on 7,696), validating on {val:,}.")
-    return Plan(loads=3, train_examples=trained, scored_examples=scored, seq_len=profile.prompt_tokens,
-                recompute=profile.gradient_checkpointing, cut=cut)
-
-
-PLANS["04_training_loop"] = _plan_04
-
-
-def _plan_01(profile, sizes) -> Plan:
-    return Plan(loads=0, train_examples=0, scored_examples=0)  # tokenizers only
+# --- each notebook's plan ------------------------------------------------------------------------
+def _first(n: int, limit: int | None) -> int:
+    return n if limit is None else min(n, limit)
 
 
 def variants_weight(sentence_chars: int = 40) -> float:
@@ -200,128 +156,89 @@ def variants_weight(sentence_chars: int = 40) -> float:
     The instruction variants are longer than the pattern; tokens follow characters closely enough
     for a budget (a test holds them within 10% on the tiny tokenizer; SmolLM2: 7.50 tokens, 7.41 here).
     """
-    from .prompts import PATTERN, VARIANTS
-
     return sum(len(text) + sentence_chars for text in VARIANTS.values()) / (len(PATTERN) + sentence_chars)
 
 
 def _plan_02(profile, sizes) -> Plan:
-    dev = _first(sizes["in_domain_dev"], profile.max_eval_examples)
-    ood = _first(sizes["out_of_domain_dev"], profile.max_eval_examples)
     # dev: left-padded, right-padded, five prompt variants; out of domain once (exercise 1 scores dev once more)
-    return Plan(loads=1, train_examples=0, scored_examples=round((2 + variants_weight()) * dev) + ood,
-                seq_len=profile.prompt_tokens)
-
-
-def _sixteen_bit_fits(profile) -> bool:
-    """Notebook 3 skips the unquantized baseline where its weights alone do not fit (a T4 at 8B)."""
-    import torch
-
-    from . import quant
-    from .models import model_config
-
-    if profile.device != "cuda":
-        return True
-    if not torch.cuda.is_available():  # planning for a T4 from a laptop
-        return False
-    needed = quant.total_bytes(quant.predicted_table(model_config(profile), dtype=profile.compute_dtype, quantize=False))
-    return quant.fits_in_memory(needed, profile.device)
+    return Plan(1, 0, round((2 + variants_weight()) * sizes["dev"]) + sizes["ood"], seq_len=profile.prompt_tokens)
 
 
 def _plan_03(profile, sizes) -> Plan:
-    dev = _first(sizes["in_domain_dev"], profile.max_eval_examples)
-    precisions = 4 + _sixteen_bit_fits(profile)  # NF4, NF4 + double quant, FP4, FP4 + double quant (+ 16-bit)
+    # notebook 3 skips the unquantized baseline where its weights alone do not fit (a T4 at 8B; planned from a laptop)
+    fits = profile.device != "cuda" or (torch.cuda.is_available() and quant.fits_in_memory(quant.total_bytes(
+        quant.predicted_table(llama_config(profile), dtype=profile.compute_dtype, quantize=False)), profile.device))
+    precisions = 4 + fits  # NF4, NF4 + double quant, FP4, FP4 + double quant (+ 16-bit)
     # one NF4 load to inspect, then each precision: scored once with the prompt, once for perplexity; perplexity
     # reads the bare sentence (about a third of the prompt's tokens, with logits at every one): half an example
-    return Plan(loads=1 + precisions, train_examples=0, scored_examples=round(precisions * 1.5 * dev + 0.5 * 64),
-                seq_len=profile.prompt_tokens)
+    return Plan(1 + precisions, 0, round(precisions * 1.5 * sizes["dev"] + 0.5 * 64), seq_len=profile.prompt_tokens)
 
 
-def _plan_05(profile, sizes) -> Plan:
-    steps = 5  # the tutorial's step twice, the lean step twice, one more for the what-ifs: a handful of micro-batches
-    # at the tutorial's 86 tokens (memory.SEED_SEQ_LEN) on every profile, Plan's default
-    return Plan(loads=1, train_examples=steps * profile.micro_batch_size, scored_examples=profile.micro_batch_size)
-
-
-PLANS.update({"01_tokenizer_subtleties": _plan_01, "02_prompt_scoring": _plan_02,
-              "03_quantization_inspection": _plan_03, "05_gpu_memory": _plan_05})
-
-
-def _plan_08(profile, sizes) -> Plan:
-    from pathlib import Path
-
-    from .categories import CATEGORY_NAMES, ledger_categories
-
-    if Path(profile.ledger_path).exists():
-        from .data import load_ledger
-
-        ledger = load_ledger(profile.ledger_path)
-    else:  # the same lines ensure_world writes (the ledger is synthetic on every profile)
-        from lmcls_build import synthetic, world  # planning only: no build, just the generator
-
-        ledger = synthetic.ledger_lines(world.SIZES["ledger"], world.SEED)
-    k = len(CATEGORY_NAMES)
-    held_out = round(0.25 * len(ledger_categories(ledger, seed=profile.seed)))  # train_val_split(val_fraction=0.25)
-    test = _first(held_out, profile.max_eval_examples)
-    runs = 4  # label words; linear head plain, weighted, resampled
-    # few-shot: each line's prompt, about k + 1 lines long, once (choice_logprobs caches it for the class names,
-    # whose few other tokens are left out here); 4 lines again for the mean check; the loss check (2); fine-tuned
-    # label words; the head predicts the test set 4 times
-    scored = (test + 4) * (k + 1) + 2 + test + 4 * test
-    return Plan(loads=1, train_examples=runs * profile.max_steps * profile.train_batch_size, scored_examples=scored,
-                seq_len=48)
-
-
-PLANS["08_beyond_two_labels"] = _plan_08
-
-
-def _ledger_lines(profile) -> int:
-    """Ledger lines notebook 7 reads: the file's (the same synthetic lines on every profile), capped by the profile."""
-    lines = LEDGER_SIZE
-    if profile.ledger_path.exists():
-        import pandas as pd
-
-        lines = len(pd.read_csv(profile.ledger_path))
-    return _first(lines, profile.ledger_max_lines)
+def _plan_04(profile, sizes) -> Plan:
+    pool, test = sizes["train"], sizes["ood"]
+    train, val = pool - round(0.1 * pool), _first(round(0.1 * pool), profile.max_eval_examples)  # train_val_split's 10%
+    steps = profile.num_epochs * math.ceil(train / profile.train_batch_size)
+    replay = min(profile.resume_replay_steps or profile.eval_every, profile.eval_every)
+    # few-shot test and validation; each validation; test after training, after reloading, after merging; checks
+    scored = test + val + math.ceil(steps / profile.eval_every) * val + 3 * test + 16 + 3
+    cut = "" if pool == sizes["in_domain_train"] else (
+        f"one pass over {train:,} of in_domain_train's {sizes['in_domain_train']:,} sentences "
+        f"(the tutorial trained on 7,696), validating on {val:,}.")
+    return Plan(3, (steps + replay + 4) * profile.train_batch_size, scored,  # + 4 steps of gradient checks
+                seq_len=profile.prompt_tokens, recompute=profile.gradient_checkpointing, cut=cut)
 
 
 def _plan_06(profile, sizes) -> Plan:
-    dev = _first(sizes["in_domain_dev"], profile.max_eval_examples)
-    run = profile.max_steps * profile.train_batch_size  # examples per training run (a small set is cycled)
-    pads = 3 * 17  # three sentences under 0..16 pads, per head
+    dev, pads = sizes["dev"], 3 * 17  # pads: three sentences under 0..16 pads, per head
     # -1 head: dev in 3 layouts + pads; last-real head: 3 layouts + left/-1 + pads; its reload; the frozen head;
     # its reload (scores + hidden states); the loss check (two micro-batches); the saved classifier's check + 6 sentences
     scored = (3 * dev + pads) + (4 * dev + pads) + dev + dev + 2 * dev + 2 * profile.micro_batch_size + 16 + 6
-    return Plan(loads=2, train_examples=3 * run, scored_examples=scored, seq_len=profile.prompt_tokens,
-                recompute=profile.gradient_checkpointing,
+    return Plan(2, 3 * profile.max_steps * profile.train_batch_size, scored, seq_len=profile.prompt_tokens,
+                recompute=profile.gradient_checkpointing,  # each run: max_steps steps (a small set is cycled)
                 cut=f"{profile.max_steps} optimizer steps per head (not 250)." if profile.device == "cuda" else "")
 
 
 def _plan_07(profile, sizes) -> Plan:
-    import math
-
-    train = _first(sizes["in_domain_train"], profile.max_train_examples)
-    dev = _first(sizes["in_domain_dev"], profile.max_eval_examples)
-    grid = [n for n in profile.sample_sizes if n < train]
+    dev, grid = sizes["dev"], [n for n in profile.sample_sizes if n < sizes["train"]]
     run = profile.max_steps * profile.train_batch_size
     grammar_runs = 4 + 3 * len(grid)  # label words, head, bare head, SequenceClassification; three per grid size
-    lines = _ledger_lines(profile)
+    # ledger lines: the file's (the same synthetic lines on every profile), capped by the profile
+    lines = _first(len(_read_ledger(profile)) if profile.ledger_path.exists() else LEDGER_SIZE, profile.ledger_max_lines)
     test = round(0.25 * lines)
     ledger_run = profile.num_epochs * math.ceil((lines - test) / profile.train_batch_size) * profile.train_batch_size
     # ledger: two heads (two layouts each), the tutorial's pipeline (two layouts), label words, SequenceClassification
-    grammar_work = grammar_runs * run + (grammar_runs + 1) * dev + 4  # + the few-shot score, the pad-id demo
-    ledger_work = 5 * ledger_run + 8 * test
-    seq_len = profile.prompt_tokens
-    ledger_len = profile.ledger_tokens
-    mean_len = round((grammar_work * seq_len + ledger_work * ledger_len) / (grammar_work + ledger_work))
-    cut = ""
-    if profile.device == "cuda":  # the class hour is a GPU's: say what the sizes above leave out
-        cut = (f"{profile.max_steps} optimizer steps per run (not 250), training-set sizes "
-               f"{', '.join(map(str, grid)) or 'none'} besides the full set (not 32 and 128), and "
-               + (f"the first {lines:,} ledger lines." if profile.ledger_max_lines else "every ledger line."))
-    return Plan(loads=2, train_examples=grammar_runs * run + 5 * ledger_run,
-                scored_examples=(grammar_runs + 1) * dev + 4 + 8 * test, seq_len=mean_len,
+    grammar_work, ledger_work = grammar_runs * run + (grammar_runs + 1) * dev + 4, 5 * ledger_run + 8 * test
+    mean_len = round((grammar_work * profile.prompt_tokens + ledger_work * profile.ledger_tokens) / (grammar_work + ledger_work))
+    cut = "" if profile.device != "cuda" else (  # the class hour is a GPU's: say what the sizes above leave out
+        f"{profile.max_steps} optimizer steps per run (not 250), training-set sizes "
+        f"{', '.join(map(str, grid)) or 'none'} besides the full set (not 32 and 128), and "
+        + (f"the first {lines:,} ledger lines." if profile.ledger_max_lines else "every ledger line."))
+    return Plan(2, grammar_runs * run + 5 * ledger_run, (grammar_runs + 1) * dev + 4 + 8 * test, seq_len=mean_len,
                 recompute=profile.gradient_checkpointing, cut=cut)
 
 
-PLANS.update({"06_last_token_head": _plan_06, "07_readouts_compared": _plan_07})
+def _read_ledger(profile):
+    """The ledger as notebooks 7 and 8 read it; planned without one (a fresh clone), the lines ensure_world writes."""
+    if profile.ledger_path.exists():
+        return load_ledger(profile.ledger_path)
+    from lmcls_build import synthetic, world  # planning only: no build, just the generator
+
+    return synthetic.ledger_lines(world.SIZES["ledger"], world.SEED)
+
+
+def _plan_08(profile, sizes) -> Plan:
+    held_out = round(0.25 * len(ledger_categories(_read_ledger(profile), seed=profile.seed)))  # train_val_split(0.25)
+    test, k = _first(held_out, profile.max_eval_examples), len(CATEGORY_NAMES)
+    # few-shot: each line's prompt, about k + 1 lines long, once (choice_logprobs caches it for the class names,
+    # whose few other tokens are left out here); 4 lines again for the mean check; the loss check (2); fine-tuned
+    # label words; the head predicts the test set 4 times. Training: 4 runs (label words; linear head plain,
+    # weighted, resampled)
+    return Plan(1, 4 * profile.max_steps * profile.train_batch_size, (test + 4) * (k + 1) + 2 + test + 4 * test,
+                seq_len=48)
+
+
+PLANS = {"01_tokenizer_subtleties": lambda profile, sizes: Plan(0, 0, 0),  # tokenizers only
+         "02_prompt_scoring": _plan_02, "03_quantization_inspection": _plan_03, "04_training_loop": _plan_04,
+         # notebook 5: the tutorial's step twice, the lean step twice, one more for the what-ifs, at 86 tokens
+         "05_gpu_memory": lambda profile, sizes: Plan(1, 5 * profile.micro_batch_size, profile.micro_batch_size),
+         "06_last_token_head": _plan_06, "07_readouts_compared": _plan_07, "08_beyond_two_labels": _plan_08}

@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .models import base_model
+
 STATE_FILE = "training_state.pt"
 ADAPTER_FILE = "adapter_model.safetensors"
 
@@ -47,7 +49,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def fingerprint(model) -> dict[str, Any]:
     """What must match for a checkpoint to fit: base model, LoRA config, trainable tensor shapes."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = base_model(model)
     config = base.config
     name = str(getattr(config, "_name_or_path", "") or getattr(config, "name_or_path", ""))
     if Path(name).is_absolute():  # a local folder: its last two parts survive a move to another machine

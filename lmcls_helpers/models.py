@@ -10,7 +10,6 @@ import gc
 import os
 import sys
 import weakref
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -24,12 +23,8 @@ def bnb_config(profile, quant_type: str = "nf4", double_quant: bool = False) -> 
     """4-bit storage, computation in the profile's dtype (bf16/fp16 on GPU, fp32 on CPU)."""
     if quant_type not in ("nf4", "fp4"):
         raise ValueError(f"quant_type must be 'nf4' or 'fp4', got {quant_type!r}.")
-    return BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type=quant_type,
-        bnb_4bit_use_double_quant=double_quant,
-        bnb_4bit_compute_dtype=profile.compute_dtype,
-    )
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant_type, bnb_4bit_use_double_quant=double_quant,
+                              bnb_4bit_compute_dtype=profile.compute_dtype)
 
 
 def require_bitsandbytes() -> None:
@@ -37,10 +32,13 @@ def require_bitsandbytes() -> None:
     try:
         import bitsandbytes  # noqa: F401
     except Exception as err:  # ImportError, or a broken native library
-        raise RuntimeError(
-            f"bitsandbytes could not be loaded ({type(err).__name__}: {err}). Install it with "
-            "`pip install bitsandbytes` (0.50 or newer also runs 4-bit layers on the CPU)."
-        ) from err
+        raise RuntimeError(f"bitsandbytes could not be loaded ({type(err).__name__}: {err}). Install it with "
+                           "`pip install bitsandbytes` (0.50 or newer also runs 4-bit layers on the CPU).") from err
+
+
+def base_model(model):
+    """The causal LM under a peft wrapper, or the model itself."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 #: The base models ``load_model`` returned that are still alive (weak references: they do not keep them alive).
@@ -70,51 +68,24 @@ def one_model_at_a_time(profile) -> bool:
     return profile.device == "cuda" or os.environ.get("LMCLS_ONE_MODEL") == "1"
 
 
-def _names_holding(model) -> list[str]:
-    """Notebook variables that refer to ``model`` or to a peft wrapper around it (for the error message)."""
-    names = []
-    for name, value in list(vars(sys.modules["__main__"]).items()):
-        try:
-            base = value.get_base_model() if hasattr(value, "get_base_model") else None
-        except Exception:  # an object whose attribute lookup fails is not a peft model
-            base = None
-        if not name.startswith("_") and (value is model or base is model):
-            names.append(name)
-    return names
-
-
 def require_no_live_model() -> None:
     """Refuse to load a second base model while one lives, naming the variables that keep it alive."""
-    if _LIVE_MODELS:
-        gc.collect()  # a model whose names are all gone may still sit in a reference cycle
+    gc.collect()  # a model whose names are all gone may still sit in a reference cycle
     if not _LIVE_MODELS:
         return
     # No local may refer to a live model when we raise: the traceback (kept by IPython) would keep it alive.
-    names = sorted({n for m in list(_LIVE_MODELS) for n in _names_holding(m)})
+    def holds(value) -> bool:  # the notebook variable is a live model, or a peft wrapper around one
+        try:
+            return any(value is m or base_model(value) is m for m in _LIVE_MODELS)
+        except Exception:  # an object whose attribute lookup fails is not a peft model
+            return False
+
+    names = sorted(n for n, value in list(vars(sys.modules["__main__"]).items()) if not n.startswith("_") and holds(value))
     held = f"held by {', '.join(names)}" if names else "held by an object that still refers to it"
     fix = f"`del {', '.join(names)}`" if names else "`del` every variable that refers to it (a peft model, a list)"
-    raise RuntimeError(
-        f"A base model is already loaded ({held}), and this profile loads one at a time (two 8B models do not "
-        f"fit a T4; LMCLS_ONE_MODEL=1 applies the rule on the CPU). Run {fix}, then "
-        "`free_gpu_memory()` (from lmcls_helpers.models), and load again."
-    )
-
-
-@contextmanager
-def _quiet_progress(local: bool):
-    """No "Loading weights" bar for a local model that loads in a second; a download keeps its bar."""
-    from transformers.utils import logging as hf_logging
-
-    if not local:
-        yield
-        return
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            hf_logging.enable_progress_bar()
+    raise RuntimeError(f"A base model is already loaded ({held}), and this profile loads one at a time (two 8B models "
+                       f"do not fit a T4; LMCLS_ONE_MODEL=1 applies the rule on the CPU). Run {fix}, then "
+                       "`free_gpu_memory()` (from lmcls_helpers.models), and load again.")
 
 
 def load_model(profile, quantize: bool | None = None, quant_type: str = "nf4", double_quant: bool = False,
@@ -127,43 +98,39 @@ def load_model(profile, quantize: bool | None = None, quant_type: str = "nf4", d
     (:func:`require_no_live_model`). A 401/403 from the hub becomes the steps to get access.
     ``auto_class`` (e.g. ``AutoModelForSequenceClassification``, with ``num_labels=2`` among the extra
     keyword arguments) loads the same base with another head, under the same rules (notebook 7).
+    A local model loads without transformers' progress bar (it takes a second); a download keeps it.
     """
+    from transformers.utils import logging as hf_logging
+
     if one_model_at_a_time(profile):
         require_no_live_model()
-    quantize = profile.load_in_4bit if quantize is None else quantize
-    quantization_config = None
-    if quantize:
+    if quantize := profile.load_in_4bit if quantize is None else quantize:
         require_bitsandbytes()
-        quantization_config = bnb_config(profile, quant_type, double_quant)
-    if profile.model_config and (auto_class is not AutoModelForCausalLM or from_pretrained_kwargs):
-        raise ValueError(f"Profile {profile.name!r} builds a causal LM from its config: it takes no auto_class or "
-                         "from_pretrained arguments. Use the 'tiny' or 'full' profile for other heads.")
+    quantization_config = bnb_config(profile, quant_type, double_quant) if quantize else None
     if profile.model_config:
-        from transformers import LlamaConfig
-
-        config = LlamaConfig(**{k: v for k, v in profile.model_config.items() if k != "model_type"})
-        device = "cuda:0" if profile.device == "cuda" else profile.device
-        model = random_model(config, dtype=profile.compute_dtype, device=device,
-                             quantization_config=quantization_config, seed=profile.seed)
+        if auto_class is not AutoModelForCausalLM or from_pretrained_kwargs:
+            raise ValueError(f"Profile {profile.name!r} builds a causal LM from its config: it takes no auto_class or "
+                             "from_pretrained arguments. Use the 'tiny' or 'full' profile for other heads.")
+        model = random_model(AutoConfig.for_model(**profile.model_config), dtype=profile.compute_dtype, device="cuda:0" if profile.device == "cuda" else
+                             profile.device, quantization_config=quantization_config, seed=profile.seed)
     else:
-        kwargs = {"dtype": profile.compute_dtype, **from_pretrained_kwargs}
-        if quantization_config is not None:
-            kwargs["quantization_config"] = quantization_config
-        if profile.device == "cuda":
-            kwargs["device_map"] = {"": 0}
+        kwargs = {"dtype": profile.compute_dtype, "quantization_config": quantization_config,
+                  "device_map": {"": 0} if profile.device == "cuda" else None, **from_pretrained_kwargs}
+        if quiet := Path(profile.model_id).is_dir() and hf_logging.is_progress_bar_enabled():
+            hf_logging.disable_progress_bar()
         try:
-            with _quiet_progress(local=Path(profile.model_id).is_dir()):
-                model = auto_class.from_pretrained(profile.model_id, **kwargs)
+            model = auto_class.from_pretrained(profile.model_id, **kwargs)
         except OSError as err:  # transformers wraps the hub's 401/403 in an OSError
             from .hub import explain_hub_error
 
-            explained = explain_hub_error(err, profile.model_id)
-            if explained is None:
+            if (explained := explain_hub_error(err, profile.model_id)) is None:
                 raise
             raise explained from err
+        finally:
+            if quiet:
+                hf_logging.enable_progress_bar()
     keep_cpu_4bit_trainable(model)
-    model.eval()
-    _LIVE_MODELS.add(model)
+    _LIVE_MODELS.add(model.eval())
     _LOADS["count"] += 1
     return model
 
@@ -192,42 +159,31 @@ def random_model(config, *, dtype: torch.dtype, device: str | torch.device = "cp
     for Llama-3-8B), never the 15 GiB of a 16-bit 8B model. Same modules as ``from_pretrained``
     with a ``BitsAndBytesConfig``, so peft and the memory notebook treat both alike.
     """
-    device = torch.device(device)
-    if quantization_config is not None and not quantization_config.load_in_4bit:
-        raise ValueError("random_model builds 4-bit models only: pass bnb_config(profile) (load_in_4bit=True) or None.")
+    device, q = torch.device(device), quantization_config  # 4-bit (bnb_config) or None
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    if quantization_config is not None:
+    if q is not None:
         import bitsandbytes as bnb
         from transformers.integrations.bitsandbytes import replace_with_bnb_linear
 
         # Like from_pretrained: the output layer stays in 16 bits (quantizing it hurts quality most).
-        replace_with_bnb_linear(model, modules_to_not_convert=["lm_head"], quantization_config=quantization_config)
-    std = getattr(config, "initializer_range", 0.02)
+        replace_with_bnb_linear(model, modules_to_not_convert=["lm_head"], quantization_config=q)
     torch.manual_seed(seed)
     for module in model.modules():
-        if quantization_config is not None and isinstance(module, bnb.nn.Linear4bit):
-            weight = torch.empty(module.out_features, module.in_features, dtype=dtype, device=device).normal_(0.0, std)
-            packed = bnb.nn.Params4bit(
-                weight, requires_grad=False, quant_type=quantization_config.bnb_4bit_quant_type,
-                compress_statistics=quantization_config.bnb_4bit_use_double_quant,
-                quant_storage=quantization_config.bnb_4bit_quant_storage, module=module,
-            )
-            module.weight = packed.to(device)  # .to() quantizes; the 16-bit matrix is freed on return
-            del weight, packed
+        if q is not None and isinstance(module, bnb.nn.Linear4bit):  # .to() quantizes; the 16-bit matrix goes at once
+            module.weight = bnb.nn.Params4bit(
+                torch.empty(module.out_features, module.in_features, dtype=dtype, device=device).normal_(0.0, config.initializer_range),
+                requires_grad=False, quant_type=q.bnb_4bit_quant_type, compress_statistics=q.bnb_4bit_use_double_quant,
+                quant_storage=q.bnb_4bit_quant_storage, module=module).to(device)
         elif any(t.is_meta for t in (*module.parameters(recurse=False), *module.buffers(recurse=False))):
             module.to_empty(device=device, recurse=False)
-            model._init_weights(module)  # embeddings N(0, std), norms 1, rotary frequencies recomputed
-    if quantization_config is not None:
-        model.is_loaded_in_4bit = True  # what peft checks to wrap Linear4bit layers
-        model.is_quantized = True
-        model.quantization_method = quantization_config.quant_method
-        model.config.quantization_config = quantization_config
+            model._init_weights(module)  # embeddings N(0, initializer_range), norms 1, rotary frequencies recomputed
+    if q is not None:  # what peft checks to wrap Linear4bit layers
+        model.is_loaded_in_4bit = model.is_quantized = True
+        model.quantization_method, model.config.quantization_config = q.quant_method, q
     return model
 
 
-def model_config(profile) -> dict:
-    """The architecture as a plain dict (for the memory estimator) without loading weights."""
-    if profile.model_config:
-        return dict(profile.model_config)
-    return AutoConfig.from_pretrained(profile.model_id).to_dict()
+def llama_config(profile) -> dict:
+    """The profile's architecture as a plain dict (for the memory estimator) without loading weights."""
+    return dict(profile.model_config) or AutoConfig.from_pretrained(profile.model_id).to_dict()

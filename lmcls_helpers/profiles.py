@@ -26,21 +26,10 @@ from .paths import build_dir
 LABEL_WORDS = (" unacceptable", " acceptable")
 
 #: Meta-Llama-3-8B's config, copied from its config.json, so the 8B shape is known offline.
-LLAMA3_8B_CONFIG = {
-    "model_type": "llama",
-    "vocab_size": 128256,
-    "hidden_size": 4096,
-    "intermediate_size": 14336,
-    "num_hidden_layers": 32,
-    "num_attention_heads": 32,
-    "num_key_value_heads": 8,
-    "max_position_embeddings": 8192,
-    "rope_theta": 500000.0,
-    "rms_norm_eps": 1e-05,
-    "tie_word_embeddings": False,
-    "bos_token_id": 128000,
-    "eos_token_id": 128001,
-}
+LLAMA3_8B_CONFIG = {"model_type": "llama", "vocab_size": 128256, "hidden_size": 4096, "intermediate_size": 14336,
+                    "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
+                    "max_position_embeddings": 8192, "rope_theta": 500000.0, "rms_norm_eps": 1e-05,
+                    "tie_word_embeddings": False, "bos_token_id": 128000, "eos_token_id": 128001}
 
 
 @dataclass(frozen=True)
@@ -107,65 +96,32 @@ class Profile:
 
 def _tiny(require_device: bool = True) -> Profile:
     root = build_dir("tiny")
-    return Profile(
-        name="tiny",
-        model_id=str(root / "model"),
-        tokenizer_id=str(root / "tokenizer-bpe"),
-        cola_root=root / "cola_public",
-        ledger_path=root / "ledger" / "ledger.csv",
-        device="cpu",
-        compute_dtype=torch.float32,
-        eval_batch_size=64,
-        train_batch_size=16,
-        micro_batch_size=8,
-        num_epochs=1,
-        lr=2e-3,
-        weight_decay=0.0,
-        warmup_steps=10,
-        eval_every=25,
-        max_steps=50,
-        sample_sizes=(32, 128),  # notebook 7's curve: 32, 128 and all 3,000 sentences
-        lora_r=8,
-        lora_alpha=16,
-        seed=42,
-        prompt_tokens=50,  # the tiny tokenizer: about 50 per prompt, 28 per ledger line
-        ledger_tokens=28,
-        torch_threads=1,  # a 64-wide model gains nothing from a second thread (see get_profile)
-    )
-
-
-def _cuda_compute_dtype() -> torch.dtype:
-    """bf16 where the GPU does it natively (Ampere, compute capability 8.0, and newer), else fp16.
-
-    ``torch.cuda.is_bf16_supported()`` answers True on a T4 too, because bf16 can be emulated
-    there; emulated bf16 is slow, so we look at the compute capability instead.
-    """
-    major, _ = torch.cuda.get_device_capability()
-    return torch.bfloat16 if major >= 8 else torch.float16
+    return Profile(name="tiny", model_id=str(root / "model"), tokenizer_id=str(root / "tokenizer-bpe"),
+                   cola_root=root / "cola_public", ledger_path=root / "ledger" / "ledger.csv", device="cpu",
+                   compute_dtype=torch.float32, eval_batch_size=64, train_batch_size=16, lr=2e-3, weight_decay=0.0,
+                   warmup_steps=10, eval_every=25, max_steps=50,
+                   sample_sizes=(32, 128),  # notebook 7's curve: 32, 128 and all 3,000 sentences
+                   prompt_tokens=50, ledger_tokens=28,  # the tiny tokenizer: about 50 per prompt, 28 per ledger line
+                   torch_threads=1)  # a 64-wide model gains nothing from a second thread (see get_profile)
 
 
 def _require_gpu_and_bitsandbytes(name: str) -> None:
+    """Stop with the fix when there is no GPU, no bitsandbytes, or a bitsandbytes whose CUDA kernels do not load."""
     if not torch.cuda.is_available():
-        raise RuntimeError(
-            f"The '{name}' profile needs a CUDA GPU and none is visible. In Colab choose "
-            "Runtime > Change runtime type > T4 GPU (or better); on this machine use the default "
-            "'tiny' profile (unset LMCLS_PROFILE)."
-        )
+        raise RuntimeError(f"The '{name}' profile needs a CUDA GPU and none is visible. In Colab choose Runtime > "
+                           "Change runtime type > T4 GPU (or better); on this machine use the default 'tiny' profile "
+                           "(unset LMCLS_PROFILE).")
     if importlib.util.find_spec("bitsandbytes") is None:
-        raise RuntimeError(
-            f"The '{name}' profile loads the model in 4 bits and needs bitsandbytes: "
-            "`pip install bitsandbytes`, then restart the runtime."
-        )
+        raise RuntimeError(f"The '{name}' profile loads the model in 4 bits and needs bitsandbytes: "
+                           "`pip install bitsandbytes`, then restart the runtime.")
     try:  # installed is not enough: its CUDA kernels must load for this GPU and driver
         from bitsandbytes.functional import quantize_4bit
 
         quantize_4bit(torch.zeros(64, device="cuda", dtype=torch.float16), quant_type="nf4")
     except Exception as err:
-        raise RuntimeError(
-            f"bitsandbytes is installed but cannot quantize on this GPU ({type(err).__name__}: {err}). "
-            "Reinstall it for this CUDA version (`pip install -U bitsandbytes`) and restart the runtime, "
-            "or use the 'tiny' profile."
-        ) from err
+        raise RuntimeError(f"bitsandbytes is installed but cannot quantize on this GPU ({type(err).__name__}: {err}). "
+                           "Reinstall it for this CUDA version (`pip install -U bitsandbytes`) and restart the "
+                           "runtime, or use the 'tiny' profile.") from err
 
 
 #: GiB of GPU memory below which the full profile's micro-batch of 8 needs gradient checkpointing: a T4
@@ -175,43 +131,28 @@ def _require_gpu_and_bitsandbytes(name: str) -> None:
 CHECKPOINTING_BELOW_GIB = 15.3
 
 
-def _gpu_gib() -> float:
-    """Memory of this machine's GPU in GiB; without one (a time budget planned on a laptop), a T4's 14.75."""
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_properties(0).total_memory / 2**30
-    return 14.75
-
-
 def _full(require_device: bool = True, name: str = "full") -> Profile:
-    if require_device or torch.cuda.is_available():
+    """The tutorial's sizes on a Colab GPU; without one (planning from a laptop, ``require_device=False``) a free T4.
+
+    The compute dtype is bf16 where the GPU does it natively (Ampere, compute capability 8.0, and
+    newer), else fp16: ``torch.cuda.is_bf16_supported()`` answers True on a T4 too, because bf16
+    can be emulated there, and emulated bf16 is slow. A T4 has 14.75 GiB visible.
+    """
+    gpu = require_device or torch.cuda.is_available()
+    if gpu:
         _require_gpu_and_bitsandbytes(name)
-        dtype = _cuda_compute_dtype()
-    else:  # planning a Colab session from a laptop (benchmarks.colab_budget): a free T4, fp16
-        dtype = torch.float16
+    dtype = torch.bfloat16 if gpu and torch.cuda.get_device_capability()[0] >= 8 else torch.float16
+    gib = torch.cuda.get_device_properties(0).total_memory / 2**30 if gpu else 14.75
     model_id = _custom_model() or "meta-llama/Meta-Llama-3-8B"
-    return Profile(
-        name="full",
-        model_id=model_id,
-        tokenizer_id=model_id,
-        cola_root=_cola_root(),
-        ledger_path=build_dir("tiny", "ledger", "ledger.csv"),
-        device="cuda",
-        compute_dtype=dtype,
-        eval_batch_size=16 if dtype == torch.bfloat16 else 8,
-        train_batch_size=8,
-        micro_batch_size=8,  # as the tutorial (it held 8 without checkpointing, "just barely"); we checkpoint
-        gradient_checkpointing=_gpu_gib() < CHECKPOINTING_BELOW_GIB,
-        num_epochs=1,
-        lr=1e-4,
-        weight_decay=0.05,
-        warmup_steps=100,
-        eval_every=100,
-        max_steps=80,  # notebooks 6 and 7 train 3 and 12 runs: 640 examples each fits both into a class hour on a T4
-        sample_sizes=(64,),
-        ledger_max_lines=400,
-        max_train_examples=4000,  # 3,600 to train on, 400 to validate: training fits a class hour on a T4
-        resume_replay_steps=20,
-    )
+    return Profile(name="full", model_id=model_id, tokenizer_id=model_id, cola_root=_cola_root(),
+                   ledger_path=build_dir("tiny", "ledger", "ledger.csv"), device="cuda", compute_dtype=dtype,
+                   eval_batch_size=16 if dtype == torch.bfloat16 else 8,
+                   # micro-batch 8 as the tutorial (it held 8 without checkpointing, "just barely"); we checkpoint
+                   gradient_checkpointing=gib < CHECKPOINTING_BELOW_GIB, eval_every=100,
+                   max_steps=80,  # notebooks 6 and 7 train 3 and 12 runs: 640 examples each fits a class hour on a T4
+                   sample_sizes=(64,), ledger_max_lines=400,
+                   max_train_examples=4000,  # 3,600 to train on, 400 to validate: a class hour on a T4
+                   resume_replay_steps=20)
 
 
 def _shapes(require_device: bool = True) -> Profile:
@@ -238,25 +179,22 @@ def _cola_reachable(timeout: float = 5.0) -> bool:
 
 
 def _require_cola(root: Path) -> None:
-    """Stop now, with the ways to get it, when real CoLA is neither on disk nor downloadable."""
+    """Stop now, with the ways to get it, when real CoLA is neither on disk nor downloadable.
+
+    Downloadable is enough: the notebooks download it into the working directory (data.download_cola).
+    """
     from .data import COLA_SPLITS
 
     missing = [f"raw/{s}.tsv" for s in COLA_SPLITS if not (root / "raw" / f"{s}.tsv").exists()]
-    if not missing:
-        return
-    if os.environ.get("LMCLS_COLA_DIR"):
+    if missing and os.environ.get("LMCLS_COLA_DIR"):
+        raise RuntimeError(f"LMCLS_COLA_DIR={root} lacks {', '.join(missing)}: point it at an unzipped cola_public/ "
+                           "folder (`lmcls_helpers.data.download_cola(dest)` creates one under dest).")
+    if missing and not _cola_reachable():
         raise RuntimeError(
-            f"LMCLS_COLA_DIR={root} lacks {', '.join(missing)}: point it at an unzipped cola_public/ folder "
-            "(`lmcls_helpers.data.download_cola(dest)` creates one under dest)."
-        )
-    if _cola_reachable():
-        return  # the notebooks download it into the working directory (data.download_cola)
-    raise RuntimeError(
-        f"The 'small' profile runs on the real CoLA corpus, which is not in {root} and cannot be downloaded "
-        "(no network). Either run `from lmcls_helpers.data import download_cola; download_cola(DEST)` once "
-        "on a machine with network access and set LMCLS_COLA_DIR=DEST/cola_public, or copy an unzipped "
-        "cola_public/ folder here, or use the offline 'tiny' profile (unset LMCLS_PROFILE)."
-    )
+            f"The 'small' profile runs on the real CoLA corpus, which is not in {root} and cannot be downloaded "
+            "(no network). Either run `from lmcls_helpers.data import download_cola; download_cola(DEST)` once "
+            "on a machine with network access and set LMCLS_COLA_DIR=DEST/cola_public, or copy an unzipped "
+            "cola_public/ folder here, or use the offline 'tiny' profile (unset LMCLS_PROFILE).")
 
 
 def _custom_model() -> str | None:
@@ -281,32 +219,13 @@ def _small(require_device: bool = True) -> Profile:
             raise RuntimeError("The 'small' profile loads the model in 4 bits and needs bitsandbytes: "
                                "`pip install bitsandbytes` (0.50 or newer runs 4-bit layers on the CPU).")
     model_id = _custom_model() or str(build_dir("small"))  # built by ensure_world (or `make small`)
-    return Profile(
-        name="small",
-        model_id=model_id,
-        tokenizer_id=model_id,
-        cola_root=cola_root,
-        ledger_path=build_dir("tiny", "ledger", "ledger.csv"),
-        device="cpu",
-        compute_dtype=torch.float32,
-        eval_batch_size=64,
-        max_eval_examples=200,
-        train_batch_size=16,
-        micro_batch_size=8,
-        num_epochs=1,
-        lr=3e-4,
-        weight_decay=0.0,
-        warmup_steps=5,
-        eval_every=15,
-        max_train_examples=1000,
-        max_steps=8,
-        sample_sizes=(64,),  # notebook 7 as the full profile plans it: 64 sentences besides the full set,
-        ledger_max_lines=400,  # and the first 400 ledger lines (every line: 44 instead of 16 minutes on 2 cores)
-        lora_r=8,
-        lora_alpha=16,
-        seed=42,
-        prompt_tokens=60,  # SmolLM2's tokenizer pads real CoLA dev to 60 at batch 64 (50 on average)
-    )
+    return Profile(name="small", model_id=model_id, tokenizer_id=model_id, cola_root=cola_root,
+                   ledger_path=build_dir("tiny", "ledger", "ledger.csv"), device="cpu", compute_dtype=torch.float32,
+                   eval_batch_size=64, max_eval_examples=200, train_batch_size=16, lr=3e-4, weight_decay=0.0,
+                   warmup_steps=5, eval_every=15, max_train_examples=1000, max_steps=8,
+                   sample_sizes=(64,),  # notebook 7 as the full profile plans it: 64 sentences besides the full set,
+                   ledger_max_lines=400,  # and the first 400 ledger lines (every line: 44 instead of 16 minutes on 2 cores)
+                   prompt_tokens=60)  # SmolLM2's tokenizer pads real CoLA dev to 60 at batch 64 (50 on average)
 
 
 PROFILES = {"tiny": _tiny, "full": _full, "shapes": _shapes, "small": _small}
@@ -350,32 +269,24 @@ def library_versions() -> dict[str, str | None]:
     from importlib import metadata
 
     versions = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda}
-    for dist in ("transformers", "tokenizers", "peft", "bitsandbytes"):  # metadata: importing peft takes seconds
-        try:
-            versions[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            versions[dist] = None
-    return versions
+    # from the installed metadata: importing peft takes seconds
+    return {**versions, **{dist: next((d.version for d in metadata.distributions(name=dist)), None)
+                           for dist in ("transformers", "tokenizers", "peft", "bitsandbytes")}}
 
 
 def environment_report(profile: Profile) -> str:
     """Library versions and the device, printed by every notebook so a pasted error has context."""
-    model = profile.model_id
-    try:  # a folder in this checkout is shown relative to it: outputs never carry a machine's paths
-        model = str(Path(model).resolve().relative_to(build_dir().parent))
-    except ValueError:
-        pass
-    lines = [f"profile: {profile.name}   model: {model}"]
+    root, model = build_dir().parent, Path(profile.model_id).resolve()
+    # a folder in this checkout is shown relative to it: outputs never carry a machine's paths
+    model = str(model.relative_to(root)) if model.is_relative_to(root) else profile.model_id
     versions = library_versions()
-    lines.append("   ".join(f"{k} {versions[k] or 'not installed'}" for k in
-                            ("python", "torch", "transformers", "peft", "bitsandbytes")))
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
-        lines.append(f"device: {props.name}, {props.total_memory / 2**30:.1f} GiB, compute dtype {profile.compute_dtype}")
-    else:
+        device = f"{props.name}, {props.total_memory / 2**30:.1f} GiB"
+    else:  # the code path is AVX2 unless overridden: see lmcls_helpers/__init__.py
         threads = torch.get_num_threads()
-        path = torch.backends.cpu.get_cpu_capability()  # AVX2 unless overridden: see lmcls_helpers/__init__.py
-        lines.append(
-            f"device: CPU ({threads} thread{'s' * (threads != 1)}, {path} code path), compute dtype {profile.compute_dtype}"
-        )
-    return "\n".join(lines)
+        device = f"CPU ({threads} thread{'s' * (threads != 1)}, {torch.backends.cpu.get_cpu_capability()} code path)"
+    return "\n".join([f"profile: {profile.name}   model: {model}",
+                      "   ".join(f"{k} {versions[k] or 'not installed'}" for k in
+                                 ("python", "torch", "transformers", "peft", "bitsandbytes")),
+                      f"device: {device}, compute dtype {profile.compute_dtype}"])

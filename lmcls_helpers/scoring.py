@@ -14,14 +14,10 @@ import pandas as pd
 import torch
 from sklearn.metrics import accuracy_score, matthews_corrcoef
 
+from .models import base_model as _causal_lm
 from .progress import tqdm
 from .prompts import PromptTemplate
 from .tokens import last_token_index, require_pad_token
-
-
-def _causal_lm(model):
-    """The causal LM under a PEFT wrapper (LoRA layers stay injected), or the model itself."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def last_token_logits(model, batch, lean: bool = True) -> torch.Tensor:

@@ -64,7 +64,7 @@ import pandas as pd
 import torch
 
 from lmcls_helpers import memory, plots, quant
-from lmcls_helpers.models import bnb_config, load_model, model_config, require_bitsandbytes
+from lmcls_helpers.models import bnb_config, llama_config, load_model, require_bitsandbytes
 from lmcls_helpers.profiles import LLAMA3_8B_CONFIG
 
 require_bitsandbytes()  # stops here, with the fix, if bitsandbytes is missing or cannot load
@@ -601,7 +601,7 @@ precisions = {
     "fp4": {"quant_type": "fp4"},
     "fp4 + double quant": {"quant_type": "fp4", "double_quant": True},
 }
-arch = model_config(profile)
+arch = llama_config(profile)
 
 # %%
 runs = {}

@@ -207,6 +207,8 @@ print(f"few-shot  test MCC {fewshot_test.mcc:.3f}  accuracy {fewshot_test.accura
 # %%
 from peft import LoraConfig, get_peft_model
 
+from lmcls_helpers import training
+
 c = LLAMA3_8B_CONFIG
 upcast_params = 2 * c["vocab_size"] * c["hidden_size"] + (2 * c["num_hidden_layers"] + 1) * c["hidden_size"]
 print(f"Llama-3-8B: {upcast_params / 1e9:.2f}B weights would go from 2 to 4 bytes: +{upcast_params * 2 / 2**30:.2f} GiB")
@@ -232,8 +234,7 @@ print(f"{shipped['files'][steps['batch 8, tutorial loss']['file']]['gpu']}: {pla
 # with `B = 0`, so the model is unchanged until the first step.
 
 # %%
-lora_config = LoraConfig(r=profile.lora_r, lora_alpha=profile.lora_alpha, lora_dropout=profile.lora_dropout,
-                         target_modules=list(LLAMA_PROJECTIONS), bias="none", task_type="CAUSAL_LM")
+lora_config = training.lora_config(profile)  # r, alpha, dropout from the profile; all seven projections
 torch.manual_seed(profile.seed)  # the A matrices start random
 model = get_peft_model(model, lora_config)
 trainable = [p for p in model.parameters() if p.requires_grad]
@@ -352,7 +353,7 @@ pd.DataFrame({"full logits (MiB, fp32)": {k: v[0] * 4 / 2**20 for k, v in sizes.
 from lmcls_helpers.memory import GPUS, cuda_context_gib, estimate_training_memory
 
 t4_spec = GPUS["T4 16 GB"]
-t4_budget = t4_spec["capacity_gib"] - cuda_context_gib()["T4 16 GB"]  # GiB left for tensors
+t4_tensor_gib = t4_spec["capacity_gib"] - cuda_context_gib()["T4 16 GB"]  # GiB left for tensors
 recipe_switches = {"tutorial (all logits)": {"logits": "all", "grad_checkpointing": False},
                    "lean head": {"logits": "label", "grad_checkpointing": False},
                    "lean head + checkpointing": {"logits": "label", "grad_checkpointing": True}}
@@ -360,11 +361,11 @@ peaks = pd.DataFrame({name: {f"micro-batch {b}": estimate_training_memory(
     LLAMA3_8B_CONFIG, batch_size=b, seq_len=86, workspace_mib=t4_spec["workspace_mib"], **kw)["total"]
     for b in (8, 16, 32)} for name, kw in recipe_switches.items()})
 print(f"estimated peak GiB for one training step; a T4 holds {t4_spec['capacity_gib']} GiB, "
-      f"{t4_budget:.2f} GiB of it for tensors")
+      f"{t4_tensor_gib:.2f} GiB of it for tensors")
 peaks.round(2)
 
 # %%
-tutorial_left = t4_budget - peaks.loc["micro-batch 8", "tutorial (all logits)"]
+tutorial_left = t4_tensor_gib - peaks.loc["micro-batch 8", "tutorial (all logits)"]
 lean_share = peaks["lean head + checkpointing"] / peaks["tutorial (all logits)"]
 print(f"the estimator says: the tutorial's step leaves {tutorial_left:.2f} GiB of the T4's budget; the lean recipe "
       f"needs {' / '.join(f'{x:.0%}' for x in lean_share)} of its peak at {' / '.join(lean_share.index)}")
@@ -865,7 +866,7 @@ print(f"MCC gain over few-shot: {gain:+.3f}")
 # above 0, so we hand it each model's logit of " acceptable" minus that of " unacceptable":
 
 # %%
-from lmcls_helpers.readouts import bootstrap_sd
+from lmcls_helpers.training import bootstrap_sd
 
 gain_sd = bootstrap_sd(test.labels, test.scores[:, 1] - test.scores[:, 0],
                        fewshot_test.scores[:, 1] - fewshot_test.scores[:, 0], seed=profile.seed)

@@ -60,11 +60,11 @@ print(budget.report("05_gpu_memory", profile))  # how long this notebook takes h
 # %%
 import pandas as pd
 import torch
-from peft import LoraConfig, get_peft_model
+from peft import get_peft_model
 
-from lmcls_helpers import memory, plots
+from lmcls_helpers import memory, plots, training
 from lmcls_helpers.batches import label_loss
-from lmcls_helpers.models import LLAMA_PROJECTIONS, load_model, model_config
+from lmcls_helpers.models import llama_config, load_model
 from lmcls_helpers.profiles import LLAMA3_8B_CONFIG
 
 torch.manual_seed(profile.seed)
@@ -149,7 +149,7 @@ print(f"H100: {loaded['smi']:.3f} GiB driver's count - {loaded['allocated']:.2f}
 # memory is freed). The batch is random token ids: memory depends on shapes, not on words.
 
 # %%
-config = model_config(profile)  # the architecture as a plain dict, no weights needed
+config = llama_config(profile)  # the architecture as a plain dict, no weights needed
 batch_size, seq_len = profile.micro_batch_size, memory.SEED_SEQ_LEN  # the tutorial's prompt: 86 tokens
 device = "cuda:0" if profile.device == "cuda" else "cpu"
 input_ids = torch.randint(0, config["vocab_size"], (batch_size, seq_len))  # (batch, seq)
@@ -184,8 +184,7 @@ del out  # the tutorial kept only the two label logits per row
 # **Phase 3, LoRA attached**: small fp32 matrices A and B beside each of the seven projections.
 
 # %%
-lora_config = LoraConfig(r=profile.lora_r, lora_alpha=profile.lora_alpha, lora_dropout=profile.lora_dropout,
-                         target_modules=list(LLAMA_PROJECTIONS), task_type="CAUSAL_LM")
+lora_config = training.lora_config(profile)  # the profile's r, alpha and dropout on all seven projections
 with meter.phase("lora_attached", model):
     model = get_peft_model(model, lora_config)
     meter.track(model)

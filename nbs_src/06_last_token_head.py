@@ -89,7 +89,8 @@ from lmcls_helpers.models import free_gpu_memory, load_model
 from lmcls_helpers.paths import build_dir
 from lmcls_helpers.profiles import LLAMA3_8B_CONFIG
 from lmcls_helpers.prompts import PromptTemplate
-from lmcls_helpers.readouts import (
+from lmcls_helpers.tokens import last_token_index, load_tokenizer
+from lmcls_helpers.training import (
     bootstrap_sd,
     head_loss,
     head_model,
@@ -99,7 +100,6 @@ from lmcls_helpers.readouts import (
     strip_adapter,
     train,
 )
-from lmcls_helpers.tokens import last_token_index, load_tokenizer
 
 torch.manual_seed(profile.seed)
 notebook_start = time.perf_counter()
@@ -268,7 +268,7 @@ del tutorial_model
 # ## 4. One small training loop for every run
 #
 # Every run here (and in notebook 7) uses the same loop: notebook 4's, compact. It lives in
-# `lmcls_helpers.readouts.train`, so both notebooks run the very same code; its heart is
+# `lmcls_helpers.training.train`, so both notebooks run the very same code; its heart is
 #
 # ```python
 # for micro_batches in plan[:num_steps]:          # a step: train_batch_size examples

@@ -74,7 +74,9 @@ from lmcls_helpers.data import download_cola, load_cola, load_ledger
 from lmcls_helpers.heads import head_logits
 from lmcls_helpers.models import free_gpu_memory, load_model
 from lmcls_helpers.prompts import PromptTemplate
-from lmcls_helpers.readouts import (
+from lmcls_helpers.scoring import evaluate
+from lmcls_helpers.tokens import last_token_index, load_tokenizer
+from lmcls_helpers.training import (
     bootstrap_sd,
     head_loss,
     head_model,
@@ -85,8 +87,6 @@ from lmcls_helpers.readouts import (
     strip_adapter,
     train,
 )
-from lmcls_helpers.scoring import evaluate
-from lmcls_helpers.tokens import last_token_index, load_tokenizer
 
 torch.manual_seed(profile.seed)
 notebook_start = time.perf_counter()
@@ -144,7 +144,7 @@ print(prompted(dev_sentences[:1])[0])
 # - **(b) the linear head** (notebook 6): `Linear(hidden, 1)` on the last real token, in
 #   `modules_to_save`, trained with `BCEWithLogitsLoss`.
 #
-# Both train with notebook 6's loop (`readouts.train`, section 4 there), the same LoRA and
+# Both train with notebook 6's loop (`training.train`, section 4 there), the same LoRA and
 # `profile.max_steps` steps. They also share one 4-bit base: after each run `strip_adapter` takes the
 # adapter off and hands back the base as loaded, so no run pays for a reload (minutes on a T4, where
 # only one base model fits). The head replaces the LM head, so we keep the LM head aside, **on the
@@ -635,7 +635,7 @@ else:
 # %% [markdown]
 # **2. Is the gap luck?** Section 6 compares three MCCs on one dev set of a few hundred sentences.
 # How much does the label words' MCC alone move when the dev set is redrawn? Use `bootstrap_sd` (from
-# `lmcls_helpers.readouts`: the spread of an MCC over dev sets resampled with replacement) on the
+# `lmcls_helpers.training`: the spread of an MCC over dev sets resampled with replacement) on the
 # label words' dev scores, `contrast["label words"]["scores"]`, and set `label_words_sd`.
 # *Hint:* pass `seed=profile.seed`, so your resampled dev sets are the self-check's.
 

@@ -67,15 +67,15 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from peft import LoraConfig, get_peft_model
+from peft import get_peft_model
 from sklearn.metrics import accuracy_score, classification_report, f1_score, recall_score
 from transformers import get_linear_schedule_with_warmup
 
-from lmcls_helpers import plots
+from lmcls_helpers import plots, training
 from lmcls_helpers.batches import train_val_split
 from lmcls_helpers.categories import CATEGORY_NAMES, MINORITY, MINORITY_KEEP, ledger_categories
 from lmcls_helpers.data import load_ledger
-from lmcls_helpers.models import LLAMA_PROJECTIONS, load_model
+from lmcls_helpers.models import base_model, load_model
 from lmcls_helpers.scoring import choice_logprobs, choice_token_counts
 from lmcls_helpers.tokens import last_token_index, load_tokenizer, token_table
 
@@ -278,7 +278,7 @@ def words_loss(model, batch) -> torch.Tensor:
     """Summed cross-entropy over every class-name token of every row (a scalar)."""
     targets = batch["labels"][:, 1:]  # the token each position predicts
     rows, cols = (targets != -100).nonzero(as_tuple=True)
-    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    lm = base_model(model)
     hidden = lm.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
     logits = lm.get_output_embeddings()(hidden[rows, cols])  # (target tokens, vocab)
     return F.cross_entropy(logits.float(), targets[rows, cols], reduction="sum")
@@ -336,8 +336,7 @@ n_draws = profile.max_steps * profile.train_batch_size
 generator = torch.Generator().manual_seed(profile.seed)
 epochs = -(-n_draws // len(train_df))  # ceiling division
 shuffled = torch.cat([torch.randperm(len(train_df), generator=generator) for _ in range(epochs)])[:n_draws].tolist()
-lora_config = LoraConfig(r=profile.lora_r, lora_alpha=profile.lora_alpha, lora_dropout=profile.lora_dropout,
-                         target_modules=list(LLAMA_PROJECTIONS), bias="none", task_type="CAUSAL_LM")
+lora_config = training.lora_config(profile)  # notebook 4's adapter
 print(f"{profile.max_steps} steps x {profile.train_batch_size} = {n_draws:,} examples per run "
       f"({n_draws / len(train_df):.2f} passes over {len(train_df):,} training lines)")
 
@@ -376,7 +375,7 @@ _ = results.record("words_macro_f1", words["macro-F1"])
 # %%
 def head_logits(model, head, batch) -> torch.Tensor:
     """(batch, k) logits from the hidden state at each row's last real token."""
-    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    lm = base_model(model)
     hidden = lm.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
     last = last_token_index(batch["attention_mask"])  # (batch,)
     return head(hidden[torch.arange(len(last), device=last.device), last].float())

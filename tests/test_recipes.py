@@ -144,7 +144,7 @@ def tiny():
     template = PromptTemplate()
     data = encode_examples(tokenizer, list(train.sentence), list(train.label), template, profile.label_words)
     torch.manual_seed(0)
-    model = attach_lora(load_model(profile), dropout=0.0)
+    model = attach_lora(load_model(profile), profile.with_(lora_dropout=0.0))
     for name, p in model.named_parameters():  # LoRA B starts at zero, which would leave A without a gradient
         if "lora_B" in name:
             torch.nn.init.normal_(p, std=0.02)

@@ -23,12 +23,12 @@ def test_memory_explorer_shows_sliders_and_the_default_figure(monkeypatch):
     pytest.importorskip("ipywidgets")
     import IPython.display
 
-    from lmcls_helpers.models import model_config
+    from lmcls_helpers.models import llama_config
     from lmcls_helpers.plots import memory_explorer
     from lmcls_helpers.profiles import get_profile
 
     shown = []
     monkeypatch.setattr(IPython.display, "display", lambda obj, raw=False, display_id=None: shown.append(obj))
-    memory_explorer(model_config(get_profile("tiny")), {"T4": 14.75})
+    memory_explorer(llama_config(get_profile("tiny")), {"T4": 14.75})
     assert "application/vnd.jupyter.widget-view+json" in shown[0]  # the sliders
     assert type(shown[1]).__name__ == "Image"  # the figure at the defaults, for a static page

@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import BatchEncoding, LlamaConfig, LlamaForCausalLM
 
-from lmcls_helpers import readouts
+from lmcls_helpers import training
 from lmcls_helpers.heads import HEAD_MODULE, BinaryHead, require_saved_head
 
 PAD = 1
@@ -48,62 +48,62 @@ def tiny_base() -> LlamaForCausalLM:
 
 def test_strip_adapter_gives_back_the_same_base_and_a_fresh_run_equals_the_first():
     tok, base = CharTokenizer(), tiny_base()
-    model = readouts.head_model(PROFILE, base=base)
+    model = training.head_model(PROFILE, base=base)
     first = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     assert any(HEAD_MODULE in n for n in first), "the head must train (modules_to_save)"
-    readouts.train(model, readouts.head_loss(tok, PROFILE), TEXTS, LABELS, tok, PROFILE)
-    stripped = readouts.strip_adapter(model)
+    training.train(model, training.head_loss(tok, PROFILE), TEXTS, LABELS, tok, PROFILE)
+    stripped = training.strip_adapter(model)
     assert stripped is base and not hasattr(stripped, "peft_config")
     assert not any("lora_" in n for n, _ in stripped.named_parameters())
-    again = readouts.head_model(PROFILE, base=stripped)
+    again = training.head_model(PROFILE, base=stripped)
     for n, p in again.named_parameters():
         if p.requires_grad:
             torch.testing.assert_close(p, first[n], msg=f"{n}: a fresh run must start where the first did")
     with pytest.raises(ValueError, match="no adapter"):
-        readouts.strip_adapter(stripped)
+        training.strip_adapter(stripped)
 
 
 def test_train_learns_a_separable_toy_task_and_is_deterministic():
     tok = CharTokenizer()
     scores = []
     for _ in range(2):
-        model = readouts.head_model(PROFILE, base=tiny_base())
-        before = readouts.metrics(readouts.head_scores(model, TEXTS, tok, PROFILE), LABELS)
-        seconds = readouts.train(model, readouts.head_loss(tok, PROFILE), TEXTS, LABELS, tok, PROFILE, num_steps=40)
-        scores.append(readouts.head_scores(model, TEXTS, tok, PROFILE))
+        model = training.head_model(PROFILE, base=tiny_base())
+        before = training.metrics(training.head_scores(model, TEXTS, tok, PROFILE), LABELS)
+        seconds = training.train(model, training.head_loss(tok, PROFILE), TEXTS, LABELS, tok, PROFILE, num_steps=40)
+        scores.append(training.head_scores(model, TEXTS, tok, PROFILE))
         assert seconds > 0 and isinstance(model.get_output_embeddings().modules_to_save["default"], BinaryHead)
     np.testing.assert_array_equal(scores[0], scores[1])
-    assert readouts.metrics(scores[0], LABELS)["accuracy"] > before["accuracy"] or before["accuracy"] == 1.0
+    assert training.metrics(scores[0], LABELS)["accuracy"] > before["accuracy"] or before["accuracy"] == 1.0
     with pytest.raises(ValueError, match="num_steps"):
-        readouts.train(model, readouts.head_loss(tok, PROFILE), TEXTS, LABELS[:3], tok, PROFILE)
+        training.train(model, training.head_loss(tok, PROFILE), TEXTS, LABELS[:3], tok, PROFILE)
 
 
 def test_head_scores_agree_across_layouts_for_the_last_real_token():
-    tok, model = CharTokenizer(), readouts.head_model(PROFILE, base=tiny_base())
-    right = readouts.head_scores(model, TEXTS, tok, PROFILE)
+    tok, model = CharTokenizer(), training.head_model(PROFILE, base=tiny_base())
+    right = training.head_scores(model, TEXTS, tok, PROFILE)
     for kwargs in (dict(padding_side="left"), dict(unpadded=True)):
-        np.testing.assert_allclose(readouts.head_scores(model, TEXTS, tok, PROFILE, **kwargs), right, rtol=1e-4, atol=1e-5)
-    left_minus_one = readouts.head_scores(model, TEXTS, tok, PROFILE, "minus_one", padding_side="left")
+        np.testing.assert_allclose(training.head_scores(model, TEXTS, tok, PROFILE, **kwargs), right, rtol=1e-4, atol=1e-5)
+    left_minus_one = training.head_scores(model, TEXTS, tok, PROFILE, "minus_one", padding_side="left")
     np.testing.assert_allclose(left_minus_one, right, rtol=1e-4, atol=1e-5)
 
 
 def test_metrics_bootstrap_and_pads():
-    assert readouts.metrics([1.0, -1.0, 2.0, -2.0], [1, 0, 1, 0]) == {"MCC": 1.0, "accuracy": 1.0}
+    assert training.metrics([1.0, -1.0, 2.0, -2.0], [1, 0, 1, 0]) == {"MCC": 1.0, "accuracy": 1.0}
     s = np.array([0.5, -0.5, 0.2, -0.1, 0.3, -0.4])
     labels = [1, 0, 1, 1, 0, 0]
-    assert readouts.bootstrap_sd(labels, s, s) == 0.0
-    assert readouts.bootstrap_sd(labels, s, seed=1) == readouts.bootstrap_sd(labels, s, seed=1) > 0
-    table = readouts.pads_per_row(TEXTS, TEXTS, CharTokenizer(), PROFILE)
+    assert training.bootstrap_sd(labels, s, s) == 0.0
+    assert training.bootstrap_sd(labels, s, seed=1) == training.bootstrap_sd(labels, s, seed=1) > 0
+    table = training.pads_per_row(TEXTS, TEXTS, CharTokenizer(), PROFILE)
     assert list(table.columns) == ["mean", "50%", "max"] and (table["max"] >= 0).all()
 
 
 def test_require_saved_head_refuses_an_adapter_without_its_head(tmp_path):
     tok = CharTokenizer()
-    without = readouts.head_model(PROFILE, save_head=False, base=tiny_base())
+    without = training.head_model(PROFILE, save_head=False, base=tiny_base())
     without.save_pretrained(tmp_path / "without")
     with pytest.raises(ValueError, match="no 'lm_head'"):
         require_saved_head(tmp_path / "without")
-    with_head = readouts.head_model(PROFILE, base=readouts.strip_adapter(without))
-    readouts.train(with_head, readouts.head_loss(tok, PROFILE), TEXTS, LABELS, tok, PROFILE, num_steps=1)
+    with_head = training.head_model(PROFILE, base=training.strip_adapter(without))
+    training.train(with_head, training.head_loss(tok, PROFILE), TEXTS, LABELS, tok, PROFILE, num_steps=1)
     with_head.save_pretrained(tmp_path / "with")
     assert require_saved_head(tmp_path / "with")

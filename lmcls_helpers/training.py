@@ -1,11 +1,10 @@
-"""One small training loop for every read-out, and what the runs share (taught in notebook 6, section 4).
+"""Training: the LoRA config, notebook 4's loop as one function, and what the read-out runs share.
 
-Notebook 6 trains a linear head on the last real token next to LoRA, notebook 7 compares it with
-label words and ``AutoModelForSequenceClassification``. Every run goes through :func:`train`
-(notebook 4's loop, compact: AdamW, warm-up and linear decay, summed losses over the step's example
-count, one clip per step) and differs only in its ``step_loss``. :func:`strip_adapter` gives the
-untouched 4-bit base back after a run, so the next run needs no reload: on a free T4 a reload of
-Llama-3-8B costs minutes, and only one base model fits at a time.
+Notebook 4, section 8 writes the loop out; notebook 6 (section 4) trains a linear head on the last
+real token with :func:`train`, and notebook 7 compares it with label words and
+``AutoModelForSequenceClassification``. Every run differs only in its ``step_loss``.
+:func:`strip_adapter` gives the untouched 4-bit base back after a run, so the next run needs no
+reload: on a free T4 a reload of Llama-3-8B costs minutes, and only one base model fits at a time.
 """
 
 from __future__ import annotations
@@ -66,6 +65,9 @@ def head_model(profile, save_head: bool = True, base=None):
 def train(model, step_loss: StepLoss, texts: Sequence[str], labels: Sequence[int], tokenizer, profile,
           num_steps: int | None = None) -> float:
     """Train for ``num_steps`` optimizer steps (default ``profile.max_steps``); returns the seconds it took.
+
+    Notebook 4, section 8 teaches this loop: forward, the summed label-only loss over the step's
+    example count, accumulate over micro-batches, clip once, AdamW step, warm-up and linear decay.
 
     Micro-batches come from :func:`batches.step_batches` (length-sorted, seeded); a small training
     set is cycled, so every read-out gets the same number of steps. Warm-up is at most a quarter of
