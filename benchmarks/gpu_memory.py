@@ -52,7 +52,7 @@ from lmcls_helpers.training import lora_config
 CPU_CONFIG = dict(model_type="llama", vocab_size=4096, hidden_size=128, intermediate_size=448, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=False)
 
-SEQ_LEN = memory.SEED_SEQ_LEN  # the tutorial's padded few-shot prompt: 86 tokens
+SEQ_LEN = memory.TUTORIAL_SEQ_LEN  # the tutorial's padded few-shot prompt: 86 tokens
 TIMED_STEPS = 3  # per variant, after one untimed step that creates the optimizer's state
 GRID_ABOUT = ("One training step per branch of memory.estimate_training_memory at the profile's shape, random tokens, "
               f"{SEQ_LEN} per row (padded rows: {SEQ_LEN} down to {SEQ_LEN // 2 + 1} real tokens), LoRA on all 7 "
@@ -258,7 +258,7 @@ def notebook5_phases(profile, config: dict) -> tuple[dict, object, object]:
         model = load_model(profile)
         meter.track(model)
     build_s = time.perf_counter() - start  # the phase ends with a synchronization on a GPU
-    with meter.phase("forward_eval_seed_recipe", model), torch.no_grad():
+    with meter.phase("forward_eval_tutorial_recipe", model), torch.no_grad():
         out = model(**batch)
     del out
     with meter.phase("lora_attached", model):
@@ -267,11 +267,11 @@ def notebook5_phases(profile, config: dict) -> tuple[dict, object, object]:
     optimizer = make_optimizer(model, "adamw")
     model.train()
     train_step(model, optimizer, batch, "all")
-    for name, logits in (("train_step_seed_recipe", "all"), ("train_step_label_position_logits", "label")):
+    for name, logits in (("train_step_tutorial_recipe", "all"), ("train_step_label_position_logits", "label")):
         with meter.phase(name, model, optimizer):
             train_step(model, optimizer, batch, logits)
     model.eval()
-    with meter.phase("eval_batch_seed_recipe", model, optimizer), torch.no_grad():
+    with meter.phase("eval_batch_tutorial_recipe", model, optimizer), torch.no_grad():
         out = model(**batch)  # labels given: logits at every position, upcast and log-softmaxed for the loss
     del out
     with meter.phase("eval_batch_gather_label_logits", model, optimizer), torch.no_grad():

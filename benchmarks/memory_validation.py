@@ -89,11 +89,11 @@ def estimate_phases(config, *, batch_size: int, seq_len: int, lora_r: int = 8, *
     lora["total"] = sum(v for k, v in lora.items() if k != "total")
     return {
         "model_loaded_4bit": weights,
-        "forward_eval_seed_recipe": loaded,
+        "forward_eval_tutorial_recipe": loaded,
         "lora_attached": lora,
-        "train_step_seed_recipe": estimate_training_memory(**train),
+        "train_step_tutorial_recipe": estimate_training_memory(**train),
         "train_step_label_position_logits": estimate_training_memory(**train, logits="label"),
-        "eval_batch_seed_recipe": estimate_forward_memory(**fwd, lora_r=lora_r, optimizer="adamw"),
+        "eval_batch_tutorial_recipe": estimate_forward_memory(**fwd, lora_r=lora_r, optimizer="adamw"),
         "eval_batch_gather_label_logits": estimate_forward_memory(**fwd, lora_r=lora_r, optimizer="adamw", loss=False),
     }
 

@@ -41,7 +41,7 @@ class Plan:
     loads: int  # base-model loads (from_pretrained + 4-bit quantization)
     train_examples: int  # examples through forward and backward, summed over every training run
     scored_examples: int  # examples through a forward pass only
-    seq_len: int = 86  # typical prompt length in tokens (work scales with it); 86: the tutorial's (memory.SEED_SEQ_LEN)
+    seq_len: int = 86  # typical prompt length in tokens (work scales with it); 86: the tutorial's (memory.TUTORIAL_SEQ_LEN)
     recompute: bool = False  # gradient checkpointing: backward recomputes each block's forward
     cut: str = ""  # what the full profile leaves out to fit the class, said where the budget is printed
 

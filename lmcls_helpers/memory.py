@@ -35,7 +35,7 @@ from .quant import llama_shapes, predicted_table
 GIB = 2**30
 MIB = 2**20
 #: The Llama 3 tutorial's few-shot CoLA prompt is 86 Llama 3 tokens; its figures are for batches of 8.
-SEED_SEQ_LEN = 86
+TUTORIAL_SEQ_LEN = 86
 #: The reference measurement (H100), in the folder of every shipped measurement (package data).
 MEASUREMENTS = MEASURED / "gpu_measurements.json"
 #: The estimator against every shipped measurement, per phase and per measured branch (notebook 5, section 5);

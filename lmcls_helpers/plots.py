@@ -223,7 +223,7 @@ PHASE_COLORS = {
 
 def _phase_label(phase: str) -> str:
     """A measured phase's name as a tick label; the tutorial's recipe is called the tutorial's (notebook 5)."""
-    return phase.replace("seed", "tutorial").replace("_", " ")
+    return phase.replace("_", " ")
 
 
 def _stacked_barh(ax, frame: pd.DataFrame, xlabel: str, colors=None) -> None:

@@ -106,8 +106,8 @@ else:
 # %%
 tutorial = shipped["seed_tutorial_T4_figures_GB"]  # nvidia-smi MiB / 1024, so in fact GiB
 h100 = shipped["phases"]
-phase_names = {"model loaded": "model_loaded_4bit", "forward pass": "forward_eval_seed_recipe",
-               "LoRA attached": "lora_attached", "training step": "train_step_seed_recipe"}
+phase_names = {"model loaded": "model_loaded_4bit", "forward pass": "forward_eval_tutorial_recipe",
+               "LoRA attached": "lora_attached", "training step": "train_step_tutorial_recipe"}
 side_by_side = pd.DataFrame({
     "T4, driver's count (tutorial)": [tutorial[k] for k in ("model", "forward", "with_lora", "training")],
     "H100, driver's count": [h100[p].get("smi") for p in phase_names.values()],
@@ -150,7 +150,7 @@ print(f"H100: {loaded['smi']:.3f} GiB driver's count - {loaded['allocated']:.2f}
 
 # %%
 config = llama_config(profile)  # the architecture as a plain dict, no weights needed
-batch_size, seq_len = profile.micro_batch_size, memory.SEED_SEQ_LEN  # the tutorial's prompt: 86 tokens
+batch_size, seq_len = profile.micro_batch_size, memory.TUTORIAL_SEQ_LEN  # the tutorial's prompt: 86 tokens
 device = "cuda:0" if profile.device == "cuda" else "cpu"
 input_ids = torch.randint(0, config["vocab_size"], (batch_size, seq_len))  # (batch, seq)
 labels = torch.full_like(input_ids, -100)  # the tutorial's targets: -100 (ignored) everywhere ...
@@ -175,7 +175,7 @@ with meter.phase("model_loaded_4bit"):
 # so the model also computes the loss.
 
 # %%
-with meter.phase("forward_eval_seed_recipe", model), torch.no_grad():
+with meter.phase("forward_eval_tutorial_recipe", model), torch.no_grad():
     out = model(**batch)
 print(f"logits {tuple(out.logits.shape)} {out.logits.dtype}, loss {out.loss.item():.3f}")  # (batch, seq, vocab)
 del out  # the tutorial kept only the two label logits per row
@@ -217,7 +217,7 @@ def train_step(lean: bool) -> float:
 # %%
 model.train()
 train_step(lean=False)  # the first step creates AdamW's state; we measure steady-state steps
-with meter.phase("train_step_seed_recipe", model, optimizer):
+with meter.phase("train_step_tutorial_recipe", model, optimizer):
     train_step(lean=False)
 with meter.phase("train_step_label_position_logits", model, optimizer):
     train_step(lean=True)
@@ -233,7 +233,7 @@ measured
 
 # %%
 assert meter.phases["lora_attached"]["allocated"] > meter.phases["model_loaded_4bit"]["allocated"], "LoRA adds memory"
-train = meter.phases["train_step_seed_recipe"]["peak"]
+train = meter.phases["train_step_tutorial_recipe"]["peak"]
 assert train > 1.5 * meter.phases["lora_attached"]["allocated"], "activations and logits add half again or more"
 assert meter.phases["train_step_label_position_logits"]["peak"] < train, "label-position logits need less"
 
@@ -252,7 +252,7 @@ assert meter.phases["train_step_label_position_logits"]["peak"] < train, "label-
 
 # %%
 fig = plots.memory_phases(memory.phase_segments(meter.phases),
-                          capacity_gib=meter.phases["train_step_seed_recipe"].get("capacity"),
+                          capacity_gib=meter.phases["train_step_tutorial_recipe"].get("capacity"),
                           title=f"this run ({profile.name} profile, batch {batch_size} × {seq_len} tokens)")
 plots.show(fig, "05_phases_this_run")
 
@@ -466,7 +466,7 @@ checks["ratio"].unstack("file").round(4)  # estimated / measured, one column per
 run_check = pd.DataFrame({phase: {"measured GiB": meter.phases[phase]["peak"], "estimated GiB": memory.estimate_training_memory(
     config, batch_size=batch_size, seq_len=seq_len, lora_r=profile.lora_r, dtype=profile.compute_dtype, logits=logits,
     device=profile.device, padding=False, workspace_mib=memory.cublas_workspace_mib(profile.device))["total"]}
-    for phase, logits in (("train_step_seed_recipe", "all"), ("train_step_label_position_logits", "label"))}).T
+    for phase, logits in (("train_step_tutorial_recipe", "all"), ("train_step_label_position_logits", "label"))}).T
 run_check["relative error"] = (run_check["estimated GiB"] - run_check["measured GiB"]) / run_check["measured GiB"]
 run_error = float(run_check["relative error"].abs().max())
 results.record("estimator_max_rel_error_this_run", round(run_error, 4))
@@ -590,7 +590,7 @@ t4_spec = memory.GPUS["T4 16 GB"]
 t4_peak = memory.estimate_training_memory(LLAMA3_8B_CONFIG, batch_size=8, seq_len=86, optimizer="adamw8bit",
                                           dtype=torch.float16, workspace_mib=t4_spec["workspace_mib"])["total"]
 results.record("t4_tutorial_step_estimated_gib", round(t4_peak, 3))
-results.record("h100_seed_step_estimated_gib", round(h100_check.loc["train_step_seed_recipe", "estimated_gib"], 3))
+results.record("h100_tutorial_step_estimated_gib", round(h100_check.loc["train_step_tutorial_recipe", "estimated_gib"], 3))
 t4_context = contexts["T4 16 GB"]
 print(f"the estimator says: the tutorial's T4 step (fp16, 8-bit AdamW, padded batch of 8): {t4_peak:.2f} GiB of tensors at the peak, "
       f"+ {t4_context:.2f} GiB context = {t4_peak + t4_context:.2f} of {t4_spec['capacity_gib']} GiB, "

@@ -136,7 +136,7 @@ def test_estimates_within_ten_percent_of_every_shipped_measurement(name):
     recorded = shipped["provenance"]["padding"]
     for padding in [recorded] if isinstance(recorded, bool) else [False, True]:
         table = validation.compare(shipped["phases"], validation.estimate_measurement(shipped, padding=padding))
-        assert {"model_loaded_4bit", "lora_attached", "train_step_seed_recipe"} <= set(table.index)
+        assert {"model_loaded_4bit", "lora_attached", "train_step_tutorial_recipe"} <= set(table.index)
         assert table["relative error"].abs().max() < 0.10, (padding, table)
 
 
@@ -324,7 +324,7 @@ def test_measurements_round_trip_in_the_shipped_format(tmp_path):
                       "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "targets": ["q_proj", "v_proj"]},
                       "optimizer": "torch.optim.adamw.AdamW", "gradient_checkpointing": False, "padding": False}
     phases = {"model_loaded_4bit": {"allocated": 1.25, "peak": 1.5, "smi": 2.0},
-              "train_step_seed_recipe": {"peak": 3.0, "reserved": 3.5, "smi": 4.0}}
+              "train_step_tutorial_recipe": {"peak": 3.0, "reserved": 3.5, "smi": 4.0}}
     name = gpu_memory.measurement_filename("NVIDIA H200")
     assert name == "gpu_measurements_nvidia_h200.json"
     shipped_path = tmp_path / "gpu_measurements.json"
@@ -337,7 +337,7 @@ def test_measurements_round_trip_in_the_shipped_format(tmp_path):
     assert set(gpu_memory.MEASUREMENT_KEYS) <= set(loaded) and set(gpu_memory.MEASUREMENT_KEYS) <= set(shipped)
     assert set(gpu_memory.PROVENANCE_KEYS) <= set(loaded["provenance"]) & set(shipped["provenance"])
     assert loaded["provenance"]["torch"] == torch.__version__ and loaded["provenance"]["lora"]["r"] == 4
-    assert validation.estimate_measurement(loaded)["train_step_seed_recipe"] == estimate_training_memory(
+    assert validation.estimate_measurement(loaded)["train_step_tutorial_recipe"] == estimate_training_memory(
         TINY, batch_size=2, seq_len=8, lora_r=4, lora_targets=["q_proj", "v_proj"], lora_dropout=0.0,
         dtype=torch.float32, padding=False, workspace_mib=0.0)  # the CPU records no cuBLAS workspace
     with pytest.raises(ValueError, match="recipe is missing"):
