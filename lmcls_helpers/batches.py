@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 
 from .prompts import PromptTemplate
+from .scoring import lean_logits
 from .tokens import last_token_index
 
 #: PyTorch's ``cross_entropy`` skips targets equal to this (its default ``ignore_index``).
@@ -151,8 +152,5 @@ def label_loss(model, batch: dict[str, torch.Tensor], lean: bool = True) -> torc
             logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
         )
     label_pos = _label_positions(labels)  # (batch,)
-    rows = torch.arange(len(label_pos), device=labels.device)
-    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-    hidden = lm.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-    logits = lm.get_output_embeddings()(hidden[rows, label_pos - 1])  # (batch, vocab)
-    return torch.nn.functional.cross_entropy(logits.float(), labels[rows, label_pos], reduction="sum")
+    logits = lean_logits(model, batch, label_pos - 1)  # (batch, vocab): where each label word is predicted
+    return torch.nn.functional.cross_entropy(logits.float(), labels.gather(1, label_pos[:, None])[:, 0], reduction="sum")
