@@ -175,3 +175,10 @@ def test_save_refuses_what_it_cannot_reload(saved, tmp_path):
     assert not (tmp_path / "h" / METADATA).exists()
     del no_head
     models.free_gpu_memory()
+
+
+def test_a_corrupt_metadata_file_names_the_fix(tmp_path):
+    for text in ("{not json", "[]", '{"method": "label_words"}'):
+        (tmp_path / METADATA).write_text(text)
+        with pytest.raises(ValueError, match="corrupt or incomplete.*save_classifier"):
+            classify.read_metadata(tmp_path)
