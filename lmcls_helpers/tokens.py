@@ -116,6 +116,7 @@ def token_table(tokenizer: PreTrainedTokenizerBase, text: str, add_special_token
 
 def explorer(tokenizers: Mapping[str, PreTrainedTokenizerBase], text: str = " acceptable unacceptable"):
     """Type text, see each tokenizer's pieces and ids. Prints tables when widgets cannot render."""
+    import ipywidgets as widgets
     from IPython.display import display
 
     def show(value: str) -> None:
@@ -124,10 +125,6 @@ def explorer(tokenizers: Mapping[str, PreTrainedTokenizerBase], text: str = " ac
             print(f"{name}: {len(table)} tokens")
             display(table.T)
 
-    try:
-        import ipywidgets as widgets
-    except ImportError:
-        return show(text)
     box = widgets.Text(value=text, description="text", continuous_update=False)
     ui = widgets.VBox([box, widgets.interactive_output(show, {"value": box})])
     display_widget(ui, "(interactive explorer: open the notebook in Jupyter or Colab to type)")
