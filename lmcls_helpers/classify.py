@@ -144,8 +144,7 @@ def read_metadata(folder: str | Path) -> dict:
     if not valid:
         raise ValueError(f"{folder / METADATA} is corrupt or incomplete: copy it again from where the classifier "
                          "was saved, or save the classifier again with save_classifier.")
-    missing = [n for n in ("adapter_config.json", "adapter_model.safetensors") if not (folder / n).is_file()]
-    if missing:
+    if missing := [n for n in ("adapter_config.json", "adapter_model.safetensors") if not (folder / n).is_file()]:
         raise ValueError(f"{folder} lacks {', '.join(missing)}: copy the whole folder, or save it again with save_classifier.")
     return meta
 

@@ -50,8 +50,7 @@ def load_cola(root: str | Path) -> dict[str, pd.DataFrame]:
 
 def error_kinds(cola_root: str | Path) -> dict[str, pd.DataFrame] | None:
     """The synthetic splits' error ``kind`` and ``construction``, row-aligned with the TSVs; None for real CoLA."""
-    path = Path(cola_root) / "kinds.csv"
-    if not path.exists():
+    if not (path := Path(cola_root) / "kinds.csv").exists():
         return None
     df = pd.read_csv(path, keep_default_na=False)
     return {name: g.drop(columns="split").reset_index(drop=True) for name, g in df.groupby("split", sort=False)}
@@ -93,8 +92,7 @@ def download_cola(dest: str | Path = ".", url: str = COLA_URL) -> Path:
 
 def load_ledger(path: str | Path) -> pd.DataFrame:
     """Ledger lines (columns ``text``, ``label``: 0 = Expense, 1 = Income) for notebook 6."""
-    path = Path(path)
-    if not path.exists():
+    if not (path := Path(path)).exists():
         raise FileNotFoundError(f"{path} is missing: run `make world` to build the synthetic ledger.")
     df = pd.read_csv(path)
     if list(df.columns[:2]) != ["text", "label"] or not df["label"].isin([0, 1]).all():

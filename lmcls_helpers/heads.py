@@ -97,8 +97,7 @@ def saved_head_keys(folder: str | Path) -> list[str]:
     """Names of the head's tensors inside a saved adapter (empty: the head was not saved)."""
     from safetensors import safe_open
 
-    path = Path(folder) / "adapter_model.safetensors"
-    if not path.exists():
+    if not (path := Path(folder) / "adapter_model.safetensors").exists():
         raise FileNotFoundError(f"{path} is missing: save the adapter with model.save_pretrained({str(folder)!r}).")
     with safe_open(str(path), framework="pt") as f:
         return [k for k in f.keys() if f".{HEAD_MODULE}." in f".{k}"]
