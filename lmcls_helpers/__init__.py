@@ -57,8 +57,3 @@ def colab_badge(notebook: str) -> str:
 COLAB_PACKAGES = (
     "transformers==5.23.0", "peft==0.21.2", "bitsandbytes==0.50.2", "accelerate==1.15.0", "gguf==0.19.0",
 )
-
-
-def pip_install_line() -> str:
-    """What a Colab session installs: this package straight from the repository, without its pins."""
-    return f"pip install -q --no-deps git+https://github.com/{REPO}.git@{BRANCH}"

@@ -13,9 +13,10 @@ from collections.abc import Sequence
 
 import pandas as pd
 import torch
+import torch.nn.functional as F
 
-from .models import base_model
 from .prompts import PromptTemplate
+from .scoring import lean_logits
 from .tokens import last_token_index
 
 #: PyTorch's ``cross_entropy`` skips targets equal to this (its default ``ignore_index``).
@@ -26,33 +27,24 @@ def train_val_split(df: pd.DataFrame, val_fraction: float = 0.1, seed: int = 42)
     """Shuffle with a fixed seed, then hold out ``val_fraction`` for validation (notebook 4, section 1)."""
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction must be between 0 and 1, got {val_fraction}.")
-    n_val = round(len(df) * val_fraction)
-    if n_val == 0 or n_val == len(df):
-        raise ValueError(
-            f"Splitting {len(df)} rows with val_fraction={val_fraction} leaves an empty split; "
-            "use more rows or another fraction."
-        )
+    if (n_val := round(len(df) * val_fraction)) in (0, len(df)):
+        raise ValueError(f"Splitting {len(df)} rows with val_fraction={val_fraction} leaves an empty split; "
+                         "use more rows or another fraction.")
     shuffled = df.sample(frac=1.0, random_state=seed).reset_index(drop=True)
     return shuffled.iloc[n_val:].reset_index(drop=True), shuffled.iloc[:n_val].reset_index(drop=True)
 
 
-def encode_examples(
-    tokenizer,
-    sentences: Sequence[str],
-    labels: Sequence[int],
-    template: PromptTemplate,
-    label_words: Sequence[str],
-) -> list[list[int]]:
+def encode_examples(tokenizer, sentences: Sequence[str], labels: Sequence[int], template: PromptTemplate,
+                    label_words: Sequence[str]) -> list[list[int]]:
     """Token ids of ``prompt + label word`` for each sentence; the label word must be the last token.
 
     ``template.check`` proves on a probe sentence that each label word stays one token after the
     prompt; here every real example is checked too, because one odd sentence end is enough to
     move the label (and a tokenizer that appends EOS would move every one).
     """
-    if len(sentences) == 0:
-        raise ValueError("No sentences to encode: the split is empty. Check the data path and max_train_examples.")
-    if len(sentences) != len(labels):
-        raise ValueError(f"{len(sentences)} sentences but {len(labels)} labels.")
+    if len(sentences) == 0 or len(sentences) != len(labels):
+        raise ValueError(f"{len(sentences)} sentences but {len(labels)} labels: pass one label per sentence, and a "
+                         "split that is not empty (check the data path and max_train_examples).")
     label_ids = template.check(tokenizer, label_words)
     encoded = []
     for sentence, label in zip(sentences, labels):
@@ -60,18 +52,15 @@ def encode_examples(
             raise ValueError(f"Label {label!r} is not one of 0..{len(label_words) - 1}.")
         ids = tokenizer(template.format(sentence, label_words[int(label)]))["input_ids"]
         if ids[-1] != label_ids[int(label)]:
-            raise ValueError(
-                f"The label word {label_words[int(label)]!r} is not the last token of the example for "
-                f"{sentence!r} (last tokens: {tokenizer.convert_ids_to_tokens(ids[-3:])}). The tokenizer must "
-                "not append tokens (such as EOS) and the label word must not merge with the prompt's end."
-            )
+            raise ValueError(f"The label word {label_words[int(label)]!r} is not the last token of the example for "
+                             f"{sentence!r} (last tokens: {tokenizer.convert_ids_to_tokens(ids[-3:])}). The tokenizer "
+                             "must not append tokens (such as EOS) and the label word must not merge with the prompt.")
         encoded.append(ids)
     return encoded
 
 
-def collate(
-    examples: Sequence[Sequence[int]], pad_id: int, padding_side: str = "right", pad_to: int | None = None
-) -> dict[str, torch.Tensor]:
+def collate(examples: Sequence[Sequence[int]], pad_id: int, padding_side: str = "right",
+            pad_to: int | None = None) -> dict[str, torch.Tensor]:
     """Pad token-id lists into a batch whose ``labels`` are -100 except at each label word.
 
     Returns ``input_ids``, ``attention_mask`` and ``labels``, all (batch, seq). The label word is
@@ -83,28 +72,21 @@ def collate(
         raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}.")
     if len(examples) == 0 or any(len(ids) < 2 for ids in examples):
         raise ValueError("Each example needs at least two tokens (a prompt and its label word), and a batch at least one.")
-    seq_len = max(len(ids) for ids in examples)
-    if pad_to is not None:
-        if pad_to < seq_len:
-            raise ValueError(f"pad_to={pad_to} is shorter than the batch's longest example ({seq_len} tokens): "
-                             "pass the longest length in the data, or None for dynamic padding.")
-        seq_len = pad_to
-    input_ids = torch.full((len(examples), seq_len), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(examples), seq_len), dtype=torch.long)
-    for row, ids in enumerate(examples):
-        cols = slice(0, len(ids)) if padding_side == "right" else slice(seq_len - len(ids), seq_len)
-        input_ids[row, cols] = torch.as_tensor(ids)
-        attention_mask[row, cols] = 1
+    width = max(map(len, examples)) if pad_to is None else pad_to
+    if width < max(map(len, examples)):
+        raise ValueError(f"pad_to={pad_to} is shorter than the batch's longest example ({max(map(len, examples))} "
+                         "tokens): pass the longest length in the data, or None for dynamic padding.")
+    pad = [(0, width - len(ids)) if padding_side == "right" else (width - len(ids), 0) for ids in examples]
+    input_ids = torch.stack([F.pad(torch.as_tensor(ids, dtype=torch.long), p, value=pad_id) for ids, p in zip(examples, pad)])
+    attention_mask = torch.stack([F.pad(torch.ones(len(ids), dtype=torch.long), p) for ids, p in zip(examples, pad)])
     labels = torch.full_like(input_ids, IGNORE_INDEX)
-    rows = torch.arange(len(examples))
-    label_pos = last_token_index(attention_mask)  # (batch,)
+    rows, label_pos = torch.arange(len(examples)), last_token_index(attention_mask)  # (batch,) each
     labels[rows, label_pos] = input_ids[rows, label_pos]
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
-def step_batches(
-    lengths: Sequence[int], train_batch_size: int, micro_batch_size: int, seed: int, epoch: int = 0
-) -> list[list[list[int]]]:
+def step_batches(lengths: Sequence[int], train_batch_size: int, micro_batch_size: int, seed: int,
+                 epoch: int = 0) -> list[list[list[int]]]:
     """One epoch's plan: optimizer steps, each a list of micro-batches of example indices.
 
     The examples of a step are drawn at random (seeded by ``seed`` and ``epoch``, so a resumed
@@ -115,9 +97,7 @@ def step_batches(
     if len(lengths) == 0:
         raise ValueError("No examples to batch: the training split is empty.")
     if micro_batch_size < 1 or train_batch_size % micro_batch_size:
-        raise ValueError(
-            f"train_batch_size ({train_batch_size}) must be a multiple of micro_batch_size ({micro_batch_size})."
-        )
+        raise ValueError(f"train_batch_size ({train_batch_size}) must be a multiple of micro_batch_size ({micro_batch_size}).")
     order = torch.randperm(len(lengths), generator=torch.Generator().manual_seed(seed + epoch)).tolist()
     plan = []
     for start in range(0, len(order), train_batch_size):
@@ -129,11 +109,9 @@ def step_batches(
 def _label_positions(labels: torch.Tensor) -> torch.LongTensor:
     """The one non-ignored position per row; anything else is a batching bug worth stopping for."""
     targets = labels != IGNORE_INDEX
-    counts = targets.sum(dim=1)
-    if not bool((counts == 1).all()):
-        raise ValueError(f"Each row needs exactly one target (the label word); found {counts.tolist()}.")
-    if bool(targets[:, 0].any()):
-        raise ValueError("A target sits at position 0, where nothing comes before it to predict it.")
+    if not bool((targets.sum(dim=1) == 1).all()) or bool(targets[:, 0].any()):
+        raise ValueError(f"Each row needs exactly one target (the label word), after position 0 (nothing comes before "
+                         f"it to predict it); found {targets.sum(dim=1).tolist()} at {targets.nonzero().tolist()}.")
     return targets.float().argmax(dim=1)
 
 
@@ -148,12 +126,7 @@ def label_loss(model, batch: dict[str, torch.Tensor], lean: bool = True) -> torc
     labels = batch["labels"]
     if not lean:
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        return torch.nn.functional.cross_entropy(
-            logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
-        )
+        return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), reduction="sum")
     label_pos = _label_positions(labels)  # (batch,)
-    rows = torch.arange(len(label_pos), device=labels.device)
-    lm = base_model(model)
-    hidden = lm.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-    logits = lm.get_output_embeddings()(hidden[rows, label_pos - 1])  # (batch, vocab)
-    return torch.nn.functional.cross_entropy(logits.float(), labels[rows, label_pos], reduction="sum")
+    logits = lean_logits(model, batch, label_pos - 1)  # (batch, vocab): where each label word is predicted
+    return F.cross_entropy(logits.float(), labels.gather(1, label_pos[:, None])[:, 0], reduction="sum")

@@ -25,15 +25,10 @@ ADAPTER_FILE = "adapter_model.safetensors"
 def rng_state() -> dict[str, Any]:
     """Every random-number generator a training step may draw from, as tensors and plain numbers."""
     kind, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {
-        "torch": torch.get_rng_state(),
-        "python": random.getstate(),
-        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached": float(cached)},
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+    numpy = {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
+             "cached": float(cached)}
+    cuda = {"cuda": torch.cuda.get_rng_state_all()} if torch.cuda.is_available() else {}
+    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": numpy, **cuda}
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
@@ -56,11 +51,9 @@ def fingerprint(model) -> dict[str, Any]:
         name = "/".join(Path(name).parts[-2:])
     arch = {k: getattr(config, k, None) for k in ("model_type", "vocab_size", "hidden_size", "intermediate_size",
                                                    "num_hidden_layers", "num_attention_heads", "num_key_value_heads")}
-    lora = {}
-    peft_config = getattr(model, "peft_config", {}).get("default")
-    if peft_config is not None:
-        lora = {"r": peft_config.r, "lora_alpha": peft_config.lora_alpha, "lora_dropout": peft_config.lora_dropout,
-                "target_modules": sorted(peft_config.target_modules or [])}
+    lora = getattr(model, "peft_config", {}).get("default")
+    lora = {} if lora is None else {"r": lora.r, "lora_alpha": lora.lora_alpha, "lora_dropout": lora.lora_dropout,
+                                    "target_modules": sorted(lora.target_modules or [])}
     trainable = {n: list(p.shape) for n, p in model.named_parameters() if p.requires_grad}
     return {"model": name, "architecture": arch, "lora": lora, "trainable": trainable}
 
@@ -83,15 +76,8 @@ def save_checkpoint(path: str | Path, model, optimizer, scheduler, step: int, ex
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path)  # adapter_config.json + adapter_model.safetensors, loadable by PeftModel alone
-    state = {
-        "step": int(step),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "rng": rng_state(),
-        "fingerprint": fingerprint(model),
-        "extra": extra or {},
-    }
-    torch.save(state, path / STATE_FILE)
+    torch.save({"step": int(step), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "rng": rng_state(), "fingerprint": fingerprint(model), "extra": extra or {}}, path / STATE_FILE)
     return path
 
 
@@ -114,15 +100,11 @@ def load_checkpoint(path: str | Path, model, optimizer, scheduler) -> dict[str, 
     if not (path / STATE_FILE).exists() or not (path / ADAPTER_FILE).exists():
         raise FileNotFoundError(f"{path} is not a checkpoint folder: it needs {ADAPTER_FILE} and {STATE_FILE}.")
     state = torch.load(path / STATE_FILE, weights_only=True)  # tensors and plain data only: no pickled code
-    problems = _differences(state["fingerprint"], fingerprint(model))
-    if problems:
-        raise ValueError(
-            f"Checkpoint {path} was saved from a different setup: " + "; ".join(problems)
-            + ". Load it into the same base model with the same LoraConfig, or start a new run."
-        )
+    if problems := _differences(state["fingerprint"], fingerprint(model)):
+        raise ValueError(f"Checkpoint {path} was saved from a different setup: {'; '.join(problems)}. Load it into "
+                         "the same base model with the same LoraConfig, or start a new run.")
     device = next(p for p in model.parameters() if p.requires_grad).device
-    adapter = load_file(path / ADAPTER_FILE, device=str(device))
-    result = set_peft_model_state_dict(model, adapter)
+    result = set_peft_model_state_dict(model, load_file(path / ADAPTER_FILE, device=str(device)))
     if result.unexpected_keys:
         raise ValueError(f"Checkpoint {path} holds tensors this model lacks: {result.unexpected_keys[:3]}...")
     optimizer.load_state_dict(state["optimizer"])

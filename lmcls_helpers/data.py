@@ -25,19 +25,14 @@ def read_cola_tsv(path: str | Path) -> pd.DataFrame:
     rows = []
     with path.open(encoding="utf-8", newline="") as f:
         for line_no, fields in enumerate(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE), start=1):
-            if not fields or fields == [""]:
+            if fields in ([], [""]):
                 continue
-            if len(fields) != 4:
-                raise ValueError(
-                    f"{path}, line {line_no}: expected 4 tab-separated fields "
-                    f"(source, label, marker, sentence), found {len(fields)}: {fields!r}"
-                )
-            source, label, marker, sentence = fields
-            if label not in ("0", "1"):
-                raise ValueError(f"{path}, line {line_no}: label must be 0 or 1, found {label!r}")
-            if not sentence.strip():
-                raise ValueError(f"{path}, line {line_no}: the sentence is empty")
-            rows.append((source, int(label), marker, sentence))
+            problem = (f"expected 4 tab-separated fields (source, label, marker, sentence), found {len(fields)}: "
+                       f"{fields!r}" if len(fields) != 4 else f"label must be 0 or 1, found {fields[1]!r}"
+                       if fields[1] not in ("0", "1") else "the sentence is empty" if not fields[3].strip() else "")
+            if problem:
+                raise ValueError(f"{path}, line {line_no}: {problem}")
+            rows.append((fields[0], int(fields[1]), fields[2], fields[3]))
     if not rows:
         raise ValueError(f"{path} holds no sentences; is it the right file?")
     return pd.DataFrame(rows, columns=list(COLA_COLUMNS))
@@ -48,17 +43,14 @@ def load_cola(root: str | Path) -> dict[str, pd.DataFrame]:
     raw = Path(root) / "raw"
     missing = [s for s in COLA_SPLITS if not (raw / f"{s}.tsv").exists()]
     if missing:
-        raise FileNotFoundError(
-            f"{raw} lacks {', '.join(s + '.tsv' for s in missing)}. For the tiny profile run "
-            "`make world`; for the full profile call `download_cola()` first."
-        )
+        raise FileNotFoundError(f"{raw} lacks {', '.join(s + '.tsv' for s in missing)}. For the tiny profile run "
+                                "`make world`; for the full profile call `download_cola()` first.")
     return {split: read_cola_tsv(raw / f"{split}.tsv") for split in COLA_SPLITS}
 
 
 def error_kinds(cola_root: str | Path) -> dict[str, pd.DataFrame] | None:
     """The synthetic splits' error ``kind`` and ``construction``, row-aligned with the TSVs; None for real CoLA."""
-    path = Path(cola_root) / "kinds.csv"
-    if not path.exists():
+    if not (path := Path(cola_root) / "kinds.csv").exists():
         return None
     df = pd.read_csv(path, keep_default_na=False)
     return {name: g.drop(columns="split").reset_index(drop=True) for name, g in df.groupby("split", sort=False)}
@@ -66,19 +58,16 @@ def error_kinds(cola_root: str | Path) -> dict[str, pd.DataFrame] | None:
 
 def write_cola_tsv(df: pd.DataFrame, path: str | Path) -> None:
     """Write a split in CoLA's raw format (used for the synthetic set and for test fixtures)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8", newline="") as f:
-        for row in df.itertuples(index=False):
-            f.write(f"{row.source}\t{int(row.label)}\t{row.marker}\t{row.sentence}\n")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    df[list(COLA_COLUMNS)].astype({"label": int}).to_csv(path, sep="\t", header=False, index=False,
+                                                         quoting=csv.QUOTE_NONE, lineterminator="\n")
 
 
 def download_cola(dest: str | Path = ".", url: str = COLA_URL) -> Path:
     """Fetch and unzip the real CoLA (full profile); returns the ``cola_public/`` folder."""
     import urllib.request
 
-    dest = Path(dest)
-    folder = dest / "cola_public"
+    dest, folder = Path(dest), Path(dest) / "cola_public"
     if (folder / "raw" / "in_domain_train.tsv").exists():
         return folder
     dest.mkdir(parents=True, exist_ok=True)
@@ -89,9 +78,7 @@ def download_cola(dest: str | Path = ".", url: str = COLA_URL) -> Path:
             urllib.request.urlretrieve(url, partial)
         except OSError as err:
             partial.unlink(missing_ok=True)
-            raise RuntimeError(
-                f"Could not download CoLA from {url} ({err}). Without network access use the tiny profile."
-            ) from err
+            raise RuntimeError(f"Could not download CoLA from {url} ({err}). Without network access use the tiny profile.") from err
         partial.rename(archive)
     try:
         with zipfile.ZipFile(archive) as z:
@@ -105,8 +92,7 @@ def download_cola(dest: str | Path = ".", url: str = COLA_URL) -> Path:
 
 def load_ledger(path: str | Path) -> pd.DataFrame:
     """Ledger lines (columns ``text``, ``label``: 0 = Expense, 1 = Income) for notebook 6."""
-    path = Path(path)
-    if not path.exists():
+    if not (path := Path(path)).exists():
         raise FileNotFoundError(f"{path} is missing: run `make world` to build the synthetic ledger.")
     df = pd.read_csv(path)
     if list(df.columns[:2]) != ["text", "label"] or not df["label"].isin([0, 1]).all():

@@ -5,7 +5,7 @@ with binary cross-entropy: one logit, a sigmoid, a threshold. Three details deci
 works, and each has a function here: which position is read (:func:`head_logits`, via
 ``last_token_index`` rather than ``-1``), whether the new head is trained and saved with the LoRA
 adapter (:data:`HEAD_MODULE` in ``modules_to_save``), and whether a reload restores it
-(:func:`load_head_classifier` refuses an adapter that lacks it).
+(:func:`load_linear_head` refuses an adapter that lacks it).
 """
 
 from __future__ import annotations
@@ -17,89 +17,60 @@ from torch import nn
 
 from .tokens import last_token_index
 
-#: The attribute :func:`add_binary_head` replaces; name it in ``LoraConfig(modules_to_save=[HEAD_MODULE])``.
+#: The attribute :func:`add_linear_head` replaces; name it in ``LoraConfig(modules_to_save=[HEAD_MODULE])``.
 HEAD_MODULE = "lm_head"
 #: Where :func:`head_logits` reads: the last real token, or the last column (the seed's ``logits[:, -1, :]``).
 READS = ("last_real", "minus_one")
 
 
-class BinaryHead(nn.Linear):
-    """``Linear(hidden, 1)`` with a bias, kept in float32: one logit per position, ``sigmoid(logit) = P(label 1)``.
+class LinearHead(nn.Linear):
+    """``Linear(hidden, 1)`` with a bias, in float32: one logit per position, ``sigmoid(logit) = P(label 1)``.
 
-    The tutorial's ``Linear(4096, 1, bias=False)`` had no bias; ours learns the threshold too.
-
-    The hidden states arrive in the model's compute dtype (bf16 on a GPU); the head casts them up
-    so its 4,097 parameters train in full precision whatever the base model's dtype.
+    Unlike the tutorial's bias-free head it learns the threshold too, and it casts bf16 hidden states up.
+    ``seed`` draws its initial values from a private generator: the same head on any model, the global RNG untouched.
     """
 
-    def __init__(self, hidden_size: int) -> None:
+    def __init__(self, hidden_size: int, seed: int | None = None) -> None:
         if not isinstance(hidden_size, int) or hidden_size < 1:
             raise ValueError(f"hidden_size must be a positive int, got {hidden_size!r}.")
-        super().__init__(hidden_size, 1, bias=True, dtype=torch.float32)
+        with torch.random.fork_rng(devices=[], enabled=seed is not None):  # nn.Linear draws from the global RNG
+            super().__init__(hidden_size, 1, bias=True, dtype=torch.float32)
+        if seed is not None:  # nn.Linear's default range, drawn from our own generator
+            generator, bound = torch.Generator().manual_seed(seed), 1 / hidden_size**0.5
+            with torch.no_grad():
+                self.weight.uniform_(-bound, bound, generator=generator)
+                self.bias.uniform_(-bound, bound, generator=generator)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """(..., hidden) -> (..., 1)."""
         if hidden_states.shape[-1] != self.in_features:
-            raise ValueError(
-                f"The head expects hidden states of size {self.in_features}, but the model produced "
-                f"{hidden_states.shape[-1]}. Build the head from the model it sits on: "
-                "add_binary_head(model) reads model.config.hidden_size."
-            )
+            raise ValueError(f"The head expects hidden states of size {self.in_features}, but the model produced "
+                             f"{hidden_states.shape[-1]}: build it with add_linear_head(model) on the model it sits on.")
         return super().forward(hidden_states.to(self.weight.dtype))
 
 
-def _hidden_size(model) -> int:
-    config = getattr(model, "config", None)
-    if config is not None and hasattr(config, "get_text_config"):
-        config = config.get_text_config()
-    hidden = getattr(config, "hidden_size", None)
-    if not isinstance(hidden, int) or not hasattr(model, "set_output_embeddings"):
-        raise ValueError(
-            f"{type(model).__name__} has no config.hidden_size or no output layer to replace. "
-            "Pass a causal LM loaded with AutoModelForCausalLM (or models.load_model(profile)), "
-            "before wrapping it with LoRA."
-        )
-    return hidden
+def add_linear_head(model, seed: int | None = None):
+    """Replace the causal LM's vocabulary head with a :class:`LinearHead`; returns ``model``.
 
-
-def binary_head(hidden_size: int, seed: int | None = None) -> BinaryHead:
-    """A fresh :class:`BinaryHead`; ``seed`` draws its initial values from a private generator.
-
-    The same seed gives the same head, whichever model it is put on, and the global RNG is left
-    alone (notebook 6 redraws the head under several seeds to show what a lost head costs).
-    """
-    if seed is None:
-        return BinaryHead(hidden_size)  # nn.Linear's own initialisation, from the global RNG
-    with torch.random.fork_rng(devices=[]):  # nn.Linear's constructor draws from the global RNG: restore it after
-        head = BinaryHead(hidden_size)
-    generator = torch.Generator().manual_seed(seed)
-    bound = 1 / hidden_size**0.5  # nn.Linear's default range, drawn from our own generator
-    with torch.no_grad():
-        head.weight.uniform_(-bound, bound, generator=generator)
-        head.bias.uniform_(-bound, bound, generator=generator)
-    return head
-
-
-def add_binary_head(model, seed: int | None = None):
-    """Replace the causal LM's vocabulary head with a :class:`BinaryHead`; returns ``model``.
-
-    Afterwards ``model(**batch).logits`` is (batch, seq, 1): one score per position. ``seed``
-    makes the head's random initialisation reproducible without touching the global RNG.
-    Call this before ``get_peft_model`` and before ``PeftModel.from_pretrained``.
+    Afterwards ``model(**batch).logits`` is (batch, seq, 1). Call it before ``get_peft_model`` and
+    before ``PeftModel.from_pretrained``.
     """
     if hasattr(model, "peft_config"):
-        raise ValueError(
-            "The model is already wrapped by PEFT. Add the head to the plain causal LM first, then "
-            f"call get_peft_model(model, LoraConfig(..., modules_to_save=[{HEAD_MODULE!r}]))."
-        )
-    hidden = _hidden_size(model)
+        raise ValueError("The model is already wrapped by PEFT. Add the head to the plain causal LM first, then "
+                         f"call get_peft_model(model, LoraConfig(..., modules_to_save=[{HEAD_MODULE!r}])).")
+    config = getattr(model, "config", None)
+    hidden = getattr(config.get_text_config() if hasattr(config, "get_text_config") else config, "hidden_size", None)
+    if not isinstance(hidden, int) or not hasattr(model, "set_output_embeddings"):
+        raise ValueError(f"{type(model).__name__} has no config.hidden_size or no output layer to replace: pass a "
+                         "causal LM from models.load_model(profile) (or AutoModelForCausalLM), before LoRA wraps it.")
     old = model.get_output_embeddings()
-    device = old.weight.device if old is not None else next(model.parameters()).device
-    model.set_output_embeddings(binary_head(hidden, seed).to(device))
+    model.set_output_embeddings(LinearHead(hidden, seed).to(old.weight.device if old is not None else next(model.parameters()).device))
     # A tied LM head shares the input embeddings' matrix; the new head must not be re-tied to it.
     for config in {id(c): c for c in (model.config, model.config.get_text_config())}.values():
         config.tie_word_embeddings = False
     return model
+
+
 
 
 def head_logits(model, batch, read: str = "last_real") -> torch.Tensor:
@@ -110,13 +81,10 @@ def head_logits(model, batch, read: str = "last_real") -> torch.Tensor:
     """
     if read not in READS:
         raise ValueError(f"read must be one of {READS}, got {read!r}.")
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-    logits = out.logits  # (batch, seq, 1)
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (batch, seq, 1)
     if logits.dim() != 3 or logits.shape[-1] != 1:
-        raise ValueError(
-            f"The model returns {tuple(logits.shape)} logits, not (batch, seq, 1): it still has its "
-            "vocabulary head. Call add_binary_head(model) before wrapping it with LoRA."
-        )
+        raise ValueError(f"The model returns {tuple(logits.shape)} logits, not (batch, seq, 1): it still has its "
+                         "vocabulary head. Call add_linear_head(model) before wrapping it with LoRA.")
     if read == "minus_one":
         return logits[:, -1, 0]
     last = last_token_index(batch["attention_mask"])  # (batch,)
@@ -127,8 +95,7 @@ def saved_head_keys(folder: str | Path) -> list[str]:
     """Names of the head's tensors inside a saved adapter (empty: the head was not saved)."""
     from safetensors import safe_open
 
-    path = Path(folder) / "adapter_model.safetensors"
-    if not path.exists():
+    if not (path := Path(folder) / "adapter_model.safetensors").exists():
         raise FileNotFoundError(f"{path} is missing: save the adapter with model.save_pretrained({str(folder)!r}).")
     with safe_open(str(path), framework="pt") as f:
         return [k for k in f.keys() if f".{HEAD_MODULE}." in f".{k}"]
@@ -137,29 +104,21 @@ def saved_head_keys(folder: str | Path) -> list[str]:
 def require_saved_head(folder: str | Path) -> list[str]:
     """The head's tensor names in a saved adapter; ``ValueError`` when it was saved without them.
 
-    A check on the folder alone, so a notebook can ask before loading a base model (notebook 6,
-    section 7): one 8B base at a time on a T4.
+    A check on the folder alone, so a notebook can ask before loading a base model (notebook 6, section 7).
     """
-    keys = saved_head_keys(folder)
-    if not keys:
-        raise ValueError(
-            f"The adapter in {Path(folder).name} holds LoRA weights but no {HEAD_MODULE!r}: it was saved without "
-            f"LoraConfig(modules_to_save=[{HEAD_MODULE!r}]), so the head would come back random. "
-            "Retrain with the head in modules_to_save (or save its state_dict next to the adapter)."
-        )
-    return keys
+    if keys := saved_head_keys(folder):
+        return keys
+    raise ValueError(f"The adapter in {Path(folder).name} was saved without its head (no {HEAD_MODULE!r} tensors), so "
+                     f"it would come back random: train again with LoraConfig(modules_to_save=[{HEAD_MODULE!r}]).")
 
 
-def load_head_classifier(model, folder: str | Path, seed: int | None = None):
+def load_linear_head(model, folder: str | Path, seed: int | None = None):
     """A fresh causal LM + its saved LoRA adapter and head, ready to score (eval mode).
 
-    Refuses an adapter saved without ``modules_to_save=[HEAD_MODULE]``: loading it would keep
-    the freshly drawn random head, and the adapters trained around another random head then give
-    predictions that depend on this draw, not on training (notebook 6, section 7: depending on the
-    seed, right, inverted or one class for every input).
+    Refuses an adapter saved without ``modules_to_save=[HEAD_MODULE]``: it would keep a freshly drawn
+    random head, and predictions that depend on that draw (notebook 6, section 7).
     """
     from peft import PeftModel
 
     require_saved_head(folder)
-    add_binary_head(model, seed=seed)
-    return PeftModel.from_pretrained(model, str(folder)).eval()
+    return PeftModel.from_pretrained(add_linear_head(model, seed=seed), str(folder)).eval()

@@ -16,32 +16,16 @@ TOKEN_PAGE = "https://huggingface.co/settings/tokens"
 
 def access_steps(model_id: str, problem: str) -> str:
     """The message for every access failure: what went wrong, then the three steps that fix it."""
-    return (
-        f"{problem}\n"
-        f"To use {model_id}:\n"
-        f"  1. Sign in at https://huggingface.co/{model_id} and accept the licence (approval can take a while).\n"
-        f"  2. Create a token with 'read' access at {TOKEN_PAGE}.\n"
-        "  3. In Colab: the key icon (Secrets) > add HF_TOKEN with the token as its value, allow notebook access,\n"
-        "     then run this cell again. Elsewhere: export HF_TOKEN=<token> before starting Jupyter.\n"
-        "No GPU account at hand? The default 'tiny' profile runs offline on any CPU."
-    )
+    return (f"{problem}\nTo use {model_id}:\n"
+            f"  1. Sign in at https://huggingface.co/{model_id} and accept the licence (approval can take a while).\n"
+            f"  2. Create a token with 'read' access at {TOKEN_PAGE}.\n"
+            "  3. In Colab: the key icon (Secrets) > add HF_TOKEN with the token as its value, allow notebook access,\n"
+            "     then run this cell again. Elsewhere: export HF_TOKEN=<token> before starting Jupyter.\n"
+            "No GPU account at hand? The default 'tiny' profile runs offline on any CPU.")
 
 
 def find_token() -> str | None:
-    """A hub token from the Colab secret ``HF_TOKEN``, else the environment, else a cached ``hf auth login``."""
-    try:
-        from google.colab import userdata  # only in Colab
-
-        token = userdata.get("HF_TOKEN")
-        if token:
-            return token.strip()
-    except ImportError:
-        pass
-    except Exception:  # Colab: secret missing, or notebook access to it not granted
-        pass
-    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
-        if os.environ.get(name):
-            return os.environ[name].strip()
+    """A hub token: ``HF_TOKEN`` in the environment, a cached ``hf auth login``, or the Colab secret ``HF_TOKEN``."""
     from huggingface_hub import get_token
 
     return get_token()
@@ -53,13 +37,14 @@ def explain_hub_error(err: BaseException, model_id: str) -> RuntimeError | None:
 
     seen = err
     while seen is not None:
-        if isinstance(seen, GatedRepoError):
-            return RuntimeError(access_steps(model_id, "Your token has no access to this gated model yet."))
         status = getattr(getattr(seen, "response", None), "status_code", None)
-        if isinstance(seen, RepositoryNotFoundError) or status == 401:
-            return RuntimeError(access_steps(model_id, "The hub refused the token (401): it is missing, mistyped or revoked."))
-        if isinstance(seen, HfHubHTTPError) and status == 403:
-            return RuntimeError(access_steps(model_id, "The hub refused access (403): accept the licence, or use a token with read access."))
+        problem = ("Your token has no access to this gated model yet." if isinstance(seen, GatedRepoError) else
+                   "The hub refused the token (401): it is missing, mistyped or revoked."
+                   if isinstance(seen, RepositoryNotFoundError) or status == 401 else
+                   "The hub refused access (403): accept the licence, or use a token with read access."
+                   if isinstance(seen, HfHubHTTPError) and status == 403 else None)
+        if problem:
+            return RuntimeError(access_steps(model_id, problem))
         seen = seen.__cause__ or seen.__context__
     return None
 
@@ -75,16 +60,14 @@ def hub_login(profile) -> str:
         return "no hub access needed: the model is local"
     if os.environ.get("HF_HUB_OFFLINE") == "1":
         return "offline (HF_HUB_OFFLINE=1): the model must already be in the local cache"
-    token = find_token()
-    if not token:
+    if not (token := find_token()):
         raise RuntimeError(access_steps(profile.model_id, "No Hugging Face token was found."))
     from huggingface_hub import auth_check
 
     try:
         auth_check(profile.model_id, token=token)
     except Exception as err:
-        explained = explain_hub_error(err, profile.model_id)
-        if explained is None:
+        if (explained := explain_hub_error(err, profile.model_id)) is None:
             raise
         raise explained from err
     os.environ["HF_TOKEN"] = token

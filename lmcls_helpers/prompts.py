@@ -19,40 +19,22 @@ PATTERN = (
     " {sentence} -"
 )
 
+#: The tutorial's two examples, shown before the sentence in every prompt.
+EXAMPLES = (("Him and me are going to the store.", "unacceptable"), ("Him and I are going to the store.", "acceptable"))
+
+
+def _instruction(question: str, lead: str = " ") -> str:
+    """A prompt of the tutorial's instruction style: the question, each example answered after ``A:``."""
+    shots = "".join(f"{lead}{question}: {sentence}\n{lead}A: {label}\n\n" for sentence, label in EXAMPLES)
+    return f"{shots}{lead}{question}: {{sentence}}\n{lead}A:"
+
+
 #: The variants of the tutorial's prompt ablation, in the order it tried them (notebook 2).
-VARIANTS = {
-    "instruction": (  # the tutorial's first line also began with a space, an accident of its triple quotes
-        "Classify this sentence as grammatically acceptable or unacceptable: Him and me are going to the store.\n"
-        "A: unacceptable\n\n"
-        "Classify this sentence as grammatically acceptable or unacceptable: Him and I are going to the store.\n"
-        "A: acceptable\n\n"
-        "Classify this sentence as grammatically acceptable or unacceptable: {sentence}\n"
-        "A:"
-    ),
-    "instruction + leading spaces": (
-        " Classify this sentence as grammatically acceptable or unacceptable: Him and me are going to the store.\n"
-        " A: unacceptable\n\n"
-        " Classify this sentence as grammatically acceptable or unacceptable: Him and I are going to the store.\n"
-        " A: acceptable\n\n"
-        " Classify this sentence as grammatically acceptable or unacceptable: {sentence}\n"
-        " A:"
-    ),
-    "quoted labels": (
-        " Classify the grammar of this sentence as 'acceptable' or 'unacceptable': Him and me are going to the store.\n"
-        " A: unacceptable\n\n"
-        " Classify the grammar of this sentence as 'acceptable' or 'unacceptable': Him and I are going to the store.\n"
-        " A: acceptable\n\n"
-        " Classify the grammar of this sentence as 'acceptable' or 'unacceptable': {sentence}\n"
-        " A:"
-    ),
-    "space inside quotes": (
-        " Classify the grammar of this sentence as ' acceptable' or ' unacceptable': Him and me are going to the store.\n"
-        " A: unacceptable\n\n"
-        " Classify the grammar of this sentence as ' acceptable' or ' unacceptable': Him and I are going to the store.\n"
-        " A: acceptable\n\n"
-        " Classify the grammar of this sentence as ' acceptable' or ' unacceptable': {sentence}\n"
-        " A:"
-    ),
+VARIANTS = {  # the tutorial's first line also began with a space, an accident of its triple quotes
+    "instruction": _instruction("Classify this sentence as grammatically acceptable or unacceptable", lead=""),
+    "instruction + leading spaces": _instruction("Classify this sentence as grammatically acceptable or unacceptable"),
+    "quoted labels": _instruction("Classify the grammar of this sentence as 'acceptable' or 'unacceptable'"),
+    "space inside quotes": _instruction("Classify the grammar of this sentence as ' acceptable' or ' unacceptable'"),
     "pattern": PATTERN,
 }
 
@@ -72,15 +54,12 @@ class PromptTemplate:
     label_ids: tuple[int, ...] | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
-        if "{sentence}" not in self.text:
-            raise ValueError("The template has no '{sentence}' slot: add one where the sentence goes.")
-        if self.text.count("{sentence}") != 1:
-            raise ValueError("The template must contain exactly one '{sentence}' slot.")
+        if (n := self.text.count("{sentence}")) != 1:
+            raise ValueError(f"The template has {n or 'no'} '{{sentence}}' slot{'s' * (n > 1)}: put exactly one where "
+                             "the sentence goes.")
         if self.text.endswith(" "):
-            raise ValueError(
-                "The template ends with a space. The label word brings its own leading space "
-                "(' acceptable'), so a trailing space would make it a different token."
-            )
+            raise ValueError("The template ends with a space. The label word brings its own leading space "
+                             "(' acceptable'), so a trailing space would make it a different token.")
         if (self.tokenizer is None) != (self.label_words is None):
             raise ValueError("Pass both a tokenizer and label_words (to check them now), or neither.")
         if self.tokenizer is not None:
@@ -97,9 +76,7 @@ class PromptTemplate:
         for word, token_id in zip(label_words, ids):
             full = tokenizer.encode(probe + word, add_special_tokens=False)
             if full[:-1] != base or full[-1] != token_id:
-                raise ValueError(
-                    f"After this prompt, {word!r} does not tokenize as its own token {token_id}: "
-                    f"the prompt's last tokens merge with it ({tokenizer.convert_ids_to_tokens(full[-3:])}). "
-                    "End the template with a character that does not merge, such as ' -' or ':'."
-                )
+                raise ValueError(f"After this prompt, {word!r} does not tokenize as its own token {token_id}: the "
+                                 f"prompt's last tokens merge with it ({tokenizer.convert_ids_to_tokens(full[-3:])}). "
+                                 "End the template with a character that does not merge, such as ' -' or ':'.")
         return ids

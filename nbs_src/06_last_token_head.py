@@ -78,10 +78,10 @@ from lmcls_helpers.classify import load_classifier, save_classifier
 from lmcls_helpers.data import download_cola, load_cola
 from lmcls_helpers.heads import (
     HEAD_MODULE,
-    add_binary_head,
-    binary_head,
+    LinearHead,
+    add_linear_head,
     head_logits,
-    load_head_classifier,
+    load_linear_head,
     require_saved_head,
     saved_head_keys,
 )
@@ -154,13 +154,13 @@ print(f"Llama-3-8B's LM head: ({c['vocab_size']}, {c['hidden_size']}), {c['vocab
 del lm_head  # replaced below: no name may keep its 1 GiB (at 8B) on the GPU
 
 # %% [markdown]
-# `add_binary_head` swaps it for a `BinaryHead`: a `Linear(hidden, 1)` kept in float32 (it casts
+# `add_linear_head` swaps it for a `LinearHead`: a `Linear(hidden, 1)` kept in float32 (it casts
 # the incoming 16-bit hidden states up), drawn from a fixed seed. Ours has a **bias**, so it learns
 # its threshold as well as its direction; the tutorial's `Linear(4096, 1, bias=False)` had none
 # (4,096 weights for Llama-3-8B, against 4,097 for ours at that width).
 
 # %%
-model = add_binary_head(model, seed=profile.seed)
+model = add_linear_head(model, seed=profile.seed)
 head = model.get_output_embeddings()
 print(head, f"{sum(p.numel() for p in head.parameters()):,} weights (Llama-3-8B: {c['hidden_size'] + 1:,})")
 
@@ -217,7 +217,7 @@ torch.testing.assert_close(at_last[-1], at_minus_one[-1], **profile.tolerance,
 # Our LoRA differs from the tutorial's on purpose: it covers **all seven projections** (q, k, v, o
 # and the MLP's gate, up, down) with the profile's rank (`lora_r`, `lora_alpha`), exactly notebook
 # 4's adapter. `lora_config(profile, modules_to_save)` builds it, and `head_model` puts the three
-# pieces together: base, `add_binary_head` (seed `profile.seed`), LoRA. Its `base=` argument reuses
+# pieces together: base, `add_linear_head` (seed `profile.seed`), LoRA. Its `base=` argument reuses
 # a base model we already hold; `strip_adapter` takes an adapter off again and hands back the
 # untouched 4-bit base. LoRA never changes the 4-bit weights, so this gives exactly the model a fresh
 # load would, without the load: minutes at 8B, and one base model is all a T4 holds.
@@ -252,7 +252,7 @@ assert trainable_counts[f"modules_to_save=['{HEAD_MODULE}']"]["head"] == hidden_
 mistral_config = MistralConfig(vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
                                num_attention_heads=32, num_key_value_heads=8)  # from the tutorial's printout
 with torch.device("meta"):  # shapes only
-    tutorial_model = add_binary_head(AutoModelForCausalLM.from_config(mistral_config))
+    tutorial_model = add_linear_head(AutoModelForCausalLM.from_config(mistral_config))
 tutorial_lora = LoraConfig(r=32, lora_alpha=64, target_modules=["q_proj", "k_proj", "v_proj"], task_type="CAUSAL_LM")
 tutorial_counts = trainable_by_kind(get_peft_model(tutorial_model, tutorial_lora))
 print(tutorial_counts)
@@ -527,14 +527,14 @@ print((classifier_dir / "classifier.json").read_text())
 
 # %% [markdown]
 # To load: a base, a fresh head (deliberately drawn from a *different* seed), then the adapter, which
-# overwrites the head with the trained one. `load_head_classifier` does these steps. The base is the
+# overwrites the head with the trained one. `load_linear_head` does these steps. The base is the
 # one we hold, with the trained adapter stripped off: the same 4-bit weights a fresh load gives
 # (section 8 loads from disk).
 
 # %%
 base = strip_adapter(fixed)
 del fixed
-reloaded = load_head_classifier(base, adapter_dir, seed=profile.seed + 1)
+reloaded = load_linear_head(base, adapter_dir, seed=profile.seed + 1)
 reloaded_scores = head_scores(reloaded, dev_texts, tokenizer, profile)
 agreement = ((reloaded_scores > 0) == (bug_runs["last_real"]["scores"] > 0)).mean()
 print(f"largest score difference after the round trip: {np.abs(reloaded_scores - bug_runs['last_real']['scores']).max():.1e}; "
@@ -547,7 +547,7 @@ assert agreement >= 0.98, "the reloaded head must reproduce the trained model's 
 #
 # Now the tutorial's setup: the head is **not** in `modules_to_save`. We train it that way (the
 # adapters must learn around a frozen random head), save with `save_pretrained`, and load as one
-# normally would: a base, `add_binary_head`, `PeftModel.from_pretrained`.
+# normally would: a base, `add_linear_head`, `PeftModel.from_pretrained`.
 
 # %%
 frozen_head = head_model(profile, save_head=False, base=strip_adapter(reloaded))
@@ -560,7 +560,7 @@ frozen_head.save_pretrained(frozen_dir)
 print("head tensors in the saved adapter:", saved_head_keys(frozen_dir))
 
 # %%
-naive = PeftModel.from_pretrained(add_binary_head(strip_adapter(frozen_head), seed=profile.seed + 1), frozen_dir)
+naive = PeftModel.from_pretrained(add_linear_head(strip_adapter(frozen_head), seed=profile.seed + 1), frozen_dir)
 del frozen_head  # its base now carries the reloaded adapter
 naive_scores = head_scores(naive, dev_texts, tokenizer, profile)
 frozen_mcc = results.record("frozen_head_mcc", metrics(frozen_scores, dev_labels)["MCC"])
@@ -599,7 +599,7 @@ def head_inputs(model, texts) -> torch.Tensor:
 
 naive_hidden = head_inputs(naive, dev_texts)  # (dev, hidden)
 with torch.no_grad():  # the reload's own head, redrawn from its seed, must give the reload's scores
-    redrawn = binary_head(hidden_size, seed=profile.seed + 1)(naive_hidden)[:, 0].numpy()
+    redrawn = LinearHead(hidden_size, seed=profile.seed + 1)(naive_hidden)[:, 0].numpy()
 np.testing.assert_allclose(redrawn, naive_scores, **profile.tolerance, err_msg="a head is a matrix product on these states")
 print(f"hidden states at the last real token: {tuple(naive_hidden.shape)}")
 
@@ -607,7 +607,7 @@ print(f"hidden states at the last real token: {tuple(naive_hidden.shape)}")
 reload_rows = {}
 for seed in range(profile.seed, profile.seed + 8):  # profile.seed drew the head the adapters were trained with
     with torch.no_grad():
-        scores = binary_head(hidden_size, seed=seed)(naive_hidden)[:, 0].numpy()  # (dev,)
+        scores = LinearHead(hidden_size, seed=seed)(naive_hidden)[:, 0].numpy()  # (dev,)
     reload_rows[seed] = {**metrics(scores, dev_labels), "predicted acceptable": (scores > 0).mean(),
                          "same prediction as trained": ((scores > 0) == (frozen_scores > 0)).mean()}
 reload_table = pd.DataFrame(reload_rows).T
@@ -632,16 +632,16 @@ print(f"other head seeds: MCC from {other_seeds.MCC.min():+.2f} to {other_seeds.
 # classifier inverted), heads that happen to point near it (MCC up to +0.72), and heads that put
 # every sentence on one side of their threshold (MCC 0, a constant answer). The seed this reload
 # drew, `profile.seed + 1`, is just one of them. The saved adapters alone do not define a classifier.
-# `load_head_classifier` refuses such a folder instead of returning a model whose predictions
+# `load_linear_head` refuses such a folder instead of returning a model whose predictions
 # depend on a random draw:
 
 # %%
 try:
-    require_saved_head(frozen_dir)  # what load_head_classifier checks first, before it touches a model
+    require_saved_head(frozen_dir)  # what load_linear_head checks first, before it touches a model
 except ValueError as err:
     print("ValueError:", err)
 else:
-    raise AssertionError("load_head_classifier should refuse an adapter saved without its head")
+    raise AssertionError("load_linear_head should refuse an adapter saved without its head")
 
 # %% [markdown]
 # ## 8. Classify your own sentence
@@ -749,7 +749,7 @@ else:  # one base model at a time: the classifier's base is reused, its adapter 
     original.save_pretrained(folder)
     save_head(original, folder)
     original_scores = head_scores(original, dev_texts[:64], tokenizer, profile)
-    restored = PeftModel.from_pretrained(add_binary_head(strip_adapter(original), seed=profile.seed + 1), folder)
+    restored = PeftModel.from_pretrained(add_linear_head(strip_adapter(original), seed=profile.seed + 1), folder)
     del original
     load_head(restored, folder)
     np.testing.assert_allclose(head_scores(restored, dev_texts[:64], tokenizer, profile), original_scores,

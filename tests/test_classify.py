@@ -18,7 +18,7 @@ from peft import LoraConfig, get_peft_model
 from lmcls_helpers import classify, models
 from lmcls_helpers.classify import METADATA, load_classifier, main, save_classifier
 from lmcls_helpers.data import load_cola
-from lmcls_helpers.heads import HEAD_MODULE, add_binary_head, head_logits
+from lmcls_helpers.heads import HEAD_MODULE, add_linear_head, head_logits
 from lmcls_helpers.profiles import get_profile
 from lmcls_helpers.prompts import PromptTemplate
 from lmcls_helpers.scoring import evaluate
@@ -56,7 +56,7 @@ def saved(tmp_path_factory):
     del words
     models.free_gpu_memory()
 
-    head = lora(add_binary_head(models.load_model(profile), seed=0), head=True)
+    head = lora(add_linear_head(models.load_model(profile), seed=0), head=True)
     with torch.no_grad():
         head.base_model.model.lm_head.modules_to_save["default"].bias.fill_(0.3)  # a head unlike any fresh draw
         batch = tokenizer([template.format(s) for s in sentences], return_tensors="pt", padding=True)
@@ -167,7 +167,7 @@ def test_save_refuses_what_it_cannot_reload(saved, tmp_path):
         save_classifier(tmp_path / "x", lora(base), profile.with_(model_id="meta-llama/Meta-Llama-3-8B"))
     del base
     models.free_gpu_memory()
-    no_head = lora(add_binary_head(models.load_model(profile), seed=0), head=False)  # the head not in modules_to_save
+    no_head = lora(add_linear_head(models.load_model(profile), seed=0), head=False)  # the head not in modules_to_save
     with pytest.raises(ValueError, match="class_names"):
         save_classifier(tmp_path / "h", no_head, profile)
     with pytest.raises(ValueError, match="saved without its head"):
@@ -175,3 +175,10 @@ def test_save_refuses_what_it_cannot_reload(saved, tmp_path):
     assert not (tmp_path / "h" / METADATA).exists()
     del no_head
     models.free_gpu_memory()
+
+
+def test_a_corrupt_metadata_file_names_the_fix(tmp_path):
+    for text in ("{not json", "[]", '{"method": "label_words"}'):
+        (tmp_path / METADATA).write_text(text)
+        with pytest.raises(ValueError, match="corrupt or incomplete.*save_classifier"):
+            classify.read_metadata(tmp_path)

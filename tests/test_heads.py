@@ -11,11 +11,10 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from lmcls_helpers.heads import (
     HEAD_MODULE,
-    BinaryHead,
-    add_binary_head,
-    binary_head,
+    LinearHead,
+    add_linear_head,
     head_logits,
-    load_head_classifier,
+    load_linear_head,
     saved_head_keys,
 )
 
@@ -35,7 +34,7 @@ def tiny_llama(seed: int = 0, tie: bool = False) -> LlamaForCausalLM:
 
 @pytest.fixture(scope="module")
 def model():
-    return add_binary_head(tiny_llama(), seed=0)
+    return add_linear_head(tiny_llama(), seed=0)
 
 
 def make_batch(rows: list[list[int]], side: str) -> dict[str, torch.Tensor]:
@@ -52,9 +51,9 @@ def make_batch(rows: list[list[int]], side: str) -> dict[str, torch.Tensor]:
 rows_strategy = st.lists(st.lists(st.integers(2, 63), min_size=1, max_size=12), min_size=1, max_size=5)
 
 
-def test_binary_head_is_reproducible_per_seed_and_leaves_the_global_rng_alone():
+def test_linear_head_is_reproducible_per_seed_and_leaves_the_global_rng_alone():
     state = torch.random.get_rng_state()
-    a, b, c = binary_head(HIDDEN, seed=3), binary_head(HIDDEN, seed=3), binary_head(HIDDEN, seed=4)
+    a, b, c = LinearHead(HIDDEN, seed=3), LinearHead(HIDDEN, seed=3), LinearHead(HIDDEN, seed=4)
     assert torch.equal(torch.random.get_rng_state(), state)
     assert torch.equal(a.weight, b.weight) and torch.equal(a.bias, b.bias)
     assert not torch.equal(a.weight, c.weight)
@@ -63,13 +62,13 @@ def test_binary_head_is_reproducible_per_seed_and_leaves_the_global_rng_alone():
     assert a.weight.abs().max() <= bound and a.bias.abs().max() <= bound
 
 
-def test_add_binary_head_draws_the_same_head_as_binary_head():
-    model = add_binary_head(tiny_llama(), seed=7)
-    torch.testing.assert_close(model.get_output_embeddings().weight, binary_head(HIDDEN, seed=7).weight)
+def test_add_linear_head_draws_the_same_head_as_a_seeded_linear_head():
+    model = add_linear_head(tiny_llama(), seed=7)
+    torch.testing.assert_close(model.get_output_embeddings().weight, LinearHead(HIDDEN, seed=7).weight)
 
 
 def test_head_replaces_the_vocabulary_head(model):
-    assert isinstance(model.get_output_embeddings(), BinaryHead)
+    assert isinstance(model.get_output_embeddings(), LinearHead)
     batch = make_batch([[5, 6, 7], [8, 9]], "right")
     with torch.no_grad():
         assert model(**batch).logits.shape == (2, 3, 1)  # one score per position
@@ -78,17 +77,17 @@ def test_head_replaces_the_vocabulary_head(model):
 
 
 def test_seed_makes_the_head_reproducible():
-    a = add_binary_head(tiny_llama(), seed=3).get_output_embeddings().weight
-    b = add_binary_head(tiny_llama(), seed=3).get_output_embeddings().weight
-    c = add_binary_head(tiny_llama(), seed=4).get_output_embeddings().weight
+    a = add_linear_head(tiny_llama(), seed=3).get_output_embeddings().weight
+    b = add_linear_head(tiny_llama(), seed=3).get_output_embeddings().weight
+    c = add_linear_head(tiny_llama(), seed=4).get_output_embeddings().weight
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
 def test_tied_embeddings_are_untied_not_overwritten():
-    model = add_binary_head(tiny_llama(tie=True), seed=0)
+    model = add_linear_head(tiny_llama(tie=True), seed=0)
     assert model.config.tie_word_embeddings is False
     model.tie_weights()  # what a later from_pretrained or resize would call
-    assert isinstance(model.get_output_embeddings(), BinaryHead)
+    assert isinstance(model.get_output_embeddings(), LinearHead)
     assert model.get_output_embeddings().weight.shape == (1, HIDDEN)
 
 
@@ -150,27 +149,27 @@ def lora(model, save_head: bool):
 
 
 def test_head_in_modules_to_save_is_trained_and_round_trips(tmp_path):
-    peft_model = lora(add_binary_head(tiny_llama(), seed=0), save_head=True)
+    peft_model = lora(add_linear_head(tiny_llama(), seed=0), save_head=True)
     head_params = [n for n, p in peft_model.named_parameters() if p.requires_grad and HEAD_MODULE in n]
     assert len(head_params) == 2  # weight and bias
     peft_model.save_pretrained(tmp_path)
     assert len(saved_head_keys(tmp_path)) == 2
     batch = make_batch([[5, 6, 7, 8], [9, 10]], "right")
-    reloaded = load_head_classifier(tiny_llama(), tmp_path, seed=99)  # a different random head, replaced on load
+    reloaded = load_linear_head(tiny_llama(), tmp_path, seed=99)  # a different random head, replaced on load
     with torch.no_grad():
         assert torch.equal(head_logits(peft_model, batch), head_logits(reloaded, batch))
 
 
 def test_head_left_out_of_the_adapter_is_frozen_and_comes_back_random(tmp_path):
     # get_peft_model alone freezes it: no 4-bit loading, no prepare_model_for_kbit_training here.
-    peft_model = lora(add_binary_head(tiny_llama(), seed=0), save_head=False)
+    peft_model = lora(add_linear_head(tiny_llama(), seed=0), save_head=False)
     assert not any(p.requires_grad for p in peft_model.get_output_embeddings().parameters())
     peft_model.save_pretrained(tmp_path)
     assert saved_head_keys(tmp_path) == []
     with pytest.raises(ValueError, match="modules_to_save"):
-        load_head_classifier(tiny_llama(), tmp_path, seed=0)
+        load_linear_head(tiny_llama(), tmp_path, seed=0)
     # Loading by hand "works" and silently uses whatever head the fresh model drew.
-    naive = PeftModel.from_pretrained(add_binary_head(tiny_llama(), seed=99), tmp_path)
+    naive = PeftModel.from_pretrained(add_linear_head(tiny_llama(), seed=99), tmp_path)
     batch = make_batch([[5, 6, 7, 8], [9, 10]], "right")
     with torch.no_grad():
         assert not torch.allclose(head_logits(peft_model, batch), head_logits(naive, batch))
@@ -178,20 +177,20 @@ def test_head_left_out_of_the_adapter_is_frozen_and_comes_back_random(tmp_path):
 
 def test_head_rejects_hidden_states_of_the_wrong_size():
     with pytest.raises(ValueError, match="hidden states of size 32.*produced 16"):
-        BinaryHead(32)(torch.randn(2, 5, 16))
+        LinearHead(32)(torch.randn(2, 5, 16))
 
 
 def test_head_built_for_another_model_fails_clearly():
     model = tiny_llama()
-    model.set_output_embeddings(BinaryHead(HIDDEN * 2))  # e.g. a head saved from a bigger model
-    with pytest.raises(ValueError, match="add_binary_head"):
+    model.set_output_embeddings(LinearHead(HIDDEN * 2))  # e.g. a head saved from a bigger model
+    with pytest.raises(ValueError, match="add_linear_head"):
         head_logits(model, make_batch([[5, 6]], "right"))
 
 
 def test_model_without_hidden_size_is_rejected():
     stub = SimpleNamespace(config=SimpleNamespace(), set_output_embeddings=lambda m: None)
     with pytest.raises(ValueError, match="hidden_size"):
-        add_binary_head(stub)
+        add_linear_head(stub)
 
 
 def test_head_logits_needs_the_head_and_a_known_read():
@@ -200,10 +199,10 @@ def test_head_logits_needs_the_head_and_a_known_read():
     with pytest.raises(ValueError, match="vocabulary head"), torch.no_grad():
         head_logits(plain, batch)
     with pytest.raises(ValueError, match="read must be one of"):
-        head_logits(add_binary_head(plain), batch, read="last")
+        head_logits(add_linear_head(plain), batch, read="last")
 
 
 def test_head_goes_on_before_lora():
-    peft_model = lora(add_binary_head(tiny_llama(), seed=0), save_head=True)
+    peft_model = lora(add_linear_head(tiny_llama(), seed=0), save_head=True)
     with pytest.raises(ValueError, match="already wrapped by PEFT"):
-        add_binary_head(peft_model)
+        add_linear_head(peft_model)

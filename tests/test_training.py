@@ -8,7 +8,7 @@ import torch
 from transformers import BatchEncoding, LlamaConfig, LlamaForCausalLM
 
 from lmcls_helpers import training
-from lmcls_helpers.heads import HEAD_MODULE, BinaryHead, require_saved_head
+from lmcls_helpers.heads import HEAD_MODULE, LinearHead, require_saved_head
 
 PAD = 1
 
@@ -71,7 +71,7 @@ def test_train_learns_a_separable_toy_task_and_is_deterministic():
         before = training.metrics(training.head_scores(model, TEXTS, tok, PROFILE), LABELS)
         seconds = training.train(model, training.head_loss(tok, PROFILE), TEXTS, LABELS, tok, PROFILE, num_steps=40)
         scores.append(training.head_scores(model, TEXTS, tok, PROFILE))
-        assert seconds > 0 and isinstance(model.get_output_embeddings().modules_to_save["default"], BinaryHead)
+        assert seconds > 0 and isinstance(model.get_output_embeddings().modules_to_save["default"], LinearHead)
     np.testing.assert_array_equal(scores[0], scores[1])
     assert training.metrics(scores[0], LABELS)["accuracy"] > before["accuracy"] or before["accuracy"] == 1.0
     with pytest.raises(ValueError, match="num_steps"):
