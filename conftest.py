@@ -35,7 +35,7 @@ def pytest_sessionstart(session) -> None:
     and that its recorded numbers meet its profile's expectations.
 
     A sentence like "on the tiny profile this run printed 0.291" goes stale, with every cell still
-    passing, when an upstream change moves the number. ``lmcls_build.report.unprinted_quotes`` finds such
+    passing, when an upstream change moves the number. ``lmcls_tools.report.unprinted_quotes`` finds such
     quotes in the executed notebook, and the notebook's test fails on them like on a failing cell.
     Then ``tests/expectations.py`` reads what the notebook recorded (``build/results/<stem>.json``)
     and fails it where a number misses the bound set for the profile it ran under (``LMCLS_PROFILE``).
@@ -52,7 +52,7 @@ def pytest_sessionstart(session) -> None:
     def execute_and_check_prose(self):
         result = execute(self)
         if result.error is None:
-            from lmcls_build.report import unprinted_quotes
+            from lmcls_tools.report import unprinted_quotes
 
             stale = unprinted_quotes(result.nb.cells)
             if stale:

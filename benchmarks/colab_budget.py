@@ -3,7 +3,7 @@
     python -m benchmarks.colab_budget          # a table
     python -m benchmarks.colab_budget --json   # {notebook: {"t4_minutes", "loads", "train_examples", "scored_examples"}}
 
-Each notebook's plan (``lmcls_helpers.budget.PLANS``) at the full profile's sizes, times the T4
+Each notebook's plan (``lmcls_tools.budget.PLANS``) at the full profile's sizes, times the T4
 rates in ``lmcls_helpers/measurements/runtime_rates.json``. Every notebook must fit
 ``budget.CLASS_MINUTES`` (a unit test holds it there).
 """
@@ -13,8 +13,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from lmcls_helpers import budget
 from lmcls_helpers.profiles import get_profile
+from lmcls_tools import budget
 
 
 def table(runtime: str = "T4") -> dict[str, dict]:

@@ -49,7 +49,6 @@ from pathlib import Path
 
 import torch
 
-from lmcls_build.world import ensure_world
 from lmcls_helpers.batches import collate, label_loss
 from lmcls_helpers.data import load_cola
 from lmcls_helpers.memory import estimate_training_memory
@@ -60,6 +59,7 @@ from lmcls_helpers.prompts import PromptTemplate
 from lmcls_helpers.scoring import last_token_logits
 from lmcls_helpers.tokens import load_reference_tokenizer
 from lmcls_helpers.training import lora_config
+from lmcls_tools.world import ensure_world
 
 #: The CPU stand-in: Llama 3's vocabulary and head, a body small enough for two cores.
 CPU_SCALED = dict(LLAMA3_8B_CONFIG, hidden_size=256, intermediate_size=896, num_hidden_layers=2,

@@ -14,7 +14,7 @@ import pandas as pd
 #: Class names as the model reads them after "Category:": the leading space belongs to the name.
 CATEGORY_NAMES = (" rent and fees", " utilities", " repairs", " insurance and taxes", " staff and office")
 
-#: Memo (as in ``lmcls_build.synthetic._INCOME`` / ``_EXPENSE``, "{unit}" cut off) -> index into CATEGORY_NAMES.
+#: Memo (as in ``lmcls_tools.synthetic._INCOME`` / ``_EXPENSE``, "{unit}" cut off) -> index into CATEGORY_NAMES.
 MEMO_CATEGORY = {
     "Rental Income Unit ": 0, "Misc. Other Income Deposit Fee": 0, "Misc. Other Income Additional Other Income": 0,
     "Laundry Income": 0, "Parking Income": 0, "Late Fee Income": 0, "Interest Income": 0, "Pet Rent": 0,

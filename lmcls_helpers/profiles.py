@@ -67,7 +67,7 @@ class Profile:
     lora_alpha: int = 16
     lora_dropout: float = 0.05
     seed: int = 42
-    # time plans (lmcls_helpers.budget): tokens of the pattern prompt with a CoLA sentence as batches pad it
+    # time plans (lmcls_tools.budget): tokens of the pattern prompt with a CoLA sentence as batches pad it
     # (Llama 3: the tutorial's 86), and of a ledger line, on this profile's tokenizer
     prompt_tokens: int = 86
     ledger_tokens: int = 32
@@ -256,9 +256,9 @@ def ensure_world(profile: Profile, smollm2: str | None = None) -> Path | None:
 
     The tiny world on ``tiny``; SmolLM2's folder on ``small``; a model chosen with ``LMCLS_MODEL``
     is checked. ``smollm2="model"`` or ``"tokenizer"`` returns a folder with SmolLM2's weights or
-    its tokenizer alone. The build tooling lives in ``lmcls_build`` (``make world``, ``make small``).
+    its tokenizer alone. The build tooling lives in ``lmcls_tools`` (``make world``, ``make small``).
     """
-    from lmcls_build.world import ensure_world as build_what_is_missing
+    from lmcls_tools.world import ensure_world as build_what_is_missing
 
     return build_what_is_missing(profile, smollm2)
 

@@ -1,4 +1,4 @@
-"""Headline numbers: each notebook records them, ``make run`` prints them (``lmcls_build.report``).
+"""Headline numbers: each notebook records them, ``make run`` prints them (``lmcls_tools.report``).
 
 Files go to ``build/results/<notebook>.json`` under the repository root (``paths.repo_root``),
 whatever directory the notebook runs from.

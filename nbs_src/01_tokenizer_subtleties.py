@@ -49,14 +49,9 @@ if "google.colab" in sys.modules:  # Colab only: this package, and the libraries
                                f"again, run `!pip install {args}` in a new cell to see the whole log.\n{pip.stderr[-2000:]}")
 
 # %%
-from lmcls_helpers import budget, results
-from lmcls_helpers.profiles import ensure_world, environment_report, get_profile
+from lmcls_helpers import course, results
 
-profile = get_profile(PROFILE)  # the first cell (or $LMCLS_PROFILE) chooses; "tiny" by default
-ensure_world(profile)  # builds the tiny world under build/ once, then reuses it
-results.start("01_tokenizer_subtleties")
-print(environment_report(profile))
-print(budget.report("01_tokenizer_subtleties", profile))  # how long this notebook takes here, from its plan
+profile = course.start("01_tokenizer_subtleties", PROFILE)  # the profile, its world, login, versions and device, the time plan
 
 # %% [markdown]
 # This notebook needs no GPU and no model, only tokenizers. We load five of them. The tiny ones
@@ -71,6 +66,7 @@ from transformers import AutoTokenizer
 
 from lmcls_helpers import plots
 from lmcls_helpers.paths import build_dir
+from lmcls_helpers.profiles import ensure_world, get_profile
 from lmcls_helpers.tokens import label_token_ids, last_token_index, load_reference_tokenizer, token_table
 
 smollm2_tokenizer = ensure_world(get_profile("tiny"), smollm2="tokenizer")  # tiny's and SmolLM2's, on any profile
@@ -386,7 +382,7 @@ from lmcls_helpers.tokens import explorer
 _ = explorer(tokenizers, text=" Him and me are going to the store. - unacceptable")
 
 # %%
-print(budget.finish("01_tokenizer_subtleties", profile))  # the time taken against the plan; the loads checked
+course.finish("01_tokenizer_subtleties", profile)  # the time taken against the plan; the model loads checked
 
 # %% [markdown]
 # ## Summary

@@ -51,16 +51,9 @@ if "google.colab" in sys.modules:  # Colab only: this package, and the libraries
                                f"again, run `!pip install {args}` in a new cell to see the whole log.\n{pip.stderr[-2000:]}")
 
 # %%
-from lmcls_helpers import budget, results
-from lmcls_helpers.hub import hub_login
-from lmcls_helpers.profiles import ensure_world, environment_report, get_profile
+from lmcls_helpers import course, results
 
-profile = get_profile(PROFILE)  # the first cell (or $LMCLS_PROFILE) chooses; "tiny" by default
-ensure_world(profile)  # builds the tiny world under build/ once, then reuses it
-results.start("02_prompt_scoring")
-print(environment_report(profile))
-print(hub_login(profile))  # Llama 3 is gated: stops here with the steps when a token or access is missing
-print(budget.report("02_prompt_scoring", profile))  # how long this notebook takes here, from its plan
+profile = course.start("02_prompt_scoring", PROFILE)  # the profile, its world, login, versions and device, the time plan
 
 # %%
 import numpy as np
@@ -499,7 +492,7 @@ print("ablation, worst to best:", {k: round(v, 3) for k, v in sorted(ablation.it
 # variants are formats it never saw; with Llama 3 the same table is an honest experiment.
 
 # %%
-print(budget.finish("02_prompt_scoring", profile))  # the time taken against the plan; the loads checked
+course.finish("02_prompt_scoring", profile)  # the time taken against the plan; the model loads checked
 
 # %% [markdown]
 # ## Summary

@@ -44,16 +44,9 @@ if "google.colab" in sys.modules:  # Colab only: this package, and the libraries
                                f"again, run `!pip install {args}` in a new cell to see the whole log.\n{pip.stderr[-2000:]}")
 
 # %%
-from lmcls_helpers import budget, results
-from lmcls_helpers.hub import hub_login
-from lmcls_helpers.profiles import ensure_world, environment_report, get_profile
+from lmcls_helpers import course, results
 
-profile = get_profile(PROFILE)  # the first cell (or $LMCLS_PROFILE) chooses; "tiny" by default
-ensure_world(profile)  # builds the tiny world under build/ once, then reuses it
-results.start("03_quantization_inspection")
-print(environment_report(profile))
-print(hub_login(profile))  # Llama 3 is gated: stops here with the steps when a token or access is missing
-print(budget.report("03_quantization_inspection", profile))  # how long this notebook takes here, from its plan
+profile = course.start("03_quantization_inspection", PROFILE)  # the profile, its world, login, versions and device, the time plan
 
 # %%
 import gc
@@ -65,7 +58,7 @@ import torch
 
 from lmcls_helpers import memory, plots, quant
 from lmcls_helpers.models import bnb_config, llama_config, load_model, require_bitsandbytes
-from lmcls_helpers.profiles import LLAMA3_8B_CONFIG
+from lmcls_helpers.profiles import LLAMA3_8B_CONFIG, ensure_world
 
 require_bitsandbytes()  # stops here, with the fix, if bitsandbytes is missing or cannot load
 import bitsandbytes.functional as bnbf
@@ -792,7 +785,7 @@ for what, (w, b) in [("fewest changed answers", fewest), ("most lopsided change"
 # you can count on. To claim a difference, report `b` and `c` (or a paired interval) on many sentences.
 
 # %%
-print(budget.finish("03_quantization_inspection", profile))  # the time taken against the plan; the loads checked
+course.finish("03_quantization_inspection", profile)  # the time taken against the plan; the model loads checked
 
 # %% [markdown]
 # ## Summary

@@ -46,16 +46,9 @@ if "google.colab" in sys.modules:  # Colab only: this package, and the libraries
                                f"again, run `!pip install {args}` in a new cell to see the whole log.\n{pip.stderr[-2000:]}")
 
 # %%
-from lmcls_helpers import budget, results
-from lmcls_helpers.hub import hub_login
-from lmcls_helpers.profiles import ensure_world, environment_report, get_profile
+from lmcls_helpers import course, results
 
-profile = get_profile(PROFILE)  # the first cell (or $LMCLS_PROFILE) chooses; "tiny" by default
-ensure_world(profile)  # builds the tiny world under build/ once, then reuses it
-results.start("05_gpu_memory")
-print(environment_report(profile))
-print(hub_login(profile))  # Llama 3 is gated: stops here with the steps when a token or access is missing
-print(budget.report("05_gpu_memory", profile))  # how long this notebook takes here, from its plan
+profile = course.start("05_gpu_memory", PROFILE)  # the profile, its world, login, versions and device, the time plan
 
 # %%
 import pandas as pd
@@ -613,7 +606,7 @@ print(f"the estimator says: the tutorial's T4 step (fp16, 8-bit AdamW, padded ba
 plots.memory_explorer(LLAMA3_8B_CONFIG, budgets)
 
 # %%
-print(budget.finish("05_gpu_memory", profile))  # the time taken against the plan; the loads checked
+course.finish("05_gpu_memory", profile)  # the time taken against the plan; the model loads checked
 
 # %% [markdown]
 # ## Summary

@@ -50,16 +50,9 @@ if "google.colab" in sys.modules:  # Colab only: this package, and the libraries
                                f"again, run `!pip install {args}` in a new cell to see the whole log.\n{pip.stderr[-2000:]}")
 
 # %%
-from lmcls_helpers import budget, results
-from lmcls_helpers.hub import hub_login
-from lmcls_helpers.profiles import ensure_world, environment_report, get_profile
+from lmcls_helpers import course, results
 
-profile = get_profile(PROFILE)  # the first cell (or $LMCLS_PROFILE) chooses; "tiny" by default
-ensure_world(profile)  # builds the tiny world under build/ once, then reuses it
-results.start("06_last_token_head")
-print(environment_report(profile))
-print(hub_login(profile))  # Llama 3 is gated: stops here with the steps when a token or access is missing
-print(budget.report("06_last_token_head", profile))  # how long this notebook takes here, from its plan
+profile = course.start("06_last_token_head", PROFILE)  # the profile, its world, login, versions and device, the time plan
 
 # %%
 import shutil
@@ -683,7 +676,7 @@ notebook_seconds = results.record("notebook_seconds", time.perf_counter() - note
 print(f"notebook ran in {notebook_seconds:.0f} s")
 
 # %%
-print(budget.finish("06_last_token_head", profile))
+course.finish("06_last_token_head", profile)  # the time taken against the plan; the model loads checked
 
 
 # %% [markdown]

@@ -49,16 +49,9 @@ if "google.colab" in sys.modules:  # Colab only: this package, and the libraries
                                f"again, run `!pip install {args}` in a new cell to see the whole log.\n{pip.stderr[-2000:]}")
 
 # %%
-from lmcls_helpers import budget, results
-from lmcls_helpers.hub import hub_login
-from lmcls_helpers.profiles import ensure_world, environment_report, get_profile
+from lmcls_helpers import course, results
 
-profile = get_profile(PROFILE)  # the first cell (or $LMCLS_PROFILE) chooses; "tiny" by default
-ensure_world(profile)  # builds the tiny world under build/ once, then reuses it
-results.start("08_beyond_two_labels")
-print(environment_report(profile))
-print(hub_login(profile))  # Llama 3 is gated: stops here with the steps when a token or access is missing
-print(budget.report("08_beyond_two_labels", profile))  # how long this notebook takes here, from its plan
+profile = course.start("08_beyond_two_labels", PROFILE)  # the profile, its world, login, versions and device, the time plan
 
 # %%
 import time
@@ -542,7 +535,7 @@ print("utilities recall: " + ", ".join(f"{n} {r:.2f}" for n, r in imbalance[f"re
 # %%
 notebook_seconds = time.perf_counter() - notebook_start
 print(f"notebook ran in {notebook_seconds:.0f} s (label words {words_seconds:.0f} s, head {head_seconds:.0f} s per run)")
-print(budget.finish("08_beyond_two_labels", profile))
+course.finish("08_beyond_two_labels", profile)  # the time taken against the plan; the model loads checked
 
 # %% [markdown]
 # ## Summary

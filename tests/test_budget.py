@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from benchmarks import colab_budget
-from lmcls_helpers import budget
 from lmcls_helpers.profiles import get_profile
+from lmcls_tools import budget
 
 STEMS = sorted(p.stem for p in (Path(__file__).resolve().parent.parent / "nbs_src").glob("*.py"))
 
@@ -98,7 +98,7 @@ def test_the_small_profile_is_planned_at_its_own_cpu_rates():
 
 def test_planned_ledger_size_is_the_worlds():
     """Without a built ledger (planning from a fresh clone), notebook 7's plan counts the lines the world writes."""
-    from lmcls_build.world import SIZES
+    from lmcls_tools.world import SIZES
 
     assert budget.LEDGER_SIZE == SIZES["ledger"]
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from lmcls_build import synthetic
 from lmcls_helpers.categories import CATEGORY_NAMES, MEMO_CATEGORY, MINORITY, category_of, ledger_categories
+from lmcls_tools import synthetic
 
 
 def test_every_memo_of_the_generator_has_a_category():

@@ -83,4 +83,4 @@ def test_first_code_cell_chooses_the_profile():
     for nb_path in NOTEBOOKS:
         cells = nbformat.read(nb_path, as_version=4).cells
         assert cells[1].source.startswith("PROFILE = None"), f"{nb_path.name}: the first code cell sets PROFILE"
-        assert any("get_profile(PROFILE)" in c.source for c in cells[2:4]), f"{nb_path.name} ignores PROFILE"
+        assert any(f"course.start(\"{nb_path.stem}\", PROFILE)" in c.source for c in cells[2:4]), f"{nb_path.name} ignores PROFILE"

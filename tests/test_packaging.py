@@ -53,13 +53,13 @@ def third_party_imports() -> set[str]:
     """Top-level modules that both packages (Colab builds the tiny world too) and the notebooks import, less the
     standard library and our own."""
     names = set()
-    for path in [*ROOT.glob("lmcls_helpers/**/*.py"), *ROOT.glob("lmcls_build/**/*.py"), *(ROOT / "nbs_src").glob("*.py")]:
+    for path in [*ROOT.glob("lmcls_helpers/**/*.py"), *ROOT.glob("lmcls_tools/**/*.py"), *(ROOT / "nbs_src").glob("*.py")]:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
                 names.update(a.name.split(".")[0] for a in node.names)
             elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
                 names.add(node.module.split(".")[0])
-    return {n for n in names if n not in sys.stdlib_module_names and n not in ("lmcls_helpers", "lmcls_build", "google", "__future__")}
+    return {n for n in names if n not in sys.stdlib_module_names and n not in ("lmcls_helpers", "lmcls_tools", "google", "__future__")}
 
 
 def test_the_colab_environment_has_every_package_the_notebooks_import():

@@ -1,10 +1,10 @@
-"""lmcls_build.report: the prose check, the check of executed notebooks, and the summary ``make run`` ends with."""
+"""lmcls_tools.report: the prose check, the check of executed notebooks, and the summary ``make run`` ends with."""
 
 import json
 
 import pytest
 
-from lmcls_build import report
+from lmcls_tools import report
 
 
 def test_summary_is_one_short_line_per_notebook(tmp_path):

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from lmcls_build import report
 from lmcls_helpers import results
+from lmcls_tools import report
 
 
 def test_record_writes_under_the_root_whatever_the_cwd(tmp_root, tmp_path, monkeypatch):

@@ -14,10 +14,10 @@ import subprocess
 import pytest
 import torch
 
-from lmcls_build import small
 from lmcls_helpers import profiles
 from lmcls_helpers.paths import build_dir
 from lmcls_helpers.profiles import get_profile
+from lmcls_tools import small
 
 TINY_COLA = build_dir("tiny", "cola_public")
 REAL_WHEEL = small.cached_wheel()  # this checkout's cached wheel, found before a test points build/ elsewhere

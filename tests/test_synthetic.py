@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lmcls_build import synthetic
 from lmcls_helpers.data import load_cola, load_ledger, write_cola_tsv
+from lmcls_tools import synthetic
 
 SEEDS = st.integers(min_value=0, max_value=10_000)
 

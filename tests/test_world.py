@@ -15,13 +15,13 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from lmcls_build import world
 from lmcls_helpers import CPU_CODE_PATH
 from lmcls_helpers.data import COLA_SPLITS, error_kinds, load_cola
 from lmcls_helpers.paths import build_dir
 from lmcls_helpers.profiles import LABEL_WORDS, get_profile
 from lmcls_helpers.prompts import PromptTemplate
 from lmcls_helpers.tokens import label_token_ids
+from lmcls_tools import world
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,7 @@ def _unpinned_env() -> dict[str, str]:
 
 def _code_path(env: dict[str, str]) -> list[str]:
     """What a fresh process that imports lmcls_helpers, then torch, computes with and records."""
-    probe = ("import os, lmcls_helpers, torch; from lmcls_build import world; "
+    probe = ("import os, lmcls_helpers, torch; from lmcls_tools import world; "
              "print(torch.backends.cpu.get_cpu_capability(), os.environ.get('MKL_CBWR'), world.fingerprint())")
     return subprocess.run([sys.executable, "-c", probe], env=_unpinned_env() | env, capture_output=True, text=True,
                           check=True).stdout.split()
@@ -94,7 +94,7 @@ def test_import_pins_one_cpu_code_path_that_a_user_can_override():
 def test_a_process_that_computed_before_the_pin_refuses_to_build_a_world():
     # torch picks its native kernels at the first product; the pin asked for afterwards comes too late.
     late = ("import os, torch; torch.ones(2) @ torch.ones(2); os.environ['ATEN_CPU_CAPABILITY'] = 'default'; "
-            "from lmcls_build import world; world.check_code_path()")
+            "from lmcls_tools import world; world.check_code_path()")
     done = subprocess.run([sys.executable, "-c", late], env=_unpinned_env(), capture_output=True, text=True)
     assert done.returncode != 0 and "import lmcls_helpers before computing" in done.stderr
 
@@ -210,10 +210,10 @@ def test_built_world_matches_its_record():
 
 
 def test_gpu_profiles_get_the_synthetic_ledger_without_the_tiny_world(tmp_path):
-    from lmcls_build import synthetic
-    from lmcls_build.world import SEED, SIZES, ensure_world
     from lmcls_helpers.data import load_ledger
     from lmcls_helpers.profiles import get_profile
+    from lmcls_tools import synthetic
+    from lmcls_tools.world import SEED, SIZES, ensure_world
 
     full_like = get_profile("tiny").with_(name="full", ledger_path=tmp_path / "ledger" / "ledger.csv")
     ensure_world(full_like)

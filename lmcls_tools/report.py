@@ -6,7 +6,7 @@ check, plus inline figures, machine paths, object reprs and progress bars, over 
 notebooks. ``summary``: one line per notebook with its headline numbers, read from the
 ``build/results/*.json`` files that notebooks write through ``lmcls_helpers.results.record``.
 
-``python -m lmcls_build.report build/executed`` runs the check and prints the summary: the end of
+``python -m lmcls_tools.report build/executed`` runs the check and prints the summary: the end of
 ``make run``, at most 25 lines of at most 100 characters when the check passes.
 """
 

@@ -1,7 +1,7 @@
 """The offline tiny world: synthetic data, two tokenizers and a tiny pretrained Llama under ``build/tiny/``.
 
 The notebooks teach the 8B recipe, but CI and a laptop have no GPU and no hub. So ``make world``
-(``python -m lmcls_build.world``) builds a miniature of everything the recipe touches, from fixed
+(``python -m lmcls_tools.world``) builds a miniature of everything the recipe touches, from fixed
 seeds, in about two CPU minutes: CoLA-format grammar data, a ledger, a Llama-3-style byte-level BPE
 tokenizer, a Mistral-style SentencePiece one, and a 0.3M-parameter Llama whose few-shot scores beat
 chance while leaving fine-tuning (notebook 4) room to do better. It also extracts the real Llama 3
@@ -94,7 +94,7 @@ def check_code_path() -> None:
         raise RuntimeError(
             f"torch chose its {actual} kernels before lmcls_helpers pinned them to {wanted}, so this process "
             "would build another tiny world than every other machine. Build it in a fresh process "
-            "(`python -m lmcls_build.world`), or import lmcls_helpers before computing anything with torch."
+            "(`python -m lmcls_tools.world`), or import lmcls_helpers before computing anything with torch."
         )
 
 
@@ -344,7 +344,7 @@ def build(root: Path | None = None, force: bool = False) -> dict:
     root = Path(root or build_dir("tiny"))
     if is_built(root) and not force:
         (root / ".built").touch()  # tells make the stamp is newer than the code it checked
-        print(f"{root} is up to date (recipe {fingerprint()}); `python -m lmcls_build.world --force` rebuilds it.")
+        print(f"{root} is up to date (recipe {fingerprint()}); `python -m lmcls_tools.world --force` rebuilds it.")
         return json.loads((root / "world.json").read_text())
     check_code_path()
     threads = torch.get_num_threads()

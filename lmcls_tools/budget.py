@@ -20,11 +20,11 @@ from importlib import resources
 
 import torch
 
-from . import quant
-from .categories import CATEGORY_NAMES, ledger_categories
-from .data import load_cola, load_ledger
-from .models import llama_config, load_count
-from .prompts import PATTERN, VARIANTS
+from lmcls_helpers import quant
+from lmcls_helpers.categories import CATEGORY_NAMES, ledger_categories
+from lmcls_helpers.data import load_cola, load_ledger
+from lmcls_helpers.models import llama_config, load_count
+from lmcls_helpers.prompts import PATTERN, VARIANTS
 
 #: Rows per split of the real CoLA corpus (the full and small profiles); the tiny world's are read from disk.
 COLA_SIZES = {"in_domain_train": 8551, "in_domain_dev": 527, "out_of_domain_dev": 516}
@@ -99,7 +99,7 @@ def split_sizes(profile) -> dict[str, int]:
 def plan_for(stem: str, profile, sizes: dict[str, int] | None = None) -> Plan:
     """The plan of notebook ``stem`` (like '04_training_loop') under ``profile``'s sizes."""
     if stem not in PLANS:
-        raise ValueError(f"No time plan for {stem!r}: add one to lmcls_helpers.budget.PLANS (known: {sorted(PLANS)}).")
+        raise ValueError(f"No time plan for {stem!r}: add one to lmcls_tools.budget.PLANS (known: {sorted(PLANS)}).")
     sizes = split_sizes(profile) if sizes is None else sizes  # and the rows the notebooks use, capped by the profile:
     return PLANS[stem](profile, {**sizes, "train": _first(sizes["in_domain_train"], profile.max_train_examples),
                                  "dev": _first(sizes["in_domain_dev"], profile.max_eval_examples),
@@ -131,7 +131,7 @@ def check_loads(stem: str, profile) -> int:
     """Assert that the notebook loaded as many base models as its plan says, since its plan was printed."""
     planned, done = plan_for(stem, profile).loads, load_count() - _loads_before.get(stem, 0)
     if planned != done:
-        raise AssertionError(f"{stem} loaded {done} base model(s) but its plan in lmcls_helpers.budget says {planned}: "
+        raise AssertionError(f"{stem} loaded {done} base model(s) but its plan in lmcls_tools.budget says {planned}: "
                              "update the plan so the printed time budget stays true.")
     return done
 
@@ -221,7 +221,7 @@ def _read_ledger(profile):
     """The ledger as notebooks 7 and 8 read it; planned without one (a fresh clone), the lines ensure_world writes."""
     if profile.ledger_path.exists():
         return load_ledger(profile.ledger_path)
-    from lmcls_build import synthetic, world  # planning only: no build, just the generator
+    from . import synthetic, world  # planning only: no build, just the generator
 
     return synthetic.ledger_lines(world.SIZES["ledger"], world.SEED)
 

@@ -6,7 +6,7 @@ taken out of the zip, a 4-bit GGUF (Q4_1). transformers reads GGUF through the `
 but dequantizes it on every load (about 30 s on a CPU) and refuses to save the loaded model, so
 this module converts it once into an ordinary Hugging Face folder under ``build/small/``
 (fp32 safetensors, tokenizer files, config): every later ``from_pretrained`` takes well under a
-second, with or without ``BitsAndBytesConfig``. ``python -m lmcls_build.small`` (or ``make
+second, with or without ``BitsAndBytesConfig``. ``python -m lmcls_tools.small`` (or ``make
 small``) builds it; ``.built`` holds the recipe, so a changed recipe rebuilds.
 
 It also checks a model chosen with ``LMCLS_MODEL`` (:func:`check_custom_model`): a Llama-style
@@ -130,7 +130,7 @@ def build(root: Path | None = None, force: bool = False) -> Path:
     root = Path(root or small_dir())
     if is_built(root) and not force:
         (root / ".built").touch()  # tells make the stamp is newer than the code it checked
-        print(f"{root} is up to date ({RECIPE}); `python -m lmcls_build.small --force` rebuilds it.")
+        print(f"{root} is up to date ({RECIPE}); `python -m lmcls_tools.small --force` rebuilds it.")
         return root
     start = time.perf_counter()
     wheel = fetch_wheel()
