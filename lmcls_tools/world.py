@@ -98,7 +98,7 @@ def check_code_path() -> None:
         )
 
 
-def fingerprint(config: dict | None = None) -> str:
+def recipe_key(config: dict | None = None) -> str:
     """The ``.built`` stamp: a hash of the recipe, not of source text.
 
     The recipe is :func:`world_config` (sizes, seeds, tokenizer, model and pre-training settings,
@@ -120,7 +120,7 @@ def expected_files(root: Path) -> list[Path]:
 def is_built(root: Path) -> bool:
     """True when the stamp matches this recipe and every output is there (a crashed build has no stamp)."""
     stamp = root / ".built"
-    return stamp.exists() and stamp.read_text().strip() == fingerprint() and all(p.exists() for p in expected_files(root))
+    return stamp.exists() and stamp.read_text().strip() == recipe_key() and all(p.exists() for p in expected_files(root))
 
 
 # --- data -------------------------------------------------------------------------------------------
@@ -344,7 +344,7 @@ def build(root: Path | None = None, force: bool = False) -> dict:
     root = Path(root or build_dir("tiny"))
     if is_built(root) and not force:
         (root / ".built").touch()  # tells make the stamp is newer than the code it checked
-        print(f"{root} is up to date (recipe {fingerprint()}); `python -m lmcls_tools.world --force` rebuilds it.")
+        print(f"{root} is up to date (recipe {recipe_key()}); `python -m lmcls_tools.world --force` rebuilds it.")
         return json.loads((root / "world.json").read_text())
     check_code_path()
     threads = torch.get_num_threads()
@@ -385,7 +385,7 @@ def _build(root: Path) -> dict:
     reference_ids = check_reference_tokenizers()
     lap("reference tokenizers")
     info = {
-        "recipe": fingerprint(), "config": world_config(), "timings_s": timings,
+        "recipe": recipe_key(), "config": world_config(), "timings_s": timings,
         "splits": {n: {"rows": len(df), "acceptable": round(float(df["label"].mean()), 3),
                        "kinds": df["kind"].value_counts().sort_index().to_dict()} for n, df in splits.items()},
         "tokenizer": {"vocab": len(tokenizer), "label_ids": dict(zip(LABEL_WORDS, label_ids)),
@@ -395,7 +395,7 @@ def _build(root: Path) -> dict:
         "sha256": {str(p.relative_to(root)): sha256(p)[:16] for p in expected_files(root)},
     }
     (root / "world.json").write_text(json.dumps(info, indent=2) + "\n")
-    (root / ".built").write_text(fingerprint() + "\n")
+    (root / ".built").write_text(recipe_key() + "\n")
     for precision, scores in few_shot.items():
         print(f"[world] few-shot {precision}: " + ", ".join(f"{n} MCC {v['mcc']:.3f}" for n, v in scores.items()))
     print(f"[world] {sum(timings.values()):.0f} s in all, {stats['parameters']:,} parameters")

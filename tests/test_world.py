@@ -43,7 +43,7 @@ def _fake_build(root):
     for path in world.expected_files(root):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("x")
-    (root / ".built").write_text(world.fingerprint() + "\n")
+    (root / ".built").write_text(world.recipe_key() + "\n")
 
 
 def test_stamp_matches_only_a_complete_build_of_this_recipe(tmp_path, monkeypatch):
@@ -57,11 +57,11 @@ def test_stamp_matches_only_a_complete_build_of_this_recipe(tmp_path, monkeypatc
     assert not world.is_built(tmp_path), "a missing output means rebuild, whatever the stamp says"
 
 
-def test_fingerprint_is_stable_and_sensitive():
-    assert world.fingerprint() == world.fingerprint()
+def test_recipe_key_is_stable_and_sensitive():
+    assert world.recipe_key() == world.recipe_key()
     changed = json.loads(json.dumps(world.world_config()))
     changed["seed"] += 1
-    assert world.fingerprint(changed) != world.fingerprint()
+    assert world.recipe_key(changed) != world.recipe_key()
 
 
 pinned_cpu = pytest.mark.skipif(not CPU_CODE_PATH, reason="the CPU code path is pinned on x86-64 only")
@@ -75,7 +75,7 @@ def _unpinned_env() -> dict[str, str]:
 def _code_path(env: dict[str, str]) -> list[str]:
     """What a fresh process that imports lmcls_helpers, then torch, computes with and records."""
     probe = ("import os, lmcls_helpers, torch; from lmcls_tools import world; "
-             "print(torch.backends.cpu.get_cpu_capability(), os.environ.get('MKL_CBWR'), world.fingerprint())")
+             "print(torch.backends.cpu.get_cpu_capability(), os.environ.get('MKL_CBWR'), world.recipe_key())")
     return subprocess.run([sys.executable, "-c", probe], env=_unpinned_env() | env, capture_output=True, text=True,
                           check=True).stdout.split()
 
@@ -201,7 +201,7 @@ BUILT = build_dir("tiny")
 @pytest.mark.skipif(not world.is_built(BUILT), reason="the tiny world is not built (run `make world`)")
 def test_built_world_matches_its_record():
     info = json.loads((BUILT / "world.json").read_text())
-    assert info["recipe"] == world.fingerprint()
+    assert info["recipe"] == world.recipe_key()
     for name, digest in info["sha256"].items():
         assert world.sha256(BUILT / name)[:16] == digest, f"{name} changed since the build"
     assert info["few_shot"]["nf4"]["in_domain_dev"]["mcc"] > 0.2, "few-shot scoring must beat chance"
