@@ -23,11 +23,11 @@ import torch
 
 from . import __version__
 from .heads import LinearHead, head_logits, load_linear_head, require_saved_head
-from .models import load_model
+from .models import base_model, load_model
 from .paths import build_dir
 from .profiles import Profile, get_profile
 from .prompts import PATTERN, PromptTemplate
-from .scoring import _causal_lm, label_logits
+from .scoring import label_logits
 from .tokens import load_tokenizer
 
 METADATA = "classifier.json"
@@ -57,7 +57,7 @@ def save_classifier(folder: str | Path, model, profile: Profile, template: Promp
     if not hasattr(model, "peft_config"):
         raise ValueError("save_classifier saves a LoRA adapter, and this model has none: pass the PeftModel "
                          "returned by get_peft_model(...).")
-    lm = _causal_lm(model)
+    lm = base_model(model)
     trained_on = getattr(lm.config, "name_or_path", "")
     if trained_on and not profile.model_config and trained_on != profile.model_id:
         raise ValueError(f"The model was loaded from {trained_on!r} but profile {profile.name!r} names "
@@ -106,7 +106,6 @@ class Classifier:
     template: PromptTemplate
     method: str
     class_names: tuple[str, ...]
-    profile: Profile
     batch_size: int = 16
 
     @torch.inference_mode()
@@ -169,7 +168,7 @@ def load_classifier(folder: str | Path, profile: Profile | None = None, batch_si
 
         template = PromptTemplate(meta["template"], tokenizer=tokenizer, label_words=tuple(meta["label_words"]))
         model = PeftModel.from_pretrained(load_model(profile), str(folder)).eval()
-    return Classifier(model, tokenizer, template, meta["method"], tuple(meta["class_names"]), profile,
+    return Classifier(model, tokenizer, template, meta["method"], tuple(meta["class_names"]),
                       batch_size or profile.eval_batch_size)
 
 

@@ -52,28 +52,19 @@ def label_logits(model, batch, label_ids: Sequence[int], lean: bool = True) -> t
 
 @dataclass
 class EvalResult:
-    """Scores and metrics for one split. ``scores`` are raw label-word logits."""
+    """Scores and metrics for one split. ``scores`` are raw label-word logits; the rest is derived from them.
+
+    ``probs``: P(acceptable) from a softmax over the two label logits only; ``preds``: the likelier label word.
+    """
 
     scores: np.ndarray  # (n, 2) logits of [" unacceptable", " acceptable"]
     labels: np.ndarray  # (n,)
     loss: float  # mean full-vocabulary cross-entropy of the true label word (what training minimizes)
 
-    @property
-    def probs(self) -> np.ndarray:
-        """P(acceptable) from a softmax over the two label logits only."""
-        return torch.softmax(torch.from_numpy(self.scores).float(), dim=1)[:, 1].numpy()
-
-    @property
-    def preds(self) -> np.ndarray:
-        return self.scores.argmax(axis=1)
-
-    @property
-    def mcc(self) -> float:
-        return float(matthews_corrcoef(self.labels, self.preds))
-
-    @property
-    def accuracy(self) -> float:
-        return float(accuracy_score(self.labels, self.preds))
+    def __post_init__(self) -> None:
+        self.probs = torch.softmax(torch.from_numpy(self.scores).float(), dim=1)[:, 1].numpy()
+        self.preds = self.scores.argmax(axis=1)
+        self.mcc, self.accuracy = float(matthews_corrcoef(self.labels, self.preds)), float(accuracy_score(self.labels, self.preds))
 
 
 @torch.inference_mode()
