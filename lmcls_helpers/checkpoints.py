@@ -33,8 +33,7 @@ def rng_state() -> dict[str, Any]:
 
 def fingerprint(model) -> dict[str, Any]:
     """What must match for a checkpoint to fit: base model, LoRA config, trainable tensor shapes."""
-    base = base_model(model)
-    config = base.config
+    config = base_model(model).config
     name = str(getattr(config, "_name_or_path", "") or getattr(config, "name_or_path", ""))
     if Path(name).is_absolute():  # a local folder: its last two parts survive a move to another machine
         name = "/".join(Path(name).parts[-2:])

@@ -394,11 +394,7 @@ def memory_explorer(config, capacities: dict, **defaults) -> None:
         plt.close(fig)
         return Image(data=buffer.getvalue(), format="png")
 
-    try:
-        import ipywidgets as w
-    except ImportError:
-        display(draw(settings))
-        return
+    import ipywidgets as w  # a dependency: Colab ships version 7, which display_widget speaks
     controls = {"batch_size": w.IntSlider(value=settings["batch_size"], min=1, max=64, description="batch"),
                 "seq_len": w.IntSlider(value=settings["seq_len"], min=16, max=2048, step=16, description="seq len"),
                 "lora_r": w.IntSlider(value=settings["lora_r"], min=1, max=128, description="LoRA r"),

@@ -75,9 +75,8 @@ def evaluate(model, tokenizer, sentences: Sequence[str], labels: Sequence[int], 
         raise ValueError(f"{len(sentences)} sentences but {len(labels)} labels: pass one label per sentence, "
                          "and a split that is not empty.")
     require_pad_token(tokenizer)
-    was_training = model.training
+    was_training, device = model.training, next(model.parameters()).device
     model.eval()
-    device = next(model.parameters()).device
     targets = torch.tensor([label_ids[int(y)] for y in labels], device=device)
     scores, losses = [], []
     off = not progress or bool(os.environ.get("TQDM_DISABLE"))  # tqdm.notebook ignores TQDM_DISABLE on its own
@@ -113,10 +112,9 @@ def recall_by_kind(kinds: pd.DataFrame, preds: np.ndarray) -> pd.DataFrame:
 def _choice_token_ids(tokenizer, choices: Sequence[str]) -> list[list[int]]:
     """Each choice's tokens on its own (no BOS), refusing a choice that gives no token to score."""
     ids = [tokenizer.encode(c, add_special_tokens=False) if isinstance(c, str) else [] for c in choices]
-    for k, choice in enumerate(choices):
-        if not ids[k]:
-            raise ValueError(f"Choice {k} is {choice!r}, which tokenizes to no token: every choice must be a non-empty "
-                             "string the tokenizer keeps, such as ' acceptable' (check it with tokens.token_table).")
+    if empty := [k for k, i in enumerate(ids) if not i]:
+        raise ValueError(f"Choice {empty[0]} is {choices[empty[0]]!r}, which tokenizes to no token: every choice must be a "
+                         "non-empty string the tokenizer keeps, such as ' acceptable' (check it with tokens.token_table).")
     return ids
 
 
