@@ -31,21 +31,9 @@ def rng_state() -> dict[str, Any]:
     return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": numpy, **cuda}
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Put back what :func:`rng_state` captured."""
-    torch.set_rng_state(state["torch"])
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    n = state["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def fingerprint(model) -> dict[str, Any]:
     """What must match for a checkpoint to fit: base model, LoRA config, trainable tensor shapes."""
-    base = base_model(model)
-    config = base.config
+    config = base_model(model).config
     name = str(getattr(config, "_name_or_path", "") or getattr(config, "name_or_path", ""))
     if Path(name).is_absolute():  # a local folder: its last two parts survive a move to another machine
         name = "/".join(Path(name).parts[-2:])
@@ -109,5 +97,11 @@ def load_checkpoint(path: str | Path, model, optimizer, scheduler) -> dict[str, 
         raise ValueError(f"Checkpoint {path} holds tensors this model lacks: {result.unexpected_keys[:3]}...")
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
-    set_rng_state(state["rng"])
+    rng = state["rng"]  # put back what rng_state() captured
+    torch.set_rng_state(rng["torch"])
+    random.setstate((rng["python"][0], tuple(rng["python"][1]), rng["python"][2]))
+    n = rng["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
     return {"step": state["step"], "extra": state["extra"]}

@@ -106,7 +106,6 @@ class Classifier:
     template: PromptTemplate
     method: str
     class_names: tuple[str, ...]
-    profile: Profile
     batch_size: int = 16
 
     @torch.inference_mode()
@@ -169,7 +168,7 @@ def load_classifier(folder: str | Path, profile: Profile | None = None, batch_si
 
         template = PromptTemplate(meta["template"], tokenizer=tokenizer, label_words=tuple(meta["label_words"]))
         model = PeftModel.from_pretrained(load_model(profile), str(folder)).eval()
-    return Classifier(model, tokenizer, template, meta["method"], tuple(meta["class_names"]), profile,
+    return Classifier(model, tokenizer, template, meta["method"], tuple(meta["class_names"]),
                       batch_size or profile.eval_batch_size)
 
 

@@ -32,8 +32,7 @@ from .models import LLAMA_PROJECTIONS as PROJECTIONS
 from .paths import MEASUREMENTS as MEASURED
 from .quant import llama_shapes, predicted_table
 
-GIB = 2**30
-MIB = 2**20
+GIB, MIB = 2**30, 2**20
 #: The Llama 3 tutorial's few-shot CoLA prompt is 86 Llama 3 tokens; its figures are for batches of 8.
 TUTORIAL_SEQ_LEN = 86
 #: The reference measurement (H100), in the folder of every shipped measurement (package data).
@@ -86,8 +85,7 @@ def _sizes(config, batch_size: int, seq_len: int, lora_r: int, lora_targets, dty
     if not targets or set(targets) - set(PROJECTIONS):
         raise ValueError(f"lora_targets must be 'all-linear' or some of {PROJECTIONS}, got {lora_targets!r}.")
     heads, H = cfg["num_attention_heads"], cfg["hidden_size"]
-    hd = cfg.get("head_dim") or H // heads
-    kv_heads = cfg.get("num_key_value_heads") or heads
+    hd, kv_heads = cfg.get("head_dim") or H // heads, cfg.get("num_key_value_heads") or heads
     z = SimpleNamespace(cfg=cfg, V=cfg["vocab_size"], H=H, M=cfg["intermediate_size"], L=cfg["num_hidden_layers"],
                         heads=heads, kv_heads=kv_heads, hd=hd, q=heads * hd, kv=kv_heads * hd, B=batch_size,
                         S=seq_len, T=batch_size * seq_len, r=lora_r, targets=targets,
@@ -167,12 +165,10 @@ def estimate_training_memory(
         raise ValueError("Training needs something to train: lora_r must be >= 1 (the base model is frozen).")
     T, H, M, V, c = z.T, z.H, z.M, z.V, z.c
     N = T if logits == "all" else z.B  # positions that go through the LM head
-    mask = 1 if device == "cuda" else 4
+    mask = 1 if device == "cuda" else 4  # bytes per dropout-mask value
     ws = (32.0 if device == "cuda" else 0.0) if workspace_mib is None else workspace_mib
-    quantized, weights16 = _weights(z, quant, double_quant)
     parts = {
-        "quantized_weights": quantized,
-        "weights_16bit": weights16,
+        **dict(zip(("quantized_weights", "weights_16bit"), _weights(z, quant, double_quant))),
         "lora_weights": 4.0 * sum(z.lora_numels),  # fp32 A and B
         # zero_grad(set_to_none=True) frees them after each step; accumulation carries them into the next forward
         "gradients": 4.0 * sum(z.lora_numels) if grad_accum_steps > 1 else 0.0,
@@ -218,8 +214,7 @@ class TensorBytes(TorchDispatchMode):
         self._live, self.now, self.peak = {}, 0, 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        self._add_all(out)
+        self._add_all(out := func(*args, **(kwargs or {})))
         return out
 
     def _add_all(self, obj) -> None:

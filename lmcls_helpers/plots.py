@@ -221,11 +221,6 @@ PHASE_COLORS = {
 }
 
 
-def _phase_label(phase: str) -> str:
-    """A measured phase's name as a tick label; the tutorial's recipe is called the tutorial's (notebook 5)."""
-    return phase.replace("_", " ")
-
-
 def _stacked_barh(ax, frame: pd.DataFrame, xlabel: str, colors=None) -> None:
     """Horizontal stacked bars, one per row of ``frame`` (first row on top), one segment per column."""
     frame.fillna(0.0).plot.barh(stacked=True, ax=ax, width=0.8, color=colors, legend=False, xlabel=xlabel)
@@ -259,7 +254,7 @@ def memory_phases(rows: list[dict], capacity_gib: float | None = None, capacity_
     fig, ax = _figure(title, "", f"{unit} (2**{30 if unit == 'GiB' else 20} bytes)")
     bottom, seen = dict.fromkeys(phases, 0.0), set()
     for r in rows:  # bottom-up within each phase; a segment named once in the legend
-        ax.bar(_phase_label(r["phase"]), r["GiB"] * scale, bottom=bottom[r["phase"]], width=0.6, edgecolor="white",
+        ax.bar(r["phase"].replace("_", " "), r["GiB"] * scale, bottom=bottom[r["phase"]], width=0.6, edgecolor="white",
                linewidth=0.5, label=None if r["segment"] in seen else r["segment"],
                color=PHASE_COLORS.get(r["segment"], "#DD8452"))
         seen.add(r["segment"])
@@ -363,20 +358,6 @@ def measured_branches(grid: dict, table, title: str = "") -> plt.Figure:
     return fig
 
 
-def estimate_vs_measured(table, title: str = "") -> plt.Figure:
-    """Measured and estimated memory per phase side by side, from ``memory.compare`` (notebook 5)."""
-    scale, unit = (1024, "MiB") if table["measured GiB"].max() < 1 else (1, "GiB")
-    fig, ax = _figure(title)
-    frame = scale * table[["measured GiB", "estimated GiB"]].set_axis(["measured", "estimated"], axis=1)
-    frame.rename(index=_phase_label).plot.barh(ax=ax, width=0.8, color=["#4C72B0", "#DD8452"], fontsize=7,
-                                               xlabel=f"{unit} (numbers: estimated / measured)")
-    ax.bar_label(ax.containers[1], [f"{r:.3f}" for r in table["estimated / measured"]], fontsize=7, padding=3)
-    ax.invert_yaxis()
-    ax.set_xlim(0, 1.35 * frame.to_numpy().max())
-    ax.legend(fontsize=7, loc="lower right")
-    return fig
-
-
 def display_widget(widget, note: str) -> None:
     """Show ``widget`` live where a frontend can render it, and ``note`` as its text on a static page.
 
@@ -413,20 +394,14 @@ def memory_explorer(config, capacities: dict, **defaults) -> None:
         plt.close(fig)
         return Image(data=buffer.getvalue(), format="png")
 
-    try:
-        import ipywidgets as w
-    except ImportError:
-        display(draw(settings))
-        return
-    controls = {
-        "batch_size": w.IntSlider(value=settings["batch_size"], min=1, max=64, description="batch"),
-        "seq_len": w.IntSlider(value=settings["seq_len"], min=16, max=2048, step=16, description="seq len"),
-        "lora_r": w.IntSlider(value=settings["lora_r"], min=1, max=128, description="LoRA r"),
-        "grad_checkpointing": w.Checkbox(value=settings["grad_checkpointing"], description="checkpointing"),
-        "logits": w.ToggleButtons(options=["all", "label"], value=settings["logits"], description="logits"),
-        "optimizer": w.ToggleButtons(options=["adamw", "adamw8bit"], value=settings["optimizer"], description="Adam"),
-        "double_quant": w.Checkbox(value=settings["double_quant"], description="double quant"),
-    }
+    import ipywidgets as w  # a dependency: Colab ships version 7, which display_widget speaks
+    controls = {"batch_size": w.IntSlider(value=settings["batch_size"], min=1, max=64, description="batch"),
+                "seq_len": w.IntSlider(value=settings["seq_len"], min=16, max=2048, step=16, description="seq len"),
+                "lora_r": w.IntSlider(value=settings["lora_r"], min=1, max=128, description="LoRA r"),
+                "grad_checkpointing": w.Checkbox(value=settings["grad_checkpointing"], description="checkpointing"),
+                "logits": w.ToggleButtons(options=["all", "label"], value=settings["logits"], description="logits"),
+                "optimizer": w.ToggleButtons(options=["adamw", "adamw8bit"], value=settings["optimizer"], description="Adam"),
+                "double_quant": w.Checkbox(value=settings["double_quant"], description="double quant")}
     display_widget(w.VBox(list(controls.values())),
                    "(sliders: open the notebook in Jupyter or Colab to move them; the figure shows the defaults)")
     handle = display(draw(settings), display_id=True)

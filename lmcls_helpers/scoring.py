@@ -52,28 +52,19 @@ def label_logits(model, batch, label_ids: Sequence[int], lean: bool = True) -> t
 
 @dataclass
 class EvalResult:
-    """Scores and metrics for one split. ``scores`` are raw label-word logits."""
+    """Scores and metrics for one split. ``scores`` are raw label-word logits; the rest is derived from them.
+
+    ``probs``: P(acceptable) from a softmax over the two label logits only; ``preds``: the likelier label word.
+    """
 
     scores: np.ndarray  # (n, 2) logits of [" unacceptable", " acceptable"]
     labels: np.ndarray  # (n,)
     loss: float  # mean full-vocabulary cross-entropy of the true label word (what training minimizes)
 
-    @property
-    def probs(self) -> np.ndarray:
-        """P(acceptable) from a softmax over the two label logits only."""
-        return torch.softmax(torch.from_numpy(self.scores).float(), dim=1)[:, 1].numpy()
-
-    @property
-    def preds(self) -> np.ndarray:
-        return self.scores.argmax(axis=1)
-
-    @property
-    def mcc(self) -> float:
-        return float(matthews_corrcoef(self.labels, self.preds))
-
-    @property
-    def accuracy(self) -> float:
-        return float(accuracy_score(self.labels, self.preds))
+    def __post_init__(self) -> None:
+        self.probs = torch.softmax(torch.from_numpy(self.scores).float(), dim=1)[:, 1].numpy()
+        self.preds = self.scores.argmax(axis=1)
+        self.mcc, self.accuracy = float(matthews_corrcoef(self.labels, self.preds)), float(accuracy_score(self.labels, self.preds))
 
 
 @torch.inference_mode()
@@ -84,9 +75,8 @@ def evaluate(model, tokenizer, sentences: Sequence[str], labels: Sequence[int], 
         raise ValueError(f"{len(sentences)} sentences but {len(labels)} labels: pass one label per sentence, "
                          "and a split that is not empty.")
     require_pad_token(tokenizer)
-    was_training = model.training
+    was_training, device = model.training, next(model.parameters()).device
     model.eval()
-    device = next(model.parameters()).device
     targets = torch.tensor([label_ids[int(y)] for y in labels], device=device)
     scores, losses = [], []
     off = not progress or bool(os.environ.get("TQDM_DISABLE"))  # tqdm.notebook ignores TQDM_DISABLE on its own
@@ -122,10 +112,9 @@ def recall_by_kind(kinds: pd.DataFrame, preds: np.ndarray) -> pd.DataFrame:
 def _choice_token_ids(tokenizer, choices: Sequence[str]) -> list[list[int]]:
     """Each choice's tokens on its own (no BOS), refusing a choice that gives no token to score."""
     ids = [tokenizer.encode(c, add_special_tokens=False) if isinstance(c, str) else [] for c in choices]
-    for k, choice in enumerate(choices):
-        if not ids[k]:
-            raise ValueError(f"Choice {k} is {choice!r}, which tokenizes to no token: every choice must be a non-empty "
-                             "string the tokenizer keeps, such as ' acceptable' (check it with tokens.token_table).")
+    if empty := [k for k, i in enumerate(ids) if not i]:
+        raise ValueError(f"Choice {empty[0]} is {choices[empty[0]]!r}, which tokenizes to no token: every choice must be a "
+                         "non-empty string the tokenizer keeps, such as ' acceptable' (check it with tokens.token_table).")
     return ids
 
 

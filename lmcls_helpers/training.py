@@ -126,12 +126,9 @@ def head_scores(model, texts: Sequence[str], tokenizer, profile, read: str = "la
     ``unpadded`` batches only texts of equal length, so every text scores as if it were alone:
     the layout of a service that classifies one request at a time.
     """
-    texts = list(texts)
-    order = list(range(len(texts)))
+    texts, scores = list(texts), np.zeros(len(texts), dtype=np.float32)
     lengths = [len(ids) for ids in tokenizer(texts)["input_ids"]] if texts else []
-    if unpadded:
-        order.sort(key=lambda i: lengths[i])
-    scores = np.zeros(len(texts), dtype=np.float32)
+    order = sorted(range(len(texts)), key=lambda i: lengths[i] if unpadded else 0)  # stable: else the given order
     while order:
         idx = order[: profile.eval_batch_size]
         if unpadded:
