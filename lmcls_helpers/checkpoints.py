@@ -3,7 +3,7 @@
 Resuming needs more than the adapter: the optimizer's moment estimates, the scheduler's
 position, the step counter and the random-number state (LoRA dropout draws from it). A
 checkpoint folder holds the adapter in PEFT's own format (``adapter_model.safetensors``,
-loadable on its own) plus ``training_state.pt`` with the rest and a fingerprint of the model
+loadable on its own) plus ``training_state.pt`` with the rest and a signature of the model
 and LoRA config, so that loading into a different setup stops with a clear error.
 """
 
@@ -31,7 +31,7 @@ def rng_state() -> dict[str, Any]:
     return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": numpy, **cuda}
 
 
-def fingerprint(model) -> dict[str, Any]:
+def model_signature(model) -> dict[str, Any]:
     """What must match for a checkpoint to fit: base model, LoRA config, trainable tensor shapes."""
     config = base_model(model).config
     name = str(getattr(config, "_name_or_path", "") or getattr(config, "name_or_path", ""))
@@ -65,7 +65,7 @@ def save_checkpoint(path: str | Path, model, optimizer, scheduler, step: int, ex
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path)  # adapter_config.json + adapter_model.safetensors, loadable by PeftModel alone
     torch.save({"step": int(step), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "rng": rng_state(), "fingerprint": fingerprint(model), "extra": extra or {}}, path / STATE_FILE)
+                "rng": rng_state(), "signature": model_signature(model), "extra": extra or {}}, path / STATE_FILE)
     return path
 
 
@@ -78,7 +78,7 @@ def latest_checkpoint(root: str | Path) -> Path | None:
 def load_checkpoint(path: str | Path, model, optimizer, scheduler) -> dict[str, Any]:
     """Restore a :func:`save_checkpoint` folder into live objects; returns ``{"step", "extra"}``.
 
-    Checks the fingerprint first: a checkpoint from another base model or LoRA config raises
+    Checks the signature first: a checkpoint from another base model or LoRA config raises
     ``ValueError`` listing what differs, before anything is overwritten.
     """
     from peft import set_peft_model_state_dict
@@ -88,7 +88,7 @@ def load_checkpoint(path: str | Path, model, optimizer, scheduler) -> dict[str, 
     if not (path / STATE_FILE).exists() or not (path / ADAPTER_FILE).exists():
         raise FileNotFoundError(f"{path} is not a checkpoint folder: it needs {ADAPTER_FILE} and {STATE_FILE}.")
     state = torch.load(path / STATE_FILE, weights_only=True)  # tensors and plain data only: no pickled code
-    if problems := _differences(state["fingerprint"], fingerprint(model)):
+    if problems := _differences(state["signature"], model_signature(model)):
         raise ValueError(f"Checkpoint {path} was saved from a different setup: {'; '.join(problems)}. Load it into "
                          "the same base model with the same LoraConfig, or start a new run.")
     device = next(p for p in model.parameters() if p.requires_grad).device

@@ -12,7 +12,7 @@ from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
 from transformers import LlamaConfig, LlamaForCausalLM, get_linear_schedule_with_warmup
 
 from lmcls_helpers.batches import collate, label_loss
-from lmcls_helpers.checkpoints import fingerprint, load_checkpoint, save_checkpoint
+from lmcls_helpers.checkpoints import model_signature, load_checkpoint, save_checkpoint
 from lmcls_helpers.models import LLAMA_PROJECTIONS
 
 VOCAB = 64
@@ -141,10 +141,10 @@ def test_a_folder_that_is_not_a_checkpoint(tmp_path):
         load_checkpoint(tmp_path, model, optimizer, scheduler)
 
 
-def test_fingerprint_survives_moving_a_local_model(tmp_path):
+def test_model_signature_survives_moving_a_local_model(tmp_path):
     model, _, _ = build(name=str(tmp_path / "a" / "tiny" / "model"))
     moved, _, _ = build(name="/elsewhere/tiny/model")
-    assert fingerprint(model) == fingerprint(moved)
+    assert model_signature(model) == model_signature(moved)
 
 
 def test_latest_checkpoint_is_the_newest_complete_folder(tmp_path):
