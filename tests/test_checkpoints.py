@@ -12,7 +12,7 @@ from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
 from transformers import LlamaConfig, LlamaForCausalLM, get_linear_schedule_with_warmup
 
 from lmcls_helpers.batches import collate, label_loss
-from lmcls_helpers.checkpoints import model_signature, load_checkpoint, save_checkpoint
+from lmcls_helpers.checkpoints import load_checkpoint, model_signature, save_checkpoint
 from lmcls_helpers.models import LLAMA_PROJECTIONS
 
 VOCAB = 64
