@@ -60,8 +60,8 @@ def cuda_context_gib(data: Mapping | None = None) -> dict[str, float]:
     data = load_measurements() if data is None else data
     loaded = data["phases"]["model_loaded_4bit"]
     known = {"H100 80 GB": loaded["smi"] - loaded["allocated"]}
-    if "seed_tutorial_T4_figures_GB" in data:  # the reference file carries the tutorial's T4 figures
-        known["T4 16 GB"] = data["seed_tutorial_T4_figures_GB"]["model"] - loaded["allocated"]
+    if "tutorial_T4_figures_GB" in data:  # the reference file carries the tutorial's T4 figures
+        known["T4 16 GB"] = data["tutorial_T4_figures_GB"]["model"] - loaded["allocated"]
     return {gpu: known.get(gpu, max(known.values())) for gpu in GPUS}
 
 

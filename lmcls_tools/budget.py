@@ -141,7 +141,7 @@ def finish(stem: str, profile) -> str:
     loads, here = check_loads(stem, profile), this_runtime(profile)
     planned = estimate(plan_for(stem, profile), load_rates()[here])["total_s"]
     taken = time.perf_counter() - _started.get(stem, time.perf_counter())
-    return (f"{stem}: {taken / 60:.1f} min from the budget line to here, planned about {planned / 60:.1f} min "
+    return (f"{stem}: {taken / 60:.1f} min from course.start to here, planned about {planned / 60:.1f} min "
             f"on {here}; {loads} model load(s), as planned")
 
 

@@ -431,7 +431,7 @@ if kinds is not None:
 # How far above chance a prompt alone gets depends on the model: clearly above chance for the tiny
 # model (built in) and for Llama-3-8B (0.555 in the tutorial), about 0 for the 135M model of the
 # `small` profile, because a model that small does not do this task few-shot. So the notebook checks
-# only that the MCC is one, and records it (`fewshot_dev_mcc`, above); what each profile should reach
+# only that the MCC lies in [-1, 1], and records it (`fewshot_dev_mcc`, above); what each profile should reach
 # is a test's business (`tests/expectations.py`).
 
 # %%

@@ -822,7 +822,7 @@ course.finish("03_quantization_inspection", profile)  # the time taken against t
 # blocks longer than a row (the tiny model's rows of 64, from block 128 on) `n // b` is 0 and every
 # weight gets the first block's scale. On CPUs without AVX-512F (an AVX2-only EPYC, ARM) a scalar loop
 # does it right, and a GPU runs its own CUDA kernel. (bitsandbytes asks the CPU itself: the "AVX2
-# code path" of the first cell holds torch, MKL and oneDNN only.) The hand-made reference is what
+# code path" of the setup line's device report holds torch, MKL and oneDNN only.) The hand-made reference is what
 # caught it; the next cell shows which case holds on this machine.
 
 # %%

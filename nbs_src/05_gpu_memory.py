@@ -97,7 +97,7 @@ else:
 # individual values between the two GPUs.
 
 # %%
-tutorial = shipped["seed_tutorial_T4_figures_GB"]  # nvidia-smi MiB / 1024, so in fact GiB
+tutorial = shipped["tutorial_T4_figures_GB"]  # nvidia-smi MiB / 1024, so in fact GiB
 h100 = shipped["phases"]
 phase_names = {"model loaded": "model_loaded_4bit", "forward pass": "forward_eval_tutorial_recipe",
                "LoRA attached": "lora_attached", "training step": "train_step_tutorial_recipe"}

@@ -36,7 +36,7 @@
 # Notebook 7 then compares this head with label words and `AutoModelForSequenceClassification`.
 
 # %%
-PROFILE = None  # None: $LMCLS_PROFILE, else "tiny" (CPU, offline). On a Colab GPU runtime: "full".
+PROFILE = None  # None: $LMCLS_PROFILE, else "tiny" (CPU, offline). "small": a real 135M LLM on the CPU. Colab GPU: "full".
 
 import subprocess
 import sys

@@ -31,7 +31,7 @@
 # - why the Mistral tutorial's own ledger pipeline scores well in its test and fails one line at a time.
 
 # %%
-PROFILE = None  # None: $LMCLS_PROFILE, else "tiny" (CPU, offline). On a Colab GPU runtime: "full".
+PROFILE = None  # None: $LMCLS_PROFILE, else "tiny" (CPU, offline). "small": a real 135M LLM on the CPU. Colab GPU: "full".
 
 import subprocess
 import sys

@@ -35,7 +35,7 @@
 #   per-class recall.
 
 # %%
-PROFILE = None  # None: $LMCLS_PROFILE, else "tiny" (CPU, offline). On a Colab GPU runtime: "full".
+PROFILE = None  # None: $LMCLS_PROFILE, else "tiny" (CPU, offline). "small": a real 135M LLM on the CPU. Colab GPU: "full".
 
 import subprocess
 import sys

@@ -188,7 +188,7 @@ def test_cuda_context_per_gpu_from_the_driver_counts_after_loading():
     assert set(ctx) == set(memory.GPUS)
     assert ctx["T4 16 GB"] == pytest.approx(5.85 - 5.66) and ctx["H100 80 GB"] == pytest.approx(6.298 - 5.66)
     assert all(v == max(ctx.values()) for gpu, v in ctx.items() if gpu not in ("T4 16 GB", "H100 80 GB"))
-    without_tutorial = {k: v for k, v in data.items() if k != "seed_tutorial_T4_figures_GB"}
+    without_tutorial = {k: v for k, v in data.items() if k != "tutorial_T4_figures_GB"}
     assert set(memory.cuda_context_gib(without_tutorial).values()) == {ctx["H100 80 GB"]}
 
 
