@@ -69,7 +69,7 @@ test: world small lint
 COLAB_VENV := .venv-colab
 COLAB_ROOT := $(CURDIR)/build/colab
 test-colab: small
-	rm -rf $(COLAB_VENV) $(COLAB_ROOT)
+	rm -rf $(COLAB_VENV) $(COLAB_ROOT) build/lib build/bdist.*  # pip builds the checkout in place: no stale modules
 	$(PYTHON) -m venv $(COLAB_VENV)
 	$(COLAB_VENV)/bin/python -m pip install -q --upgrade pip
 	$(COLAB_VENV)/bin/python -m pip install -q torch==2.13.0 $(TORCH_PIP_ARGS)

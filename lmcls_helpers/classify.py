@@ -133,11 +133,11 @@ def read_metadata(folder: str | Path) -> dict:
     """``classifier.json``, after checking it and that the folder holds every file a load needs."""
     folder = Path(folder)
     if not (folder / METADATA).is_file():
-        raise ValueError(f"{folder} has no {METADATA}: it is not a saved classifier (or its save did not finish). "
-                         "Write one with save_classifier(folder, model, profile, template, ...).")
+        raise ValueError(f"{folder} has no {METADATA}: not a saved classifier (or its save did not finish): save_classifier")
     try:
         meta = json.loads((folder / METADATA).read_text(encoding="utf-8"))
-        valid = meta["method"] in READ_OUTS and {"class_names", "template", "base_model", "profile"} <= set(meta)
+        valid = meta["method"] in READ_OUTS and {"class_names", "template", "base_model", "profile"} <= set(meta) \
+            and len(meta["class_names"]) == 2 and (meta["method"] != "label_words" or len(meta.get("label_words") or ()) == 2)
     except (ValueError, TypeError, KeyError):  # not JSON (a JSONDecodeError is a ValueError), or not an object
         valid = False
     if not valid:

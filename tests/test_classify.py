@@ -178,7 +178,9 @@ def test_save_refuses_what_it_cannot_reload(saved, tmp_path):
 
 
 def test_a_corrupt_metadata_file_names_the_fix(tmp_path):
-    for text in ("{not json", "[]", '{"method": "label_words"}'):
+    whole = '"class_names": ["no", "yes"], "template": "t", "base_model": "m", "profile": "tiny"'
+    no_words = '{"method": "label_words", ' + whole + "}"  # a label-word classifier without its label words
+    for text in ("{not json", "[]", '{"method": "label_words"}', no_words, no_words.replace('["no", "yes"]', "null")):
         (tmp_path / METADATA).write_text(text)
         with pytest.raises(ValueError, match="corrupt or incomplete.*save_classifier"):
             classify.read_metadata(tmp_path)
