@@ -19,9 +19,9 @@ def start(stem: str, profile_name: str | None = None) -> Profile:
     ensure_world(profile)  # builds the tiny world under build/ once, then reuses it
     results.start(stem)
     print(environment_report(profile))
-    if budget.plan_for(stem, profile).loads:  # a notebook that loads no model needs no hub access
+    if (plan := budget.plan_for(stem, profile)).loads:  # a notebook that loads no model needs no hub access
         print(hub_login(profile))
-    print(budget.report(stem, profile))
+    print(budget.report(stem, profile, plan))
     return profile
 
 

@@ -110,11 +110,11 @@ _started: dict[str, float] = {}
 _loads_before: dict[str, int] = {}
 
 
-def report(stem: str, profile) -> str:
+def report(stem: str, profile, plan: Plan | None = None) -> str:
     """The lines a notebook prints after choosing its profile: its plan, and minutes on this runtime and a T4."""
     # loads count from here: a world built by ensure_world just before loads a model too, not this plan's
     _started[stem], _loads_before[stem] = time.perf_counter(), load_count()
-    plan, rates, here = plan_for(stem, profile), load_rates(), this_runtime(profile)
+    plan, rates, here = plan or plan_for(stem, profile), load_rates(), this_runtime(profile)
     lines = [f"plan: {plan.loads} model load(s), {plan.train_examples:,} training examples, {plan.scored_examples:,} "
              "scored examples" + (f", counted as prompts of about {plan.seq_len} tokens (a longer prompt counts as "
                                   "several)" if plan.train_examples or plan.scored_examples else "")]
@@ -127,9 +127,9 @@ def report(stem: str, profile) -> str:
     return "\n".join(lines + ([f"cut to fit a class hour: {plan.cut}"] if plan.cut else []))
 
 
-def check_loads(stem: str, profile) -> int:
+def check_loads(stem: str, profile, plan: Plan | None = None) -> int:
     """Assert that the notebook loaded as many base models as its plan says, since its plan was printed."""
-    planned, done = plan_for(stem, profile).loads, load_count() - _loads_before.get(stem, 0)
+    planned, done = (plan or plan_for(stem, profile)).loads, load_count() - _loads_before.get(stem, 0)
     if planned != done:
         raise AssertionError(f"{stem} loaded {done} base model(s) but its plan in lmcls_tools.budget says {planned}: "
                              "update the plan so the printed time budget stays true.")
@@ -138,8 +138,9 @@ def check_loads(stem: str, profile) -> int:
 
 def finish(stem: str, profile) -> str:
     """The closing line of a notebook: time taken against the plan printed at the top, loads checked."""
-    loads, here = check_loads(stem, profile), this_runtime(profile)
-    planned = estimate(plan_for(stem, profile), load_rates()[here])["total_s"]
+    plan = plan_for(stem, profile)  # once: on tiny it reads the world's CoLA files
+    loads, here = check_loads(stem, profile, plan), this_runtime(profile)
+    planned = estimate(plan, load_rates()[here])["total_s"]
     taken = time.perf_counter() - _started.get(stem, time.perf_counter())
     return (f"{stem}: {taken / 60:.1f} min from course.start to here, planned about {planned / 60:.1f} min "
             f"on {here}; {loads} model load(s), as planned")
