@@ -120,10 +120,12 @@ pieces
 # the space with `▁` instead of `Ġ`, and it has no single piece for `▁unacceptable` at all.
 #
 # Mistral shows `▁acceptable` for *both* `'acceptable'` and `' acceptable'`. That is not a
-# contradiction: a SentencePiece tokenizer puts a `▁` in front of every text that does not already
-# start with one (its *dummy prefix*, section 4), so a word encoded on its own always looks spaced.
-# The difference shows where it matters, in the middle of a text. Here is the tutorial's answer
-# line `A: acceptable`, with and without the space after the colon:
+# contradiction: its transformers tokenizer puts a `▁` in front of every text that does not start
+# with a space (the *dummy prefix*, section 4), so a word encoded on its own always looks spaced.
+# The difference shows where it matters, in the middle of a text. Chris McCormick's
+# [Fine-Tuning Llama 3 for Sentence Classification](https://github.com/chrisjmccormick/llm-tuning-examples/blob/main/sentence-classification/Fine-Tuning%20Llama%203%20for%20Sentence%20Classification.ipynb)
+# (the Llama 3 tutorial, whose prompts this course uses) first answered after `A:`. Here is that
+# answer line, with and without the space after the colon:
 
 # %%
 mid_text = pd.DataFrame({name: {text: tok.tokenize(text) for text in ("A: acceptable", "A:acceptable")}
@@ -157,16 +159,25 @@ _ = results.record("llama3_label_ids", llama3_label_ids)
 #
 # We will classify by comparing **one logit per label**: the model's score for `' acceptable'`
 # against its score for `' unacceptable'` as the very next token. If a label word is two or three
-# pieces, its first piece is all we can read in one step, and that piece may be shared (`▁un` also
-# starts *unhappy*, *under*, …). `label_token_ids` refuses such words and says what they split into:
+# pieces, its first piece is all we can read in one step, and that piece may start other words too.
+# `label_token_ids` refuses such words and says what they split into:
 
 # %%
+mistral = tokenizers["Mistral 7B"]
 try:
-    label_token_ids(tokenizers["Mistral 7B"], [" acceptable", " unacceptable"])
+    label_token_ids(mistral, [" acceptable", " unacceptable"])
 except ValueError as err:
     print(err)
+un_words = {word: mistral.tokenize(word) for word in (" unclear", " unkind", " unhappy", " under")}
+un_words
+
+# %%
+assert [pieces[0] == "▁un" for pieces in un_words.values()] == [True, True, False, False], "which words start with '▁un'"
 
 # %% [markdown]
+# Mistral's first piece, `▁un`, also starts *unclear* and *unkind*, so its logit is a vote for any
+# of them; *unhappy* and *under* are whole pieces of their own and take no share of it.
+#
 # Two honest ways out: pick label words that are single tokens for *this* tokenizer, or score a
 # multi-token word by adding the log-probabilities of all its pieces (one extra forward pass with the
 # word appended). The first is simpler and what we do. Which common pairs survive in every tokenizer?
@@ -194,11 +205,11 @@ print(f"pairs that are single tokens in all {len(tokenizers)} tokenizers: {every
 #
 # ## 4. SentencePiece: two spellings of the same space
 #
-# Mistral's tokenizer is a SentencePiece model. Called directly, SentencePiece first prepends a `▁`
-# to the whole text (its *dummy prefix*, so that the first word looks like every other word) and
-# then writes each space as `▁`. Our `" Income"` already starts with a space, so it becomes
-# `▁▁Income`, and the extra `▁` is left as a piece of its own. The transformers tokenizer prepends
-# the `▁` only when the text does not already start with one:
+# Mistral's tokenizer is a SentencePiece model, and the `sentencepiece` library can run it
+# without transformers. Called that way, it **always** prepends a `▁` to the text (its dummy
+# prefix, so that the first word looks like every later one) and then writes each space as `▁`.
+# The transformers tokenizer around the same model adds that `▁` only when the text does not
+# already start with a space. The word `Income`, without and with a leading space, through both:
 
 # %%
 import sentencepiece as spm
@@ -206,18 +217,19 @@ import sentencepiece as spm
 from lmcls_helpers.tokens import reference_tokenizer_path
 
 raw_sp = spm.SentencePieceProcessor(model_file=str(reference_tokenizer_path("mistral-7b")))
-income = {
-    "sentencepiece": raw_sp.encode(" Income", out_type=str),
-    "transformers": tokenizers["Mistral 7B"].tokenize(" Income"),
-}
+income = pd.DataFrame({text: {"sentencepiece": raw_sp.encode(text, out_type=str), "transformers": mistral.tokenize(text)}
+                       for text in ("Income", " Income")}).T
 income
 
 # %%
-assert income["sentencepiece"] == ["▁", "▁In", "come"] and income["transformers"] == ["▁In", "come"]
+assert income.loc[" Income", "sentencepiece"] == ["▁", "▁In", "come"], "raw SentencePiece: dummy prefix, then the space"
+assert income.loc[" Income", "transformers"] == income.loc["Income", "transformers"] == ["▁In", "come"]
 
 # %% [markdown]
-# The same string, two token sequences. Encode prompts and label words with the *same* tokenizer
-# object, or the ids will not line up.
+# Without a space both give `▁In` `come`. With one, raw SentencePiece makes `▁▁Income`, and the
+# extra `▁` stays a piece of its own; the transformers tokenizer gives the same two pieces as
+# before. The same string, two token sequences: encode prompts and label words with the *same*
+# tokenizer object, or the ids will not line up.
 #
 # ## 5. Special tokens: BOS, EOS and the missing pad token
 #
@@ -265,13 +277,11 @@ except ValueError as err:
 # - with **right** padding the pads come *after* the text, and the causal mask already stops every
 #   real token from looking ahead, so the pads are invisible to it;
 # - with **left** padding the pads come *before* the text, where the causal mask would let real
-#   tokens see them; only the **attention mask** (0 at pads) hides them. The real tokens also sit at
-#   shifted positions (Hugging Face's Llama numbers the columns 0, 1, 2, … whatever the mask says),
-#   but Llama's rotary position embedding (RoPE) makes attention depend only on the *distance*
-#   between two tokens, so the shift changes nothing beyond rounding.
+#   tokens see them; only the **attention mask** (0 at pads) hides them.
 #
 # What remains is never to *read* a prediction at a padded position (next section). Notebook 2
-# checks on the profile's model that left and right padding give the same scores.
+# checks on the profile's model that left and right padding give the same scores, and explains
+# why the real tokens' shifted positions under left padding do no harm.
 
 # %%
 llama3.pad_token = llama3.eos_token
@@ -349,9 +359,12 @@ print(f"{len(table)} tokens; the last eight:")
 table.tail(8)
 
 # %% [markdown]
-# Every line starts with a space, so that the first word of each line is spelled like it is in
-# running text, and the prompt ends with `' -'`: the label, when appended, is then the separate
-# token `' acceptable'`. `PromptTemplate.check` proves that for a tokenizer: prompt + label word
+# The first printed line is the prompt's header: it names the task and both label words, quoted
+# with their leading space inside the quotes (`' acceptable'`), spelled as the token the model
+# should produce. Quoting the label words helped more than any other change in the Llama 3
+# tutorial's prompt search (notebook 2 scores its variants). Every line starts with a space, so
+# that the first word of each line is spelled like it is in running text, and the prompt ends
+# with `' -'`: the label, when appended, is then the separate token `' acceptable'`. `PromptTemplate.check` proves that for a tokenizer: prompt + label word
 # must tokenize as the prompt's tokens plus exactly the label's id.
 
 # %%
@@ -434,7 +447,10 @@ else:
 
 # %% [markdown]
 # **3. Prompt length.** How many tokens does the tiny BPE tokenizer need for `prompt`, compared
-# with Llama 3's count? *Hint:* `len(tokenizers["tiny BPE"](prompt).input_ids)`. Why is it larger?
+# with Llama 3's count? Then compare the two on section 8's sentence, which comes from the tiny
+# world. When does a vocabulary of about a thousand pieces need more tokens than one of 128,256?
+# *Hint:* `len(tokenizers["tiny BPE"](prompt).input_ids)`; `tokenize("The dogs barks.")` shows where
+# the extra pieces go.
 
 # %%
 tiny_prompt_tokens = None  # your answer: an int
@@ -443,5 +459,9 @@ tiny_prompt_tokens = None  # your answer: an int
 if tiny_prompt_tokens is None:
     print("Exercise 3 not attempted yet: set tiny_prompt_tokens above.")
 else:
-    assert tiny_prompt_tokens == len(tokenizers["tiny BPE"](prompt).input_ids), "count with the tiny BPE tokenizer"
-    print(f"tiny BPE: {tiny_prompt_tokens} tokens, Llama 3: {len(table)}: a smaller vocabulary needs more pieces")
+    tiny_bpe = tokenizers["tiny BPE"]
+    assert tiny_prompt_tokens == len(tiny_bpe(prompt).input_ids), "count with the tiny BPE tokenizer"
+    in_world = " Him and me are going to the store."
+    print(f"prompt: tiny BPE {tiny_prompt_tokens} tokens, Llama 3 {len(table)}")
+    print(f"{in_world!r}: tiny BPE {len(tiny_bpe(in_world).input_ids)}, Llama 3 {len(llama3(in_world).input_ids)}")
+    print("tiny BPE cuts the out-of-world words:", tiny_bpe.tokenize("The dogs barks."))
