@@ -21,20 +21,21 @@
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/lmcls-org/lmcls/blob/main/notebooks/02_prompt_scoring.ipynb)
 #
 # A large enough base language model already "knows" whether `' acceptable'` or `' unacceptable'` is the likelier
-# next token after a well-built few-shot prompt. In this notebook you will learn:
+# next token after a well-built few-shot prompt. The prompt, label words and data (CoLA) come from Chris McCormick's [Fine-Tuning Llama 3 for Sentence Classification](https://github.com/chrisjmccormick/llm-tuning-examples/blob/main/sentence-classification/Fine-Tuning%20Llama%203%20for%20Sentence%20Classification.ipynb)
+# (the Llama 3 tutorial). In this notebook you will learn:
 #
 # - why we read two label-word logits instead of calling `generate()`;
 # - how to read them at the **last real token** of a padded batch, and prove that left and right padding agree;
-# - why we gather only the logits we need (at 128k vocabulary it matters);
-# - how to judge the result with MCC, accuracy and a confusion matrix, and why CoLA uses MCC;
-# - what a prompt ablation can, and cannot, tell you;
-# - what the tiny CPU world can show and what it only shows because we built it in.
+# - how to compute only the two logits we need, from one hidden state per row;
+# - how to judge the result with MCC and a confusion matrix;
+# - what a prompt ablation can, and cannot, tell you.
 #
-# **A word on the tiny profile.** The tiny model was pre-trained by this course on synthetic text
-# that included prompt lines like the ones below, and those lines flag only one kind of error:
-# wrong pronoun case (*Him and me are going…*). Its few-shot scores, its confident histogram and
-# its top-5 table are therefore largely built in, and section 6 shows per error kind what it
-# catches. Its numbers show the *mechanics*; they are not comparable with Llama 3 8B's numbers.
+# > **Three worlds.** The tiny model was pre-trained on text with prompt lines like ours that flag
+# > only wrong pronoun case (*Him and me are going…*): its few-shot skill, its confident scores and
+# > the pattern prompt's win in section 10 are built in. The `small` profile's 135M model is about
+# > at chance: too small for this task few-shot. Llama 3 8B reached MCC 0.555 on the Llama 3
+# > tutorial's validation split (856 sentences held out of `in_domain_train`, not our dev split)
+# > and 0.495 in 4-bit on `out_of_domain_dev`, the split and precision of `fewshot_ood_mcc` on `full`.
 
 # %%
 PROFILE = None  # None: $LMCLS_PROFILE, else "tiny" (CPU, offline). "small": a real 135M LLM on the CPU. Colab GPU: "full".
@@ -86,9 +87,9 @@ dev.sample(5, random_state=0)
 
 # %% [markdown]
 # The tokenizer pads on the **left** here, and uses eos as its pad token (notebook 1). The model is
-# loaded in 4-bit NF4, as in the tutorial (notebook 3 looks inside).
-# On the `full` profile the weights come from the Hugging Face hub, and Llama 3 is gated: accept its
-# licence on the model page once and log in first (a Colab `HF_TOKEN` secret, or `huggingface_hub.login()`).
+# loaded in 4-bit NF4, as in the Llama 3 tutorial (notebook 3 looks inside). Llama 3 is gated on the
+# Hugging Face hub: accept its licence on the model page once and log in first (a Colab `HF_TOKEN`
+# secret, or `huggingface_hub.login()`).
 
 # %%
 tokenizer = load_tokenizer(profile, padding_side="left")
@@ -100,7 +101,7 @@ print(type(model).__name__, f"{sum(p.numel() for p in model.parameters()):,} sto
 # %% [markdown]
 # ## 2. The prompt and the label words
 #
-# The prompt is the tutorial's best one: a line of context, two examples, then the sentence and
+# The prompt is the Llama 3 tutorial's best one: a line of context, two examples, then the sentence and
 # `' -'`. Given the tokenizer and the label words, `PromptTemplate` checks at construction that each
 # label word is a single token and stays one right after the prompt, so a template that cannot
 # work with this tokenizer never exists.
@@ -149,6 +150,17 @@ two = next_logits[label_ids]  # (2,): [' unacceptable', ' acceptable']
 print("label logits:", two.float().numpy(), " P(acceptable) =", torch.softmax(two.float(), 0)[1].item())
 
 # %% [markdown]
+# The whole read-out, drawn with this prompt's own tokens and logits: the model's output at the
+# last real position is a hidden state; the final norm and the LM head turn it into a score per
+# vocabulary entry, of which we keep the two label words' rows (section 5 computes only those).
+
+# %%
+from lmcls_tools.diagrams import readout
+
+fig = readout(tokenizer.convert_ids_to_tokens(one["input_ids"][0]), two.float().tolist(), profile.label_words)
+plots.show(fig, "02_readout")
+
+# %% [markdown]
 # ## 4. A batch, read at the last real token
 #
 # Batching means padding. With left padding the last real token is the final column; with right
@@ -168,16 +180,12 @@ assert scores.shape == (4, 2), scores.shape
 print("predictions:", scores.argmax(dim=1).tolist(), " true labels:", dev.label[:4].tolist())
 
 # %% [markdown]
-# Now the same four prompts with **right** padding. If our read-out is correct, the scores cannot
-# change beyond rounding, and it is worth saying why, because the two sides are safe for different
-# reasons:
-#
-# - **right** padding puts the pads *after* the text, so the causal mask alone keeps every real
-#   token from seeing them;
-# - **left** padding puts the pads *before* the text, where only the **attention mask** hides them.
-#   The real tokens also sit at shifted column numbers (Hugging Face's Llama numbers positions
-#   0, 1, 2, … without looking at the mask), but rotary position embeddings (RoPE) make attention
-#   depend only on the distance between two tokens, and those distances are unchanged.
+# Now the same four prompts with **right** padding. The scores cannot change beyond rounding:
+# right pads come *after* the text, where the causal mask hides them; left pads come *before* it,
+# where the **attention mask** hides them. Left padding also shifts the real tokens' column
+# numbers (Hugging Face's Llama numbers positions 0, 1, 2, … without looking at the mask), but
+# rotary position embeddings (RoPE) make attention depend only on the distance between two tokens,
+# which is unchanged.
 
 # %%
 tokenizer.padding_side = "right"
@@ -202,10 +210,8 @@ print("rows where [:, -1] differs from the last real token:",
 # ## 5. Keep only the logits you need
 #
 # `model(**batch).logits` holds a score for **every position and every vocabulary entry**. For
-# Llama 3 that is `batch × seq × 128,256` numbers, of which we read two per row. Sizes for a batch
-# of 16 prompts padded to 86 tokens, the longest CoLA example with the tutorial's prompt (notebook
-# 1's example prompt is 45 tokens). The LM head returns its logits in the compute dtype, bf16
-# for Llama 3 on a GPU; only a loss over all positions would make an fp32 copy of them:
+# Llama 3 that is `batch × seq × 128,256` numbers, of which we read two per row. Sizes for 16
+# prompts padded to 86 tokens (the longest CoLA prompt), in bf16, Llama 3's compute dtype on a GPU:
 
 # %%
 from lmcls_helpers.profiles import LLAMA3_8B_CONFIG
@@ -218,28 +224,56 @@ print(f"all logits in bf16: {full_bytes / 2**30:.2f} GiB ({2 * full_bytes / 2**3
       f"   the ones we use: {needed_bytes} bytes")
 
 # %% [markdown]
-# So `lmcls_helpers.scoring` takes the last real token's **hidden state** first and applies the LM
-# head to that one vector per row. Same numbers, a `(batch, vocab)` tensor instead of
-# `(batch, seq, vocab)`:
+# So we follow the diagram of section 3. The **decoder** (the transformer without its LM head)
+# gives one hidden state per position. We take the one at the last real position, apply the
+# **final norm** to that vector only, and multiply it by the LM head's two label-word rows (Llama's
+# head has no bias). To apply the norm ourselves, we set the decoder's own aside for one call:
+
+# %%
+decoder, lm_head = model.get_decoder(), model.get_output_embeddings()
+final_norm, decoder.norm = decoder.norm, torch.nn.Identity()  # the decoder now stops before its final norm
+try:
+    with torch.no_grad():
+        hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+finally:
+    decoder.norm = final_norm  # (batch, seq, hidden) above; the model is whole again
+with torch.no_grad():
+    h_last = final_norm(hidden[torch.arange(len(last)), last])  # (batch, hidden): one normalised vector per row
+    by_hand = h_last @ lm_head.weight[label_ids].T  # (batch, 2): two rows of the head, not the whole vocabulary
+by_hand
+
+# %% [markdown]
+# The scores of section 4, without a `(batch, seq, vocab)` tensor. The helper later notebooks
+# call, `label_logits(..., lean=True)`, takes the same path (keeping each row's full vocabulary,
+# which notebook 4's loss needs):
 
 # %%
 from lmcls_helpers.scoring import evaluate, label_logits
 
 with torch.no_grad():
     lean_scores = label_logits(model, batch, label_ids, lean=True)  # (batch, 2)
-torch.testing.assert_close(lean_scores, scores, **profile.tolerance)
-lean_scores
+torch.testing.assert_close(by_hand.float(), scores.float(), **profile.tolerance)  # by hand = full logits
+torch.testing.assert_close(lean_scores.float(), by_hand.float(), **profile.tolerance)  # = the helper
+print("by hand, full logits and label_logits(lean=True) agree")
 
 # %% [markdown]
 # ## 6. Score the whole validation split
 #
-# `evaluate` runs exactly the steps above in batches and returns the scores, predictions and
-# metrics. We run it twice, with left and with right padding, and check the predictions agree.
+# `evaluate` runs the steps above in batches and returns the scores, predictions and metrics:
+# accuracy, and the **Matthews correlation coefficient** (MCC), the correlation between predicted
+# and true labels: 1 when every prediction is right, about 0 for guessing (or always giving the
+# same answer), −1 when every one is wrong. Section 7 builds it from the confusion matrix and
+# shows why CoLA is scored with it.
 
 # %%
 fewshot_dev = evaluate(model, tokenizer, list(dev.sentence), list(dev.label), template, label_ids,
                        batch_size=profile.eval_batch_size, progress=True)
 print(f"dev: MCC {fewshot_dev.mcc:.3f}   accuracy {fewshot_dev.accuracy:.3f}   n = {len(dev)}")
+
+# %% [markdown]
+# The same split again with right padding. Each row's **margin**, the *acceptable* logit minus the
+# *unacceptable* one, is positive for an *acceptable* prediction, and its size says how far the row
+# is from a tie; only a near-tie may flip on the rounding of 16-bit compute.
 
 # %%
 tokenizer.padding_side = "right"
@@ -248,8 +282,8 @@ fewshot_dev_right = evaluate(model, tokenizer, list(dev.sentence), list(dev.labe
 tokenizer.padding_side = "left"
 agree = (fewshot_dev_right.preds == fewshot_dev.preds).mean()
 print(f"left vs right padding: {agree:.1%} of predictions agree")
-margin = np.abs(fewshot_dev.scores[:, 1] - fewshot_dev.scores[:, 0])  # how far each row is from a tie
-clear = margin > 2 * profile.tolerance["atol"]  # in 16 bits a near-tie may flip on rounding alone
+margin = fewshot_dev.scores[:, 1] - fewshot_dev.scores[:, 0]  # (n,): > 0 means 'acceptable'
+clear = np.abs(margin) > 2 * profile.tolerance["atol"]  # rows that are not near a tie
 assert (fewshot_dev_right.preds == fewshot_dev.preds)[clear].all(), "left and right padding must give the same predictions"
 
 # %% [markdown]
@@ -291,12 +325,10 @@ if kinds is not None:
         "the prose below says the tiny model catches pronoun-case errors and almost nothing else"
 
 # %% [markdown]
-# This is the honest reading of the tiny model's score. The prompt lines it saw in pre-training
-# flag only pronoun-case errors, and on the tiny profile this run printed that it catches
-# **26 of 26** pronoun-case errors on dev and **1 of 116** errors of every other kind: the
-# few-shot MCC above is the pronoun rule it was taught, not general grammar. Everything below on
-# the tiny profile (the histogram, the confident mistakes, the ablation) follows from that.
-# With Llama 3 8B on real CoLA the same code measures what a general pre-training learned.
+# Where the data records the error kinds, the table is the honest reading of the score: the tiny
+# model catches the pronoun-case errors its pre-training flagged and almost nothing else, so its
+# few-shot MCC is that one rule, not general grammar. With Llama 3 8B on real CoLA the same code
+# measures what a general pre-training learned.
 
 # %% [markdown]
 # ## 7. Why MCC?
@@ -355,32 +387,30 @@ print(f"unacceptable sentences called acceptable: {fp}/{tn + fp} ({fp / (tn + fp
 print(f"acceptable sentences called unacceptable: {fn}/{tp + fn} ({fn / (tp + fn):.0%})")
 
 # %% [markdown]
-# Read the matrix by rows. On the tiny profile this run printed that **115 of 142** unacceptable
-# sentences (81%) were called acceptable, against **0 of 358** acceptable sentences called
-# unacceptable: every mistake is a vote for *acceptable*, the majority class and the answer for
-# every error kind the model was not taught (section 6). There the matrix says what the MCC alone
-# does not: that classifier is biased toward *acceptable*, and its 0.77 accuracy is barely above the
-# 0.72 of always saying so. Read your own run's rows the same way: which way do its mistakes lean?
+# Read the matrix by rows: which way do the mistakes lean? Where nearly all are votes for
+# *acceptable*, the majority class, the classifier is biased toward it, and its accuracy is worth
+# little more than the constant guess's above. The MCC alone does not show the direction.
 #
 # ## 8. How confident is it?
 #
 # The softmax over the two label logits gives P(acceptable). The further apart the two histograms,
-# the better the classes separate; the dashed line is the decision threshold.
+# the better the classes separate; the dashed line is the decision threshold. The count axis is
+# logarithmic, so a bin of one sentence stays visible beside one of hundreds.
 
 # %%
 fig = plots.histograms({f"true: {name}": fewshot_dev.probs[fewshot_dev.labels == y] for y, name in enumerate(("unacceptable", "acceptable"))},
                        "P(' acceptable') from the two label logits", "sentences", title="few-shot P(acceptable), dev split",
                        bins=20, span=(0, 1), lines=[0.5], lines_label="decision threshold")
+fig.axes[0].set(yscale="log", ylabel="sentences (log scale)")
 plots.show(fig, "02_score_histogram")
 print(f"P(acceptable) is a softmax over 2 of the model's {model.config.vocab_size:,} logits")
 
 # %% [markdown]
-# On the tiny profile nearly every sentence sits in the first or the last bin, and wrong ones are
-# among them: the blue step in the last bin is the unacceptable sentences that were called
-# acceptable. A model near chance (the small profile's) spreads its scores over the middle. These
-# numbers are **not** calibrated probabilities: a softmax over two logits out of the whole vocabulary
-# (the size printed above; 128,256 in Llama 3) says which label word is likelier, not how often the
-# model is right. Here are its most confident mistakes:
+# A confident model piles its sentences into the end bins, wrong ones among them: the
+# `true: unacceptable` step in the last bin counts unacceptable sentences called acceptable with
+# P(acceptable) of 0.95 or more. These numbers are **not** calibrated probabilities: a softmax over
+# two of the model's logits says which label word is likelier, not how often the model is right.
+# Its most confident mistakes:
 
 # %%
 mistakes = dev.assign(p_acceptable=fewshot_dev.probs, pred=fewshot_dev.preds)
@@ -393,23 +423,21 @@ print(f"{len(mistakes)} mistakes, {sure_and_wrong.sum()} of them with P(acceptab
       f" the most confident: P = {mistakes.p_acceptable.iloc[np.argmax((mistakes.p_acceptable - 0.5).abs())]:.5f}")
 
 # %% [markdown]
-# On the tiny profile these confident mistakes are the errors it was never taught to flag, so it
-# calls them acceptable with P ≈ 1. Calibration has to be measured (for example with a
-# reliability diagram on held-out data) before such a score is read as a probability.
+# Confidence is not correctness: the count above says how many mistakes came with P above 0.99 or
+# below 0.01. Calibration has to be measured (with a reliability diagram on held-out data, say)
+# before such a score is read as a probability.
 
 # %% [markdown]
 # ## 9. Out of domain
 #
 # CoLA's out-of-domain split comes from other sources, with other vocabulary and constructions. It is
-# our test set in notebook 4, so we record the few-shot score on it now.
+# our test set in notebook 4, so we score it few-shot now.
 
 # %%
 fewshot_ood = evaluate(model, tokenizer, list(ood.sentence), list(ood.label), template, label_ids,
                        batch_size=profile.eval_batch_size)
 print(f"out-of-domain: MCC {fewshot_ood.mcc:.3f}   accuracy {fewshot_ood.accuracy:.3f}   n = {len(ood)}")
-results.record("fewshot_dev_mcc", fewshot_dev.mcc)
-results.record("fewshot_dev_accuracy", fewshot_dev.accuracy)
-_ = results.record("fewshot_ood_mcc", fewshot_ood.mcc)
+assert -1 <= fewshot_ood.mcc <= 1 and -1 <= fewshot_dev.mcc <= 1, "an MCC lies in [-1, 1]"
 
 # %%
 if kinds is not None:
@@ -418,34 +446,29 @@ if kinds is not None:
     print(f"out-of-domain: pronoun-case errors caught {ood_caught[0]}, all other errors caught {ood_caught[1]}")
 
 # %% [markdown]
-# Out of domain the tiny model shows the same pattern: on the tiny profile this run printed
-# **24 of 25** pronoun-case errors caught and **0 of 125** others.
-#
-# **For reference, and not comparable with the tiny numbers:** the Llama 3 tutorial scored this
-# prompt few-shot with Meta-Llama-3-8B in three settings. On its validation set, 856 sentences it
-# held out from `in_domain_train`, it measured MCC **0.555**. On `out_of_domain_dev` (its test set,
-# the split `fewshot_ood_mcc` records here) it measured **0.508** in 16-bit and **0.495** in 4-bit.
-# So the figure to compare with `fewshot_ood_mcc` on the `full` profile, which loads the model in
-# 4-bit, is **0.495**; 0.555 is a different split (notebook 3 discusses the 16-bit vs 4-bit gap).
-#
-# How far above chance a prompt alone gets depends on the model: clearly above chance for the tiny
-# model (built in) and for Llama-3-8B (0.555 in the tutorial), about 0 for the 135M model of the
-# `small` profile, because a model that small does not do this task few-shot. So the notebook checks
-# only that the MCC lies in [-1, 1], and records it (`fewshot_dev_mcc`, above); what each profile should reach
-# is a test's business (`tests/expectations.py`).
-
-# %%
-print(f"few-shot dev MCC {fewshot_dev.mcc:.3f}")
-assert -1 <= fewshot_dev.mcc <= 1, f"an MCC lies in [-1, 1], not {fewshot_dev.mcc}"
+# How far above chance a prompt alone gets depends on the model (the box at the top), so the
+# notebook checks only that each MCC lies in [-1, 1]; what each profile should reach is a test's
+# business. Notebook 3 discusses the Llama 3 tutorial's 16-bit vs 4-bit gap.
 
 # %% [markdown]
 # ## 10. Prompt ablation
 #
-# Small changes to a prompt can move the score a lot. We score each variant the tutorial tried on
-# the same dev sentences, few-shot.
+# Small changes to a prompt can move the score a lot. The Llama 3 tutorial tried five prompts, each
+# changing one thing: an instruction, then a space opening every line, label words in quotes, a
+# space inside the quotes, and our pattern. The first two lines of each (the rest repeats them):
 
 # %%
 from lmcls_helpers.prompts import VARIANTS
+
+for name, text in VARIANTS.items():
+    print(f"{name}:")
+    for line in text.splitlines()[:2]:
+        print(f"    {line!r}")
+
+# %% [markdown]
+# We score each on the same dev sentences, few-shot:
+
+# %%
 
 ablation = {}
 for name, text in VARIANTS.items():
@@ -456,19 +479,18 @@ for name, text in VARIANTS.items():
 pd.Series(ablation, name="few-shot dev MCC").round(3)
 
 # %% [markdown]
-# The tutorial's numbers for the same five prompts are **test MCC after fine-tuning** with each
-# prompt (0.545 → 0.556 → 0.632 → 0.638 → 0.647, all with Llama 3 8B, which the tutorial's prose calls
-# "Llama 3.1" while its code loads `Meta-Llama-3-8B`; the first prompt with Mistral 7B scored 0.522),
-# not few-shot scores. Different model, different split, different method: they are a reference
-# for the *ordering* at most, never for the values, so the figure gives them a panel and an axis
-# of their own.
+# The Llama 3 tutorial's numbers for the same prompts are **test MCC after fine-tuning** Llama 3 8B
+# (its prose says "Llama 3.1", its code loads `Meta-Llama-3-8B`; the first prompt with Mistral 7B
+# scored 0.522). Different model, split and method: a reference for the *ordering* at most, so
+# each gets a panel and an axis of its own.
 
 # %%
 tutorial_finetuned = dict(zip(VARIANTS, [0.545, 0.556, 0.632, 0.638, 0.647]))
-fig = plots.values_chart(ablation, "few-shot dev MCC (this profile's model)", "prompt variants",
-                         reference=tutorial_finetuned, reference_label="tutorial: Llama 3 8B fine-tuned, test MCC")
+fig = plots.values_chart(ablation, "MCC on dev", "prompt variants", reference=tutorial_finetuned,
+                         reference_label="MCC on out_of_domain_dev")
+fig.axes[0].set_title("this profile's model, few-shot")
+fig.axes[1].set_title("Llama 3 8B, fine-tuned (Llama 3 tutorial)")
 plots.show(fig, "02_prompt_ablation")
-_ = results.record("ablation", ablation)
 
 # %% [markdown]
 # How large a difference is noise? Resampling the dev sentences with replacement (a bootstrap)
@@ -483,13 +505,18 @@ print(f"bootstrap standard error of the dev MCC: {mcc_se:.3f} (n = {len(dev)})")
 print("ablation, worst to best:", {k: round(v, 3) for k, v in sorted(ablation.items(), key=lambda kv: kv[1])})
 
 # %% [markdown]
-# What an ablation like this can tell you: which prompt the model finds easiest to continue with a
-# label word. What it cannot: on a split this size the standard error of MCC printed above is a
-# few hundredths, so differences of that size are noise, and a prompt that wins few-shot need not
-# win after fine-tuning. MCC can also go **below zero** (section 7): a variant whose predictions
-# anti-correlate with the labels is worse than a constant guess. On the tiny profile the model
-# was pre-trained on the pattern prompt, so the pattern wins by construction and the other
-# variants are formats it never saw; with Llama 3 the same table is an honest experiment.
+# What an ablation can tell you: which prompt the model finds easiest to continue with a label
+# word. What it cannot: differences within a few standard errors (printed above) are noise, and a
+# prompt that wins few-shot need not win after fine-tuning. A variant below zero (section 7)
+# anti-correlates with the labels: worse than a constant guess.
+#
+# The numbers `make run` summarizes and the tests check:
+
+# %%
+results.record("fewshot_dev_mcc", fewshot_dev.mcc)
+results.record("fewshot_dev_accuracy", fewshot_dev.accuracy)
+results.record("fewshot_ood_mcc", fewshot_ood.mcc)
+_ = results.record("ablation", ablation)
 
 # %%
 course.finish("02_prompt_scoring", profile)  # the time taken against the plan; the model loads checked
@@ -497,21 +524,19 @@ course.finish("02_prompt_scoring", profile)  # the time taken against the plan; 
 # %% [markdown]
 # ## Summary
 #
-# - Classification by prompting = one forward pass, then compare the two label-word logits at the last real token.
-# - `last_token_index` makes left and right padding give identical predictions; `[:, -1]` does not.
-# - Gather the hidden state first and apply the LM head to one vector per row: the same scores without a `(batch, seq, vocab)` tensor.
-# - Judge with MCC on imbalanced data: it runs from −1 to 1, and a constant guess has good accuracy and MCC 0 (by definition).
-# - Read the confusion matrix and, where you can, recall per error kind: on the tiny profile they show a model that only learned the one error kind its pre-training flagged.
-# - Two-logit softmax scores are not calibrated (on the tiny profile they are also overconfident); tiny-profile numbers show the mechanics and are not comparable with Llama 3 8B's.
+# - Classification by prompting: one forward pass, then compare the two label-word logits at the last real token.
+# - `last_token_index` makes left and right padding agree; `[:, -1]` does not.
+# - The lean read-out: last real position's hidden state, final norm, two rows of the LM head.
+# - Judge imbalanced data with MCC (−1 to 1; a constant guess scores 0) and read the confusion matrix's rows.
+# - Two-logit softmax scores are not calibrated; an ablation's differences within a few standard errors are noise.
 #
 # ## Exercises
 #
 # **1. Your own label words.** Replace `(" unacceptable", " acceptable")` by another pair (label 0
 # first) and score the dev split. Each word must be a single token for *this* tokenizer:
-# `(" bad", " good")` works for Llama 3 but splits in the tiny BPE tokenizer (notebook 1, section 3),
-# while `(" broken", " clean")` is one token each in both. *Hint:* `template.check(tokenizer, words)`
-# gives the ids or says why a pair fails; pass them to `evaluate`. Is a pair the model never saw in
-# the prompt any good?
+# `(" bad", " good")` splits in the tiny BPE tokenizer (notebook 1, section 3), `(" broken", " clean")`
+# does not. *Hint:* `template.check(tokenizer, words)` gives the ids or says why a pair fails. Is a
+# pair the model never saw in the prompt any good?
 
 # %%
 my_words = None  # your answer, e.g. (" broken", " clean")
@@ -525,15 +550,14 @@ else:
     print(f"{my_words}: dev MCC {mine.mcc:.3f} (prompt's own words: {fewshot_dev.mcc:.3f})")
 
 # %% [markdown]
-# **2. A better threshold?** The argmax predicts *acceptable* when the logit margin
-# `scores[:, 1] - scores[:, 0]` is above 0 (the same as P(acceptable) > 0.5). Where the
-# probabilities are saturated near 0 and 1 (tiny, section 8), thresholds on them all look alike, so
-# move the threshold on the **margin** instead. Find the
+# **2. A better threshold?** The argmax predicts *acceptable* when the `margin` of section 6 is
+# above 0 (the same as P(acceptable) > 0.5). Where the probabilities are saturated near 0 and 1
+# (section 8), thresholds on them all look alike, so move the threshold on the margin instead. Find the
 # margin threshold that maximises MCC on dev, then apply that same threshold, unchanged, out of
 # domain. The tuned dev MCC is the best of many tries on the very sentences it is reported on:
 # which of the two tuned numbers is an honest estimate for new data, and how far do they differ?
-# *Hint:* `margin = fewshot_dev.scores[:, 1] - fewshot_dev.scores[:, 0]`, candidate thresholds
-# `np.quantile(margin, np.linspace(0.02, 0.98, 49))`, and `matthews_corrcoef(dev.label, margin > t)`.
+# *Hint:* candidate thresholds `np.quantile(margin, np.linspace(0.02, 0.98, 49))`, and
+# `matthews_corrcoef(dev.label, margin > t)`.
 
 # %%
 best_margin = None  # your answer: a float, the margin threshold tuned on dev
