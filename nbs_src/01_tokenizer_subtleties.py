@@ -152,7 +152,6 @@ llama3_label_ids
 
 # %%
 assert llama3_label_ids == [44085, 22281], "Llama 3: ' unacceptable' (label 0) is 44085, ' acceptable' (label 1) is 22281"
-_ = results.record("llama3_label_ids", llama3_label_ids)
 
 # %% [markdown]
 # ## 3. When a label word is several tokens
@@ -373,7 +372,6 @@ label_ids = template.check(llama3, profile.label_words)
 
 # %%
 assert label_ids == [44085, 22281], "label 0 = ' unacceptable', label 1 = ' acceptable'"
-_ = results.record("llama3_prompt_tokens", len(table))
 
 # %% [markdown]
 # The tiny BPE tokenizer was trained so that the same prompt and label words work for it too; that
@@ -393,6 +391,13 @@ tiny_ids
 from lmcls_helpers.tokens import explorer
 
 _ = explorer(tokenizers, text=" Him and me are going to the store. - unacceptable")
+
+# %% [markdown]
+# The numbers `make run` summarizes and the tests check:
+
+# %%
+results.record("llama3_label_ids", llama3_label_ids)
+_ = results.record("llama3_prompt_tokens", len(table))
 
 # %%
 course.finish("01_tokenizer_subtleties", profile)  # the time taken against the plan; the model loads checked
