@@ -292,7 +292,7 @@ assert (fewshot_dev_right.preds == fewshot_dev.preds)[clear].all(), "left and ri
 # One MCC hides *which* sentences the model gets right. The synthetic data records the kind of
 # error in each unacceptable sentence, so there we can count, per kind, the share the model calls
 # unacceptable (its recall); for `none`, the acceptable sentences, the share it calls acceptable.
-# Real CoLA carries no such annotation, so on the `full` profile this cell says so and moves on.
+# Real CoLA carries no such annotation, so there this cell says so and moves on.
 
 # %%
 from IPython.display import display
