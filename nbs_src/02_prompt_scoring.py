@@ -135,11 +135,11 @@ for bad in [lambda: PromptTemplate("Is this sentence acceptable? -"),
 
 # %%
 prompt = template.format(dev.sentence.iloc[0])
-one = tokenizer(prompt, return_tensors="pt")
+one = tokenizer(prompt, return_tensors="pt").to(model.device)  # inputs live where the model does (a GPU on Colab)
 with torch.no_grad():
     next_logits = model(**one).logits[0, -1]  # (vocab,): scores for the token after the prompt
 top = next_logits.topk(5)
-pd.DataFrame({"token": tokenizer.convert_ids_to_tokens(top.indices), "logit": top.values.float().numpy()})
+pd.DataFrame({"token": tokenizer.convert_ids_to_tokens(top.indices), "logit": top.values.float().cpu().numpy()})
 
 # %% [markdown]
 # Of the whole vocabulary we care about two entries. The larger of the two is the prediction; a
@@ -147,7 +147,7 @@ pd.DataFrame({"token": tokenizer.convert_ids_to_tokens(top.indices), "logit": to
 
 # %%
 two = next_logits[label_ids]  # (2,): [' unacceptable', ' acceptable']
-print("label logits:", two.float().numpy(), " P(acceptable) =", torch.softmax(two.float(), 0)[1].item())
+print("label logits:", two.float().cpu().numpy(), " P(acceptable) =", torch.softmax(two.float(), 0)[1].item())
 
 # %% [markdown]
 # The whole read-out, drawn with this prompt's own tokens and logits: the model's output at the
@@ -168,11 +168,11 @@ plots.show(fig, "02_readout")
 
 # %%
 prompts = [template.format(s) for s in dev.sentence[:4]]
-batch = tokenizer(prompts, return_tensors="pt", padding=True)
+batch = tokenizer(prompts, return_tensors="pt", padding=True).to(model.device)
 last = last_token_index(batch["attention_mask"])  # (batch,)
 with torch.no_grad():
     logits = model(**batch).logits  # (batch, seq, vocab)
-scores = logits[torch.arange(len(last)), last][:, label_ids]  # (batch, 2)
+scores = logits[torch.arange(len(last), device=last.device), last][:, label_ids]  # (batch, 2)
 scores
 
 # %%
@@ -224,21 +224,15 @@ print(f"all logits in bf16: {full_bytes / 2**30:.2f} GiB ({2 * full_bytes / 2**3
       f"   the ones we use: {needed_bytes} bytes")
 
 # %% [markdown]
-# So we follow the diagram of section 3. The **decoder** (the transformer without its LM head)
-# gives one hidden state per position. We take the one at the last real position, apply the
-# **final norm** to that vector only, and multiply it by the LM head's two label-word rows (Llama's
-# head has no bias). To apply the norm ourselves, we set the decoder's own aside for one call:
+# So we follow the diagram of section 3. The **decoder** (the transformer without its LM head,
+# ending with its final norm) gives one hidden state per position. We keep only the one at the last
+# real position and multiply it by the LM head's two label-word rows (Llama's head has no bias):
 
 # %%
 decoder, lm_head = model.get_decoder(), model.get_output_embeddings()
-final_norm, decoder.norm = decoder.norm, torch.nn.Identity()  # the decoder now stops before its final norm
-try:
-    with torch.no_grad():
-        hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-finally:
-    decoder.norm = final_norm  # (batch, seq, hidden) above; the model is whole again
 with torch.no_grad():
-    h_last = final_norm(hidden[torch.arange(len(last)), last])  # (batch, hidden): one normalised vector per row
+    hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    h_last = hidden[torch.arange(len(last), device=hidden.device), last]  # (batch, hidden): one vector per row
     by_hand = h_last @ lm_head.weight[label_ids].T  # (batch, 2): two rows of the head, not the whole vocabulary
 by_hand
 
