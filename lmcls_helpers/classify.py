@@ -133,7 +133,7 @@ def read_metadata(folder: str | Path) -> dict:
     """``classifier.json``, after checking it and that the folder holds every file a load needs."""
     folder = Path(folder)
     if not (folder / METADATA).is_file():
-        raise ValueError(f"{folder} has no {METADATA}: not a saved classifier (or its save did not finish): save_classifier")
+        raise ValueError(f"{folder} has no {METADATA}, so no classifier was saved there (or its save stopped): use save_classifier.")
     try:
         meta = json.loads((folder / METADATA).read_text(encoding="utf-8"))
         valid = meta["method"] in READ_OUTS and {"class_names", "template", "base_model", "profile"} <= set(meta) \
