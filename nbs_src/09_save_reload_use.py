@@ -146,7 +146,7 @@ adapter_config = json.loads((adapter_dir / "adapter_config.json").read_text())
 # %% [markdown]
 # For Llama-3-8B at rank 8 on all seven projections the adapter is about 21M fp32 weights, some
 # 80 MiB, next to a base of 5.6 GiB in 4 bits: cheap to store, cheap to send. The config says how
-# to rebuild the LoRA layers and names the base model by the path it was loaded from.
+# to rebuild the LoRA layers, and records where the base model was loaded from.
 #
 # But an adapter alone does not classify. Its scores also depend on the **template** that wraps
 # each sentence, the two **label words** read, and the exact **base model** it was trained on. Lose
@@ -197,8 +197,8 @@ print(f"after save + load: {lost_same:.0%} of the check set predicted as trained
 assert np.abs(naive_scores - lost_scores).max() > 0.01, "a redrawn head should change the scores"
 
 # %% [markdown]
-# The reloaded model is another classifier: its answers now depend on a random draw. Both
-# `save_classifier` and the loader refuse such a folder instead of loading it:
+# The reloaded model is another classifier: its answers now depend on a random draw. So
+# `save_classifier` refuses to finish such a save, and the loader refuses such a folder; both ask:
 
 # %%
 try:
