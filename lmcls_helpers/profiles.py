@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -108,20 +109,17 @@ def _tiny(require_device: bool = True) -> Profile:
 def _require_gpu_and_bitsandbytes(name: str) -> None:
     """Stop with the fix when there is no GPU, no bitsandbytes, or a bitsandbytes whose CUDA kernels do not load."""
     if not torch.cuda.is_available():
-        raise RuntimeError(f"The '{name}' profile needs a CUDA GPU and none is visible. In Colab choose Runtime > "
-                           "Change runtime type > T4 GPU (or better); on this machine use the default 'tiny' profile "
-                           "(unset LMCLS_PROFILE).")
+        raise RuntimeError(f"The '{name}' profile needs a CUDA GPU and none is visible. In Colab choose Runtime > Change runtime "
+                           "type > T4 GPU (or better); on this machine use the default 'tiny' profile (unset LMCLS_PROFILE).")
     if importlib.util.find_spec("bitsandbytes") is None:
-        raise RuntimeError(f"The '{name}' profile loads the model in 4 bits and needs bitsandbytes: "
-                           "`pip install bitsandbytes`, then restart the runtime.")
+        raise RuntimeError(f"The '{name}' profile loads the model in 4 bits and needs bitsandbytes: `pip install bitsandbytes`, then restart.")
     try:  # installed is not enough: its CUDA kernels must load for this GPU and driver
         from bitsandbytes.functional import quantize_4bit
 
         quantize_4bit(torch.zeros(64, device="cuda", dtype=torch.float16), quant_type="nf4")
     except Exception as err:
-        raise RuntimeError(f"bitsandbytes is installed but cannot quantize on this GPU ({type(err).__name__}: {err}). "
-                           "Reinstall it for this CUDA version (`pip install -U bitsandbytes`) and restart the "
-                           "runtime, or use the 'tiny' profile.") from err
+        raise RuntimeError(f"bitsandbytes is installed but cannot quantize on this GPU ({type(err).__name__}: {err}). Reinstall "
+                           "it for this CUDA version (`pip install -U bitsandbytes`), restart the runtime, or use 'tiny'.") from err
 
 
 #: GiB of GPU memory below which the full profile's micro-batch of 8 needs gradient checkpointing: a T4
@@ -190,16 +188,22 @@ def _require_cola(root: Path) -> None:
         raise RuntimeError(f"LMCLS_COLA_DIR={root} lacks {', '.join(missing)}: point it at an unzipped cola_public/ "
                            "folder (`lmcls_helpers.data.download_cola(dest)` creates one under dest).")
     if missing and not _cola_reachable():
-        raise RuntimeError(
-            f"The 'small' profile runs on the real CoLA corpus, which is not in {root} and cannot be downloaded "
-            "(no network). Either run `from lmcls_helpers.data import download_cola; download_cola(DEST)` once "
-            "on a machine with network access and set LMCLS_COLA_DIR=DEST/cola_public, or copy an unzipped "
-            "cola_public/ folder here, or use the offline 'tiny' profile (unset LMCLS_PROFILE).")
+        raise RuntimeError(f"The 'small' profile runs on the real CoLA corpus, which is not in {root} and cannot be downloaded "
+                           "(no network). Either run `from lmcls_helpers.data import download_cola; download_cola(DEST)` once on "
+                           "a machine with network access and set LMCLS_COLA_DIR=DEST/cola_public, or copy an unzipped "
+                           "cola_public/ folder here, or use the offline 'tiny' profile (unset LMCLS_PROFILE).")
 
 
 def _custom_model() -> str | None:
-    """``$LMCLS_MODEL`` (hub id or local folder); :func:`ensure_world` checks it (Llama projections, label words)."""
-    return os.environ.get("LMCLS_MODEL", "").strip() or None
+    """``$LMCLS_MODEL`` (hub id or local folder); :func:`ensure_world` checks it (Llama projections, label words).
+
+    A value that is no folder here and cannot be a hub id (``owner/name``) is a mistyped folder: say so, not the hub.
+    """
+    value = os.environ.get("LMCLS_MODEL", "").strip()
+    if value and not Path(value).is_dir() and (value.startswith((".", "/", "~")) or not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", value)):
+        raise ValueError(f"LMCLS_MODEL={value} names no folder here (and no hub model): set it to the folder that holds the model's "
+                         "config.json and weights (an absolute path), or a hub id like 'HuggingFaceTB/SmolLM2-135M', or unset it.")
+    return value or None
 
 
 def _small(require_device: bool = True) -> Profile:
@@ -216,8 +220,7 @@ def _small(require_device: bool = True) -> Profile:
     if require_device:
         _require_cola(cola_root)
         if importlib.util.find_spec("bitsandbytes") is None:
-            raise RuntimeError("The 'small' profile loads the model in 4 bits and needs bitsandbytes: "
-                               "`pip install bitsandbytes` (0.50 or newer runs 4-bit layers on the CPU).")
+            raise RuntimeError("The 'small' profile loads the model in 4 bits: `pip install bitsandbytes` (0.50+ runs them on the CPU).")
     model_id = _custom_model() or str(build_dir("small"))  # built by ensure_world (or `make small`)
     return Profile(name="small", model_id=model_id, tokenizer_id=model_id, cola_root=cola_root,
                    ledger_path=build_dir("tiny", "ledger", "ledger.csv"), device="cpu", compute_dtype=torch.float32,
@@ -286,7 +289,5 @@ def environment_report(profile: Profile) -> str:
     else:  # the code path is AVX2 unless overridden: see lmcls_helpers/__init__.py
         threads = torch.get_num_threads()
         device = f"CPU ({threads} thread{'s' * (threads != 1)}, {torch.backends.cpu.get_cpu_capability()} code path)"
-    return "\n".join([f"profile: {profile.name}   model: {model}",
-                      "   ".join(f"{k} {versions[k] or 'not installed'}" for k in
-                                 ("python", "torch", "transformers", "peft", "bitsandbytes")),
-                      f"device: {device}, compute dtype {profile.compute_dtype}"])
+    return "\n".join([f"profile: {profile.name}   model: {model}", "   ".join(f"{k} {versions[k] or 'not installed'}" for k in (
+        "python", "torch", "transformers", "peft", "bitsandbytes")), f"device: {device}, compute dtype {profile.compute_dtype}"])

@@ -238,8 +238,19 @@ def _plan_08(profile, sizes) -> Plan:
                 seq_len=48)
 
 
+def _plan_09(profile, sizes) -> Plan:
+    # one base for training (label words, a head left out of modules_to_save, a head kept: 20 steps each), then
+    # load_classifier and the command line each load one. Scored: 64 check sentences before and after the label-word
+    # run, by the lost head, its reload, the kept head, the merged model and the reloaded classifier; 12 of my
+    # sentences (predict and predict_proba); 8 lines through the command line
+    check, steps = _first(sizes["dev"], 64), 20
+    return Plan(3, 3 * steps * profile.train_batch_size, 7 * check + 12 + 8, seq_len=profile.prompt_tokens,
+                recompute=profile.gradient_checkpointing)
+
+
 PLANS = {"01_tokenizer_subtleties": lambda profile, sizes: Plan(0, 0, 0),  # tokenizers only
          "02_prompt_scoring": _plan_02, "03_quantization_inspection": _plan_03, "04_training_loop": _plan_04,
          # notebook 5: the tutorial's step twice, the lean step twice, one more for the what-ifs, at 86 tokens
          "05_gpu_memory": lambda profile, sizes: Plan(1, 5 * profile.micro_batch_size, profile.micro_batch_size),
-         "06_last_token_head": _plan_06, "07_readouts_compared": _plan_07, "08_beyond_two_labels": _plan_08}
+         "06_last_token_head": _plan_06, "07_readouts_compared": _plan_07, "08_beyond_two_labels": _plan_08,
+         "09_save_reload_use": _plan_09}

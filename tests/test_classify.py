@@ -184,3 +184,95 @@ def test_a_corrupt_metadata_file_names_the_fix(tmp_path):
         (tmp_path / METADATA).write_text(text)
         with pytest.raises(ValueError, match="corrupt or incomplete.*save_classifier"):
             classify.read_metadata(tmp_path)
+
+
+# --- a saved classifier needs only its folder and its base model -------------------------------------------------
+@pytest.fixture()
+def elsewhere(saved, tmp_path, monkeypatch):
+    """The words classifier re-labelled as saved on another profile, whose LMCLS_MODEL is a copy of the tiny model."""
+    model_dir = shutil.copytree(saved["profile"].model_id, tmp_path / "model")
+    for name in ("tokenizer.json", "tokenizer_config.json"):  # the small and full profiles read the tokenizer there
+        shutil.copy(f"{saved['profile'].tokenizer_id}/{name}", model_dir / name)
+    monkeypatch.setenv("LMCLS_MODEL", str(model_dir))
+    monkeypatch.delenv("LMCLS_COLA_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)  # no ./cola_public either
+    monkeypatch.setattr("lmcls_helpers.profiles._cola_reachable", lambda timeout=5.0: False)  # and no network
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    folder = shutil.copytree(saved["root"] / "words", tmp_path / "words")
+
+    def relabel(profile: str):
+        meta = json.loads((folder / METADATA).read_text())
+        (folder / METADATA).write_text(json.dumps({**meta, "profile": profile, "base_model": str(model_dir)}))
+        return folder
+
+    return relabel
+
+
+@pytest.mark.parametrize("name", ["small", "full"])
+def test_a_classifier_loads_without_the_corpus_and_without_a_gpu(saved, elsewhere, capsys, name):
+    from lmcls_helpers.profiles import get_profile
+
+    with pytest.raises(RuntimeError, match="real CoLA corpus" if name == "small" else "needs a CUDA GPU"):
+        get_profile(name)  # what training on this profile needs, and this machine lacks
+    classifier = load_classifier(elsewhere(name), batch_size=4)
+    expected = torch.softmax(torch.from_numpy(saved["result"].scores).float(), dim=1).numpy()
+    np.testing.assert_allclose(classifier.predict_proba(saved["sentences"]), expected, **saved["profile"].tolerance)
+    assert ("No GPU visible: loading the 'full' classifier on the CPU" in capsys.readouterr().err) == (name == "full")
+    del classifier
+    models.free_gpu_memory()
+
+
+def test_a_missing_model_folder_is_named_not_sent_to_the_hub(monkeypatch, saved, capsys):
+    from lmcls_helpers.profiles import get_profile
+
+    for missing in ("/no/such/model", "./models/mine", "~/models/llama", "a/b/c"):
+        monkeypatch.setenv("LMCLS_MODEL", missing)
+        with pytest.raises(ValueError, match=r"LMCLS_MODEL=.* names no folder here.*config\.json.*unset it"):
+            get_profile("small", require_device=False)
+    monkeypatch.setenv("LMCLS_MODEL", "HuggingFaceTB/SmolLM2-135M")  # a hub id stays a hub id
+    assert get_profile("small", require_device=False).model_id == "HuggingFaceTB/SmolLM2-135M"
+    monkeypatch.setenv("LMCLS_MODEL", "/no/such/model")  # the command line says it, not a traceback
+    copy = saved["root"] / "small_copy"
+    shutil.copytree(saved["root"] / "words", copy, dirs_exist_ok=True)
+    meta = json.loads((copy / METADATA).read_text())
+    (copy / METADATA).write_text(json.dumps({**meta, "profile": "small"}))
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(copy), "A sentence."])
+    assert exit_info.value.code == 2 and "LMCLS_MODEL=/no/such/model names no folder here" in capsys.readouterr().err
+
+
+def test_command_line_names_the_corrupt_file_and_the_fix(saved, tmp_path, capsys):
+    copy = shutil.copytree(saved["root"] / "words", tmp_path / "words")
+    (copy / METADATA).write_text('{"method": "label_words", "class_names": ["a", "b"')  # cut short by a bad copy
+    loads = models.load_count()
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(copy), "A sentence."])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and f"{copy / METADATA} is corrupt or incomplete" in err and "save_classifier" in err
+    assert "Expecting" not in err and models.load_count() == loads  # no bare parser message, no model loaded
+
+
+def test_command_line_skips_blank_lines_of_a_file(saved, tmp_path, capsys):
+    texts = saved["sentences"][:3]
+    (tmp_path / "texts.txt").write_text(f"\n{texts[0]}\n\n   \n{texts[1]}\n{texts[2]}\n\n")
+    assert main([str(saved["root"] / "words"), "--file", str(tmp_path / "texts.txt")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    expected = torch.softmax(torch.from_numpy(saved["result"].scores[:3]).float(), dim=1).numpy()
+    assert [float(line.split("\t")[1]) for line in lines] == pytest.approx(expected.max(axis=1), abs=1e-4)
+    models.free_gpu_memory()
+
+
+def test_a_text_longer_than_the_context_is_refused(saved, capsys):
+    classifier = load_classifier(saved["root"] / "words", batch_size=4)
+    context = classifier.model.get_base_model().config.max_position_embeddings
+    long_text = " ".join(["The cat sat on the mat."] * 1000)  # 6,000 words
+    with pytest.raises(ValueError, match=rf"Text 1 .* more than the {context:,} the model can read.*split it"):
+        classifier.predict_proba([saved["sentences"][0], long_text])
+    fits = " ".join(saved["sentences"][0].split()[:5])
+    assert classifier.predict_proba([fits]).shape == (1, 2)
+    del classifier
+    models.free_gpu_memory()
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(saved["root"] / "words"), long_text])
+    assert exit_info.value.code == 2 and "more than the" in capsys.readouterr().err
+    models.free_gpu_memory()
