@@ -48,6 +48,18 @@ GPUS = {gpu: {"capacity_gib": capacity, "workspace_mib": workspace} for gpu, cap
     ("A100 80 GB", 79.2, 8.125), ("H100 80 GB", 79.2, 32.0))}
 
 
+#: The suite's one rule for "fits" (notebook 5, section 6): a step fits a GPU when its estimated peak of allocated
+#: tensors plus HEADROOM_GIB is at most the GPU's capacity minus its CUDA context. The headroom is for what the
+#: peak leaves out, the allocator's reserved but unused (fragmented) blocks: at the tutorial's step 0.35 GiB (H200)
+#: and 0.47 GiB (H100) above the peak.
+HEADROOM_GIB = 0.5
+
+
+def fits(peak_gib: float, capacity_gib: float, context_gib: float) -> bool:
+    """Whether a step whose estimated peak is ``peak_gib`` fits a GPU: peak + :data:`HEADROOM_GIB` <= capacity - context."""
+    return peak_gib + HEADROOM_GIB <= capacity_gib - context_gib
+
+
 def cuda_context_gib(data: Mapping | None = None) -> dict[str, float]:
     """GiB the driver counts beyond the tensors right after loading, per GPU of :data:`GPUS` (notebook 5).
 

@@ -161,12 +161,14 @@ def total_bytes(table: pd.DataFrame) -> int:
     return int(table["bytes"].sum() + table["state_bytes"].sum())
 
 
-def fits_in_memory(nbytes: int, device: str, headroom: float = 1.2) -> bool:
-    """Whether ``nbytes`` of weights (times ``headroom`` for activations) fit in the GPU's free memory.
+def fits_in_memory(nbytes: int, device: str) -> bool:
+    """Whether ``nbytes`` of weights fit in the GPU's free memory, by notebook 5's rule (:func:`memory.fits`).
 
     On the CPU the answer is yes: the tiny model is small, and the full profile always has a GPU.
     """
-    return device != "cuda" or nbytes * headroom <= torch.cuda.mem_get_info()[0]  # (free, total) bytes
+    from .memory import fits  # memory imports this module
+
+    return device != "cuda" or fits(nbytes / 2**30, torch.cuda.mem_get_info()[0] / 2**30, 0.0)  # free: net of the context
 
 
 def checkpoint_tensor(model_id: str, name: str) -> torch.Tensor:
