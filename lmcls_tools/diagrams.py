@@ -43,3 +43,55 @@ def arrow(ax: plt.Axes, start: tuple[float, float], end: tuple[float, float], te
     ax.add_patch(FancyArrowPatch(start, end, arrowstyle="-|>", mutation_scale=10, color=color, linewidth=1))
     if text:
         ax.text((start[0] + end[0]) / 2, (start[1] + end[1]) / 2, text, ha="center", va="bottom", fontsize=fontsize)
+
+
+def nf4_block(block, levels) -> plt.Figure:
+    """One block of weights through NF4 (notebook 3, section 2): scaled by its absmax, rounded, stored, restored.
+
+    ``block`` holds one block's weights (bitsandbytes: 64), ``levels`` the 16 sorted NF4 levels. Top: the
+    weights and ±absmax. Middle: each weight / absmax, moved to the nearest level (a grey tick), labelled with
+    its 4-bit code. Bottom: the dequantized weight (code's level × absmax) minus the original.
+    """
+    import numpy as np
+
+    w = np.asarray(block, dtype=np.float64).ravel()
+    lv = np.asarray(levels, dtype=np.float64).ravel()
+    if lv.size != 16 or np.any(np.diff(lv) <= 0):
+        raise ValueError(f"levels must be the 16 NF4 levels in increasing order, got {lv.size} values.")
+    if w.size == 0 or not np.any(w):
+        raise ValueError("block must hold at least one nonzero weight (its absmax is the scale).")
+    absmax = np.abs(w).max()
+    scaled = w / absmax
+    codes = np.searchsorted((lv[1:] + lv[:-1]) / 2, scaled, side="left")  # as torch.bucketize: midpoints below
+    error = lv[codes] * absmax - w
+    x = np.arange(w.size)
+    fig, axes = plt.subplots(3, 1, figsize=(10, 7.2), sharex=True, gridspec_kw={"height_ratios": [1, 2.2, 1]})
+    top, mid, low = axes
+    top.bar(x, w, color=COLORS["frozen"], edgecolor="#555555", linewidth=0.4)
+    for sign in (1, -1):
+        top.axhline(sign * absmax, color="#c0504d", linestyle="--", linewidth=0.8)
+    top.text(w.size - 0.5, absmax, f"±absmax = {absmax:.3g}", ha="right", va="bottom", fontsize=8, color="#c0504d")
+    top.set_ylabel("weight")
+    top.set_title(f"1. the block's {w.size} weights, one scale: absmax", fontsize=10, loc="left")
+    for level in lv:
+        mid.axhline(level, color=COLORS["read"], linewidth=0.7)
+    mid.vlines(x, scaled, lv[codes], color="#888888", linewidth=0.8)
+    mid.scatter(x, scaled, s=12, color="#1f4e79", zorder=3, label="weight / absmax")
+    mid.scatter(x, lv[codes], s=12, marker="_", color="#c0504d", zorder=3, label="nearest NF4 level")
+    for i, (xi, code) in enumerate(zip(x, codes)):
+        mid.text(xi, lv[code] + (0.035 if i % 2 else -0.035), str(code), ha="center", va="center", fontsize=5.5)
+    mid.set_yticks(lv)
+    mid.set_yticklabels([f"{v:+.2f}" for v in lv], fontsize=6)
+    mid.set_ylim(-1.1, 1.1)
+    mid.set_ylabel("scaled weight (16 levels)")
+    mid.legend(loc="upper left", fontsize=7, ncol=2, framealpha=0.9)
+    mid.set_title("2. divide by absmax, round to the nearest of 16 levels: the number at each is its 4-bit code",
+                  fontsize=10, loc="left")
+    low.bar(x, error, color=COLORS["trained"], edgecolor="#555555", linewidth=0.4)
+    low.axhline(0, color="#555555", linewidth=0.6)
+    low.set_ylabel("error")
+    low.set_xlabel("position in the block")
+    low.set_title(f"3. dequantized (level × absmax) − original: mean |error| {np.abs(error).mean():.3g}",
+                  fontsize=10, loc="left")
+    fig.tight_layout()
+    return fig
