@@ -71,10 +71,9 @@ _ = torch.manual_seed(profile.seed)
 # %% [markdown]
 # ## 1. Sixteen numbers
 #
-# Four bits make 16 codes. A 4-bit *data type* is nothing more than the list of 16 values those codes
-# stand for, on the scale [-1, 1]; section 2 shows how weights are brought onto that scale. Which 16
-# values to pick is the whole design question. bitsandbytes offers two answers, and we read both
-# from the library rather than retyping them.
+# Four bits make 16 codes. A 4-bit *data type* is the list of 16 values those codes stand for, on the
+# scale [-1, 1] (section 2 brings weights onto it). Which 16 values is the whole design question;
+# bitsandbytes offers two answers, read here from the library.
 
 # %%
 nf4_levels = bnbf.get_4bit_type("nf4", device="cpu")  # (16,): code i stands for nf4_levels[i]
@@ -256,7 +255,9 @@ def tail_stats(w: torch.Tensor) -> dict:
     packed_w, state_w = bnbf.quantize_4bit(w, blocksize=blocksize, quant_type="nf4")
     error = bnbf.dequantize_4bit(packed_w, state_w) - w
     near_zero = torch.isin(quant.unpack_codes(packed_w), nf4_levels.abs().argsort()[:3])  # codes of -0.09, 0, 0.08
+    typical_max = torch.special.ndtri(torch.tensor(1 - (1 - 0.5 ** (1 / w.numel())) / 2, dtype=torch.float64))
     return {"weights": w.numel(), "kurtosis": (z**4).mean().item(), "largest |w| (SD)": z.abs().max().item(),
+            "... of as many normal draws (median, SD)": typical_max.item(),
             "share on the 3 levels nearest 0": near_zero.float().mean().item(),
             "NF4 mean |error| / mean |w|": (error.abs().mean() / w.abs().mean()).item()}
 
@@ -280,8 +281,9 @@ assert tails.loc["SmolLM2-135M", "share on the 3 levels nearest 0"] > tails.loc[
 # The pre-trained matrix has far heavier tails: a few large weights set their blocks' absmax, the rest
 # are squeezed onto those three levels (the taller peak; the spikes at ±1 are each block's absmax), and
 # NF4's relative error grows. Compare the kurtosis and the largest weight of every row with the normal
-# draws': a matrix can be heavy-tailed and still *round* like normal draws (the last two columns), when
-# its outliers are too few to change many blocks. Outliers, not the bulk, make 4 bits hard.
+# draws' (the column after it says how far the largest of as many normal draws typically lies): a matrix
+# can be heavy-tailed and still *round* like normal draws (the last two columns), when its outliers are
+# too few to change many blocks. Outliers, not the bulk, make 4 bits hard.
 #
 # ## 4. Double quantization
 #
@@ -343,9 +345,8 @@ print(f"{len(dev)} dev sentences, label ids {label_ids}")
 
 
 # %% [markdown]
-# Perplexity is exp of the mean next-token cross-entropy over the real tokens. A token counts only if
-# both it and the token before it are real: with left padding, the first real token would otherwise be
-# "predicted" from padding.
+# Perplexity is exp of the mean next-token cross-entropy over the real tokens; a token counts only if
+# the token before it is real too.
 
 # %%
 def perplexity(model, tokenizer, texts, batch_size):
@@ -471,8 +472,9 @@ for name, run in runs.items():
 # a small model not at a sharp optimum can take random nudges without harm. A fall would not make 4 bits
 # better either: rounding adds noise to every weight, not a regularizer you can count on.
 #
-# > **Three worlds.** The tiny model's weights were barely trained: rounding moves few of its answers,
-# > so "almost no flips" here says little about a real LLM. The small profile's real 135M model, with
+# > **Three worlds.** The tiny model's weights were barely trained. They are heavy-tailed (section 3's
+# > kurtosis above 3, a largest weight well beyond the normal draws' median) yet round like normal draws,
+# > and rounding moves few of its answers, so "almost no flips" here says little about a real LLM. The small profile's real 135M model, with
 # > the heavy-tailed weights of section 3 and little redundancy, loses more: NF4 raises its perplexity
 # > by about a quarter. On `full`, section 2's matrix is Llama-3-8B's own.
 #
@@ -535,7 +537,7 @@ course.finish("03_quantization_inspection", profile)  # the time taken against t
 # ## Summary
 #
 # - NF4's 16 levels are normalized quantiles of N(0, 1), so bell-shaped weights use all codes about
-#   equally. FP4 spends three codes within 0.006 of zero (two of them +0.0) and jumps to ±0.167, so its
+#   equally. FP4 spends four codes within 0.006 of zero (two of them +0.0) and jumps to ±0.167, so its
 #   errors are larger.
 # - 4-bit quantization is three short steps per block of 64: divide by the absmax, round to the nearest
 #   level, pack two codes per byte. Ours equals bitsandbytes bit for bit.

@@ -42,3 +42,28 @@ def test_nf4_block_puts_the_absmax_on_an_end_level():
 def test_nf4_block_refuses_bad_input(block, levels, match):
     with pytest.raises(ValueError, match=match):
         diagrams.nf4_block(block, levels)
+
+
+def _estimate():
+    from lmcls_helpers.memory import estimate_training_memory
+    from lmcls_helpers.profiles import LLAMA3_8B_CONFIG
+
+    return estimate_training_memory(LLAMA3_8B_CONFIG, batch_size=8, seq_len=86)
+
+
+def test_memory_over_step_peaks_at_the_estimators_total():
+    est = _estimate()
+    fig = diagrams.memory_over_step(est, num_layers=32)
+    assert isinstance(fig, plt.Figure)
+    ax = fig.axes[0]
+    top = max(max(p.get_paths()[0].vertices[:, 1]) for p in ax.collections)
+    assert top == pytest.approx(est["total"], rel=1e-6)  # the stack reaches the estimated peak, not beyond
+    assert any(f"{est['total']:.2f} GiB" in t.get_text() for t in ax.texts)
+    plt.close(fig)
+
+
+def test_memory_over_step_refuses_bad_input():
+    with pytest.raises(ValueError, match="estimate lacks"):
+        diagrams.memory_over_step({"total": 1.0}, num_layers=2)
+    with pytest.raises(ValueError, match="num_layers"):
+        diagrams.memory_over_step(_estimate(), num_layers=0)
