@@ -98,7 +98,6 @@ assert len(set(fp4_levels.tolist())) == 15, "FP4's codes 0 and 8 should be one v
 # the QLoRA paper places the levels at *quantiles* of N(0, 1): 8 on the positive side, 7 on the
 # negative side, plus an exact zero, then divides by the largest. The top probability cannot be 1
 # (its quantile is infinite), so bitsandbytes stops at δ = 0.9677, between 1 − 1/32 and 1 − 1/30.
-# Let us rebuild the table.
 
 # %%
 delta = 0.9677083  # bitsandbytes' offset: the probability of the outermost level
