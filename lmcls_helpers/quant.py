@@ -150,12 +150,6 @@ def by_kind(table: pd.DataFrame) -> pd.DataFrame:
     return summary
 
 
-def gib_by_part(table: pd.DataFrame) -> dict[str, float]:
-    """GiB per part of the model, with all quantization scales as one extra part (for stacked bars)."""
-    parts = (table.groupby("kind", sort=False)["bytes"].sum() / 2**30).to_dict()
-    return {**parts, "absmax scales": table["state_bytes"].sum() / 2**30}
-
-
 def total_bytes(table: pd.DataFrame) -> int:
     """Everything a parameter table stores: parameters plus quantization scales."""
     return int(table["bytes"].sum() + table["state_bytes"].sum())

@@ -139,7 +139,7 @@ pd.DataFrame({
 }, index=list(phase_names)).round(2)
 
 # %% [markdown]
-# (Empty cells were not recorded.) On the H100 the driver's count is 0.6 to 1.1 GiB above the tensors'
+# On the H100 the driver's count is 0.6 to 1.1 GiB above the tensors'
 # peak: the CUDA context and the allocator's cache. Right after loading it is mostly the context. The
 # T4's context was never measured; we **assume** it from the tutorial's figure after loading minus the
 # H100's tensors, which holds only if the tutorial's model had the same tensors:
@@ -154,7 +154,7 @@ print(f"H100, measured: {loaded['smi']:.3f} GiB driver's count - {loaded['alloca
       f"{dq_shift:.2f} GiB: had the tutorial used it, the T4's context would be {contexts['T4 16 GB'] + dq_shift:.2f} GiB")
 
 # %% [markdown]
-# So the T4's context is an assumption with an uncertainty as large as itself. Each GPU's budget for
+# So the T4's context is an assumption, uncertain by more than its own size. Each GPU's budget for
 # tensors is its capacity minus its context (cards without a figure get the H100's larger one); the
 # red lines in section 1.
 #
@@ -238,7 +238,7 @@ print(f"Mistral-7B: half-byte rule {half_byte_gb:.2f} GB; 4-bit projections {pac
 #
 # ## 4. A training step, phase by phase
 #
-# We follow the tutorial's order after loading: an evaluation forward pass, LoRA attached, training
+# We follow the Llama 3 tutorial's order after loading: an evaluation forward pass, LoRA attached, training
 # steps. The batch is random token ids (memory depends on shapes, not words), labelled only at the last
 # position, as the tutorial's targets.
 
@@ -319,10 +319,10 @@ fig = diagrams.memory_over_step(estimate, LLAMA3_8B_CONFIG["num_hidden_layers"],
 plots.show(fig, "05_memory_over_step")
 
 # %% [markdown]
-# The weights (section 3), LoRA and AdamW's state stay resident. The forward pass keeps what each block's
-# backward will need, so the activations pile up block by block; the loss adds the logits; the backward
-# pass frees each block's activations as it makes that block's LoRA gradients; the optimizer step uses
-# the gradients and `zero_grad(set_to_none=True)` frees them. The peak is at the loss.
+# The weights, LoRA and AdamW's state stay resident. The forward pass keeps what each block's backward
+# will need, so the activations pile up; the loss adds the logits; backward frees each block's
+# activations as it makes its LoRA gradients; after the optimizer step `zero_grad(set_to_none=True)`
+# frees those. The peak is at the loss.
 #
 # **LoRA and optimizer.** Each projection gets A (r × in) and B (out × r) in fp32; AdamW keeps two fp32
 # moments per value; the gradients barely exist at the peak.
@@ -449,7 +449,7 @@ plots.show(fig, "05_measured_branches")
 branches.round(3)
 
 # %% [markdown]
-# Every branch lands within a few percent, slightly low. Checkpointing about halves the peak and
+# Every branch lands within a few percent, slightly low. Checkpointing halves the peak or better and
 # lengthens the step (backward runs each block's forward again). The last row is peft's
 # `prepare_model_for_kbit_training`, which most QLoRA recipes call and these notebooks do not: it casts
 # the embeddings, norms and LM head to fp32, and the fp32 hidden states they hand on grow the activations too.
@@ -487,10 +487,10 @@ t4_tutorial_peak = memory.estimate_training_memory(LLAMA3_8B_CONFIG, **base, dty
                                                    workspace_mib=t4_spec["workspace_mib"])["total"]
 
 # %% [markdown]
-# The tutorial's step ran, but by our rule it had no room to spare: its driver's count, 14.68 of 14.75,
-# is that step with the allocator holding everything it could. The label-position step fits with room,
-# so the full profile does not checkpoint on a T4, as the tutorial did not. Bigger micro-batches, by
-# recipe (estimated peak in GiB; the rule against the T4's budget):
+# By the rule the Llama 3 tutorial's step does not fit: it leaves less than the headroom. It ran nonetheless,
+# just: its driver's count, 14.68 of 14.75, is that step with the allocator holding all it could. The
+# label-position step fits with room, so the full profile does not checkpoint on a T4, as the tutorial
+# did not. Bigger micro-batches, by recipe (estimated peak in GiB, and the rule's verdict for a T4):
 
 # %%
 recipes = {"tutorial (all logits)": {"logits": "all"}, "label logits": {"logits": "label"},
@@ -498,8 +498,7 @@ recipes = {"tutorial (all logits)": {"logits": "all"}, "label logits": {"logits"
 peaks = pd.DataFrame({name: {b: memory.estimate_training_memory(LLAMA3_8B_CONFIG, batch_size=b, seq_len=86,
                              dtype=torch.float16, workspace_mib=t4_spec["workspace_mib"], **kw)["total"]
                              for b in (8, 16, 32)} for name, kw in recipes.items()}).rename_axis("micro-batch")
-fits_t4 = peaks.map(lambda gib: memory.fits(gib, t4_spec["capacity_gib"], contexts["T4 16 GB"]))
-peaks.round(2).astype(str) + fits_t4.map({True: " fits", False: " no"})
+peaks.map(lambda gib: f"{gib:.2f} " + ("fits" if memory.fits(gib, t4_spec["capacity_gib"], contexts["T4 16 GB"]) else "no"))
 
 # %% [markdown]
 # Checkpointing is what changes the picture: the activations of 32 blocks no longer pile up, and four
@@ -510,7 +509,7 @@ peaks.round(2).astype(str) + fits_t4.map({True: " fits", False: " no"})
 left = pd.DataFrame({gpu: {name: budgets[gpu] - memory.HEADROOM_GIB - memory.estimate_training_memory(
     LLAMA3_8B_CONFIG, **{**base, **knobs}, workspace_mib=spec["workspace_mib"])["total"] for name, knobs in variants.items()}
     for gpu, spec in memory.GPUS.items()})
-fig = plots.fits_heatmap(left)
+fig = plots.fits_heatmap(left, title=f"GiB left after a training step and the {memory.HEADROOM_GIB} GiB headroom")
 plots.show(fig, "05_fits_heatmap")
 
 # %% [markdown]
@@ -542,9 +541,8 @@ print(f"measured: {adam_mib['AdamW']:.0f} MiB -> {adam_mib['AdamW8bit']:.0f} MiB
 assert abs((adam_mib["AdamW"] - adam_mib["AdamW8bit"]) / 1024 - saving) < 0.01
 
 # %% [markdown]
-# A tenth of a GiB: with LoRA there is little optimizer state to shrink. It matters when *all* weights
-# train (8B × 6 bytes saved). Try any setting with the sliders (in Jupyter or Colab; a rendered notebook
-# shows the default setting's figure):
+# A tenth of a GiB: LoRA has little optimizer state to shrink. Try any setting with the sliders (in
+# Jupyter or Colab; a rendered notebook shows the defaults):
 
 # %%
 plots.memory_explorer(LLAMA3_8B_CONFIG, budgets)
