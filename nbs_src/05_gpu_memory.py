@@ -512,6 +512,7 @@ left = pd.DataFrame({gpu: {name: budgets[gpu] - memory.HEADROOM_GIB - memory.est
 fig = plots.fits_heatmap(left, title=f"GiB left after a training step and the {memory.HEADROOM_GIB} GiB headroom")
 plots.show(fig, "05_fits_heatmap")
 
+
 # %% [markdown]
 # **8-bit AdamW** stores Adam's two moments in 8 bits (one fp32 scale per 256 values; tensors under
 # 4,096 values stay fp32). Measured here on zero tensors shaped like Llama-3-8B's LoRA weights:
