@@ -1,10 +1,10 @@
-"""4-bit quantization bookkeeping (notebook 3): what a quantized model holds, and what 8B weighs.
+"""4-bit quantization bookkeeping: what a quantized model holds (notebook 3), and what 8B weighs (notebook 5).
 
 The arithmetic itself (absmax, scale, nearest level, pack two codes per byte) is taught cell by
 cell in notebook 3, section 2; :func:`quantize_4bit_by_hand` is the tested copy of those cells.
 Everything else here is accounting: a parameter table of a loaded model, and the same table
-predicted from a config alone (so Llama-3-8B can be weighed without a download; notebook 3 checks
-it against the measurement shipped in ``measurements/``, read by :mod:`lmcls_helpers.memory`).
+predicted from a config alone (so Llama-3-8B can be weighed without a download; notebook 5, section 3,
+checks it against the measurement shipped in ``measurements/``, read by :mod:`lmcls_helpers.memory`).
 """
 
 from __future__ import annotations

@@ -53,7 +53,6 @@ profile = course.start("05_gpu_memory", PROFILE)  # the profile, its world, logi
 
 # %%
 import bitsandbytes as bnb
-import numpy as np
 import pandas as pd
 import torch
 from peft import get_peft_model

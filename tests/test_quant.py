@@ -217,7 +217,7 @@ def test_shipped_measurement_explains_the_8b_estimate():
 
 
 def test_mistral_7b_in_nf4_exceeds_the_half_byte_rule():
-    """Notebook 3, section 5: scales and the bf16 embedding/LM head put a 4-bit Mistral-7B above 0.5 byte/weight."""
+    """Notebook 5, section 3: scales and the bf16 embedding/LM head put a 4-bit Mistral-7B above 0.5 byte/weight."""
     mistral = quant.predicted_table({**LLAMA3_8B_CONFIG, "vocab_size": 32000, "tie_word_embeddings": False},
                                     dtype=torch.bfloat16, double_quant=True)
     naive = mistral["weights"].sum() * 0.5
