@@ -475,7 +475,7 @@ for name, run in runs.items():
 # > kurtosis above 3, a largest weight well beyond the normal draws' median) yet round like normal draws,
 # > and rounding moves few of its answers, so "almost no flips" here says little about a real LLM. The small profile's real 135M model, with
 # > the heavy-tailed weights of section 3 and little redundancy, loses more: NF4 raises its perplexity
-# > by about a quarter. On `full`, section 2's matrix is Llama-3-8B's own.
+# > by about a quarter on CoLA's sentences. On `full`, section 2's matrix is Llama-3-8B's own.
 #
 # The self-check asks what "NF4 costs little" should mean wherever the unquantized model fits:
 # perplexity moves little (the tests hold each profile's bound on `nf4_perplexity_rise`), and where the
