@@ -249,7 +249,7 @@ def score_seconds(model, profile, config: dict, batch_size: int, lean: bool, bat
 
 
 def notebook5_phases(profile, config: dict) -> tuple[dict, object, object]:
-    """Notebook 5's seven phases (section 2), measured the same way; returns them, the LoRA model and its AdamW."""
+    """Notebook 5's seven phases (sections 3-4), measured the same way; returns them, the LoRA model and its AdamW."""
     device = profile.device
     batch = make_batch(config, profile.micro_batch_size, device)
     meter = memory.MemoryMeter(device)

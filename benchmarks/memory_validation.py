@@ -71,7 +71,7 @@ def estimate_forward_memory(
 
 
 def estimate_phases(config, *, batch_size: int, seq_len: int, lora_r: int = 8, **common) -> dict[str, dict]:
-    """The estimators' components for each phase name notebook 5 (section 2) and ``gpu_memory`` measure.
+    """The estimators' components for each phase name notebook 5 (sections 3-4) and ``gpu_memory`` measure.
 
     ``common`` goes to both estimators (quant, double_quant, dtype, device, workspace_mib);
     ``padding`` (default True), ``grad_checkpointing`` and ``lora_dropout`` to the training one.

@@ -1,6 +1,6 @@
 """Memory of 4-bit LoRA fine-tuning: measured per phase, and predicted from the config (notebook 5).
 
-Three different numbers get called "GPU memory used" (notebook 5, section 1):
+Three different numbers get called "GPU memory used" (notebook 5, section 2):
 
 * **allocated** (``torch.cuda.memory_allocated``, peak: ``max_memory_allocated``): bytes of live tensors.
 * **reserved** (``torch.cuda.memory_reserved``): what PyTorch's caching allocator holds from the driver,
@@ -9,7 +9,7 @@ Three different numbers get called "GPU memory used" (notebook 5, section 1):
   library handles) and anything else on the GPU. The Llama 3 tutorial's figures are of this kind.
 
 :func:`estimate_training_memory` predicts the peak of *allocated* during a training step from the
-architecture alone, one commented formula per component; section 4 derives each term. Its check
+architecture alone, one commented formula per component; section 5 derives each term. Its check
 against every shipped GPU measurement lives in ``benchmarks/memory_validation.py``, which writes the
 table notebook 5 shows (:data:`VALIDATION`).
 """
@@ -37,7 +37,7 @@ GIB, MIB = 2**30, 2**20
 TUTORIAL_SEQ_LEN = 86
 #: The reference measurement (H100), in the folder of every shipped measurement (package data).
 MEASUREMENTS = MEASURED / "gpu_measurements.json"
-#: The estimator against every shipped measurement, per phase and per measured branch (notebook 5, section 5);
+#: The estimator against every shipped measurement, per phase and per measured branch (notebook 5, section 6);
 #: ``python -m benchmarks.memory_validation`` writes it from the files next to it.
 VALIDATION = MEASURED / "estimator_validation.json"
 #: Memory visible to CUDA (GiB, about what ``torch.cuda.get_device_properties(0).total_memory`` reports;
@@ -46,6 +46,18 @@ VALIDATION = MEASURED / "estimator_validation.json"
 GPUS = {gpu: {"capacity_gib": capacity, "workspace_mib": workspace} for gpu, capacity, workspace in (
     ("T4 16 GB", 14.75, 8.125), ("L4 24 GB", 22.0, 8.125), ("A100 40 GB", 39.4, 8.125),
     ("A100 80 GB", 79.2, 8.125), ("H100 80 GB", 79.2, 32.0))}
+
+
+#: The suite's one rule for "fits" (notebook 5, section 7): a step fits a GPU when its estimated peak of allocated
+#: tensors plus HEADROOM_GIB is at most the GPU's capacity minus its CUDA context. The headroom is for what the
+#: peak leaves out, the allocator's reserved but unused (fragmented) blocks: at the tutorial's step 0.35 GiB (H200)
+#: and 0.47 GiB (H100) above the peak.
+HEADROOM_GIB = 0.5
+
+
+def fits(peak_gib: float, capacity_gib: float, context_gib: float) -> bool:
+    """Whether a step whose estimated peak is ``peak_gib`` fits a GPU: peak + :data:`HEADROOM_GIB` <= capacity - context."""
+    return peak_gib + HEADROOM_GIB <= capacity_gib - context_gib
 
 
 def cuda_context_gib(data: Mapping | None = None) -> dict[str, float]:
@@ -148,7 +160,7 @@ def estimate_training_memory(
 ) -> dict[str, float]:
     """GiB per component at the peak of one training step; ``total`` predicts ``max_memory_allocated``.
 
-    Derived and checked in notebook 5, sections 4-5. ``logits="label"``: the LM head runs only at the
+    Derived and checked in notebook 5, sections 5-6. ``logits="label"``: the LM head runs only at the
     position that predicts the label. ``dtype`` is the compute dtype; LoRA weights, gradients and
     optimizer state are fp32 (peft's default). ``padding``: the batch carries a padding mask.
     ``grad_accum_steps > 1`` keeps earlier micro-batches' gradients at the peak. ``hold_logits``: the
@@ -202,7 +214,7 @@ def estimate_training_memory(
 
 
 class TensorBytes(TorchDispatchMode):
-    """Live and peak bytes of CPU tensors: a stand-in for the CUDA allocator's statistics (notebook 5, section 2).
+    """Live and peak bytes of CPU tensors: a stand-in for the CUDA allocator's statistics (notebook 5, section 3).
 
     Every tensor an operation creates inside ``with tracker:`` is counted until its storage is freed;
     :meth:`track` adds tensors that existed before (a model's weights, an optimizer's state).
@@ -248,7 +260,7 @@ class TensorBytes(TorchDispatchMode):
 
 
 class MemoryMeter:
-    """GiB per phase, the same way on both profiles (notebook 5, section 2).
+    """GiB per phase, the same way on both profiles (notebook 5, sections 3-4).
 
     On a GPU: ``allocated`` and ``peak`` (``memory_allocated``/``max_memory_allocated``, tensors),
     ``reserved`` (the caching allocator's), ``smi`` (``mem_get_info`` total - free: the driver's view,

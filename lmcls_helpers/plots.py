@@ -227,20 +227,6 @@ def _stacked_barh(ax, frame: pd.DataFrame, xlabel: str, colors=None) -> None:
     ax.invert_yaxis()
 
 
-def stacked_gib(parts: dict, measured: float | None = None, title: str = "",
-                measured_label: str = "measured NF4") -> plt.Figure:
-    """Horizontal stacked bars: GiB per model part for each storage format (``{format: {part: GiB}}``).
-
-    ``measured_label`` says where the dashed line's figure comes from (measured here, or shipped).
-    """
-    fig, ax = _figure(title)
-    _stacked_barh(ax, pd.DataFrame.from_dict(parts, orient="index"), "GiB (2**30 bytes)")
-    if measured is not None:
-        ax.axvline(measured, color="black", linestyle="--", linewidth=1, label=f"{measured_label}: {measured:.2f} GiB")
-    ax.legend(fontsize=7, loc="lower right")
-    return fig
-
-
 def memory_phases(rows: list[dict], capacity_gib: float | None = None, capacity_label: str = "",
                   title: str = "", ymax: float | None = None) -> plt.Figure:
     """Stacked bars per phase from ``memory.phase_segments`` rows, with the device's capacity as a line (notebook 5).
@@ -314,19 +300,6 @@ def fits_heatmap(headroom, tight_gib: float = 1.0, title: str = "") -> plt.Figur
     ax.set(xlabel=f"GPU (cells: GiB left; red < 0 does not fit, amber < {tight_gib:g} is tight)", ylabel="",
            title=title or "memory left after a training step")
     ax.tick_params(labelsize=7)
-    return fig
-
-
-def memory_sweep(curves: dict, capacities: dict | None = None, xlabel: str = "batch size",
-                 title: str = "") -> plt.Figure:
-    """Estimated peak GiB against one knob, one line per setting, GPU capacities as horizontal lines."""
-    fig = line_chart({label: (xs, ys, {"markersize": 3}) for label, (xs, ys) in curves.items()},
-                     "GiB at the peak (estimated)", title, xlabel)
-    ax = fig.axes[0]
-    for cap, name in _capacity_labels(capacities, 1.3 * max(max(ys) for _, ys in curves.values())).items():
-        ax.axhline(cap, color="red", linestyle="--", linewidth=0.8)
-        ax.annotate(name, (1, cap), xycoords=("axes fraction", "data"), ha="right", va="bottom", fontsize=7, color="red")
-    ax.legend(fontsize=7, loc="upper left")
     return fig
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from .memory import cublas_workspace_mib, cuda_context_gib, estimate_training_memory, fits
 from .paths import build_dir
 
 #: Label 0 is "unacceptable", label 1 is "acceptable", as in CoLA. Leading spaces matter (notebook 1).
@@ -122,13 +123,6 @@ def _require_gpu_and_bitsandbytes(name: str) -> None:
                            "it for this CUDA version (`pip install -U bitsandbytes`), restart the runtime, or use 'tiny'.") from err
 
 
-#: GiB of GPU memory below which the full profile's micro-batch of 8 needs gradient checkpointing: a T4
-#: (14.75 GiB visible) does, an L4 (22 GiB) and larger GPUs do not. Notebook 5's estimator puts the step
-#: (86-token prompts, label-position logits) at 13.2 GiB; with the GPU's CUDA context and 10% kept free for
-#: fragmentation and longer prompts, it fits from 15.3 GiB up (``tests/test_profiles.py`` checks this).
-CHECKPOINTING_BELOW_GIB = 15.3
-
-
 def _full(require_device: bool = True, name: str = "full") -> Profile:
     """The tutorial's sizes on a Colab GPU; without one (planning from a laptop, ``require_device=False``) a free T4.
 
@@ -141,12 +135,17 @@ def _full(require_device: bool = True, name: str = "full") -> Profile:
         _require_gpu_and_bitsandbytes(name)
     dtype = torch.bfloat16 if gpu and torch.cuda.get_device_capability()[0] >= 8 else torch.float16
     gib = torch.cuda.get_device_properties(0).total_memory / 2**30 if gpu else 14.75
+    # micro-batch 8 as the tutorial, which held it on a T4 without checkpointing: we checkpoint only where notebook 5's
+    # estimator (86-token prompts, the label-position loss) says the step does not fit, by the suite's one rule
+    contexts = cuda_context_gib()
+    context = contexts["T4 16 GB"] if gib < 15 else max(contexts.values())  # a T4's assumed context, else the larger
+    peak = estimate_training_memory(LLAMA3_8B_CONFIG, batch_size=8, seq_len=86, logits="label", dtype=dtype,
+                                    workspace_mib=cublas_workspace_mib("cuda") if gpu else 8.125)["total"]
     model_id = _custom_model() or "meta-llama/Meta-Llama-3-8B"
     return Profile(name="full", model_id=model_id, tokenizer_id=model_id, cola_root=_cola_root(),
                    ledger_path=build_dir("tiny", "ledger", "ledger.csv"), device="cuda", compute_dtype=dtype,
                    eval_batch_size=16 if dtype == torch.bfloat16 else 8,
-                   # micro-batch 8 as the tutorial (it held 8 without checkpointing, "just barely"); we checkpoint
-                   gradient_checkpointing=gib < CHECKPOINTING_BELOW_GIB, eval_every=100,
+                   gradient_checkpointing=not fits(peak, gib, context), eval_every=100,
                    max_steps=80,  # notebooks 6 and 7 train 3 and 12 runs: 640 examples each fits a class hour on a T4
                    sample_sizes=(64,), ledger_max_lines=400,
                    max_train_examples=4000,  # 3,600 to train on, 400 to validate: a class hour on a T4

@@ -1,10 +1,10 @@
-"""4-bit quantization bookkeeping (notebook 3): what a quantized model holds, and what 8B weighs.
+"""4-bit quantization bookkeeping: what a quantized model holds (notebook 3), and what 8B weighs (notebook 5).
 
 The arithmetic itself (absmax, scale, nearest level, pack two codes per byte) is taught cell by
 cell in notebook 3, section 2; :func:`quantize_4bit_by_hand` is the tested copy of those cells.
 Everything else here is accounting: a parameter table of a loaded model, and the same table
-predicted from a config alone (so Llama-3-8B can be weighed without a download; notebook 3 checks
-it against the measurement shipped in ``measurements/``, read by :mod:`lmcls_helpers.memory`).
+predicted from a config alone (so Llama-3-8B can be weighed without a download; notebook 5, section 3,
+checks it against the measurement shipped in ``measurements/``, read by :mod:`lmcls_helpers.memory`).
 """
 
 from __future__ import annotations
@@ -150,23 +150,19 @@ def by_kind(table: pd.DataFrame) -> pd.DataFrame:
     return summary
 
 
-def gib_by_part(table: pd.DataFrame) -> dict[str, float]:
-    """GiB per part of the model, with all quantization scales as one extra part (for stacked bars)."""
-    parts = (table.groupby("kind", sort=False)["bytes"].sum() / 2**30).to_dict()
-    return {**parts, "absmax scales": table["state_bytes"].sum() / 2**30}
-
-
 def total_bytes(table: pd.DataFrame) -> int:
     """Everything a parameter table stores: parameters plus quantization scales."""
     return int(table["bytes"].sum() + table["state_bytes"].sum())
 
 
-def fits_in_memory(nbytes: int, device: str, headroom: float = 1.2) -> bool:
-    """Whether ``nbytes`` of weights (times ``headroom`` for activations) fit in the GPU's free memory.
+def fits_in_memory(nbytes: int, device: str) -> bool:
+    """Whether ``nbytes`` of weights fit in the GPU's free memory, by notebook 5's rule (:func:`memory.fits`).
 
     On the CPU the answer is yes: the tiny model is small, and the full profile always has a GPU.
     """
-    return device != "cuda" or nbytes * headroom <= torch.cuda.mem_get_info()[0]  # (free, total) bytes
+    from .memory import fits  # memory imports this module
+
+    return device != "cuda" or fits(nbytes / 2**30, torch.cuda.mem_get_info()[0] / 2**30, 0.0)  # free: net of the context
 
 
 def checkpoint_tensor(model_id: str, name: str) -> torch.Tensor:

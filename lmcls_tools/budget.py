@@ -170,9 +170,9 @@ def _plan_03(profile, sizes) -> Plan:
     fits = profile.device != "cuda" or (torch.cuda.is_available() and quant.fits_in_memory(quant.total_bytes(
         quant.predicted_table(llama_config(profile), dtype=profile.compute_dtype, quantize=False)), profile.device))
     precisions = 4 + fits  # NF4, NF4 + double quant, FP4, FP4 + double quant (+ 16-bit)
-    # one NF4 load to inspect, then each precision: scored once with the prompt, once for perplexity; perplexity
-    # reads the bare sentence (about a third of the prompt's tokens, with logits at every one): half an example
-    return Plan(1 + precisions, 0, round(precisions * 1.5 * sizes["dev"] + 0.5 * 64), seq_len=profile.prompt_tokens)
+    # each precision: scored once with the prompt, once for perplexity; perplexity reads the bare sentence
+    # (about a third of the prompt's tokens, with logits at every one): half an example
+    return Plan(precisions, 0, round(precisions * 1.5 * sizes["dev"]), seq_len=profile.prompt_tokens)
 
 
 def _plan_04(profile, sizes) -> Plan:

@@ -100,4 +100,106 @@ def readout(tokens, logits, label_words, attention_mask=None, shown: int = 6,
         arrow(ax, (7.82, y + height / 2), (8.18, y + height / 2))
         box(ax, 8.2, y + 0.05, 1.6, height - 0.1, f"P = {p:.3f}", color="white", fontsize=9)
     ax.text(9.0, 2.08, "softmax over\nthe label logits", ha="center", va="bottom", fontsize=7)
+
+
+def nf4_block(block, levels) -> plt.Figure:
+    """One block of weights through NF4 (notebook 3, section 2): scaled by its absmax, rounded, stored, restored.
+
+    ``block`` holds one block's weights (bitsandbytes: 64), ``levels`` the 16 sorted NF4 levels. Top: the
+    weights and ±absmax. Middle: each weight / absmax, moved to the nearest level (a grey tick), labelled with
+    its 4-bit code. Bottom: the dequantized weight (code's level × absmax) minus the original.
+    """
+    import numpy as np
+
+    w = np.asarray(block, dtype=np.float64).ravel()
+    lv = np.asarray(levels, dtype=np.float64).ravel()
+    if lv.size != 16 or np.any(np.diff(lv) <= 0):
+        raise ValueError(f"levels must be the 16 NF4 levels in increasing order, got {lv.size} values.")
+    if w.size == 0 or not np.any(w):
+        raise ValueError("block must hold at least one nonzero weight (its absmax is the scale).")
+    absmax = np.abs(w).max()
+    scaled = w / absmax
+    codes = np.searchsorted((lv[1:] + lv[:-1]) / 2, scaled, side="left")  # as torch.bucketize: midpoints below
+    error = lv[codes] * absmax - w
+    x = np.arange(w.size)
+    fig, axes = plt.subplots(3, 1, figsize=(10, 7.2), sharex=True, gridspec_kw={"height_ratios": [1, 2.2, 1]})
+    top, mid, low = axes
+    top.bar(x, w, color=COLORS["frozen"], edgecolor="#555555", linewidth=0.4)
+    for sign in (1, -1):
+        top.axhline(sign * absmax, color="#c0504d", linestyle="--", linewidth=0.8)
+    top.text(w.size - 0.5, -absmax, f"±absmax = {absmax:.3g}", ha="right", va="top", fontsize=8, color="#c0504d")
+    top.set_ylim(-1.6 * absmax, 1.3 * absmax)
+    top.set_ylabel("weight")
+    top.set_title(f"1. the block's {w.size} weights, one scale: absmax", fontsize=10, loc="left")
+    for level in lv:
+        mid.axhline(level, color=COLORS["read"], linewidth=0.7)
+    mid.vlines(x, scaled, lv[codes], color="#888888", linewidth=0.8)
+    mid.scatter(x, scaled, s=12, color="#1f4e79", zorder=3, label="weight / absmax")
+    mid.scatter(x, lv[codes], s=12, marker="_", color="#c0504d", zorder=3, label="nearest NF4 level")
+    for i, (xi, code) in enumerate(zip(x, codes)):
+        mid.text(xi, lv[code] + (0.035 if i % 2 else -0.035), str(code), ha="center", va="center", fontsize=5.5)
+    mid.set_yticks(lv)
+    mid.set_yticklabels([f"{v:+.2f}" for v in lv], fontsize=6)
+    mid.set_ylim(-1.1, 1.1)
+    mid.set_ylabel("scaled weight (16 levels)")
+    mid.legend(loc="upper left", fontsize=7, ncol=2, framealpha=0.9)
+    mid.set_title("2. divide by absmax, round to the nearest of 16 levels: the number at each is its 4-bit code",
+                  fontsize=10, loc="left")
+    low.bar(x, error, color=COLORS["trained"], edgecolor="#555555", linewidth=0.4)
+    low.axhline(0, color="#555555", linewidth=0.6)
+    low.set_ylabel("error")
+    low.set_xlabel("position in the block")
+    low.set_title(f"3. dequantized (level × absmax) − original: mean |error| {np.abs(error).mean():.3g}",
+                  fontsize=10, loc="left")
+    fig.tight_layout()
+    return fig
+
+
+def memory_over_step(estimate, num_layers: int, title: str = "") -> plt.Figure:
+    """Memory rising and falling over one training step (notebook 5), drawn from the estimator's own terms.
+
+    ``estimate`` is :func:`lmcls_helpers.memory.estimate_training_memory`'s dict (GiB per component and
+    ``total``). The weights, LoRA, optimizer state and workspaces stay resident; the activations grow block by
+    block through the forward pass; the logits appear at the loss, where the stack reaches the estimated peak;
+    backward frees the activations block by block while it makes the LoRA gradients; the optimizer step
+    updates the weights and ``zero_grad(set_to_none=True)`` frees the gradients.
+    """
+    import numpy as np
+
+    needed = ("quantized_weights", "weights_16bit", "lora_weights", "optimizer_state", "activations", "logits",
+              "workspace", "total")
+    missing = [k for k in needed if k not in estimate]
+    if missing:
+        raise ValueError(f"estimate lacks {missing}: pass memory.estimate_training_memory(...)'s result.")
+    if num_layers < 1:
+        raise ValueError(f"num_layers must be at least 1, got {num_layers}.")
+    e = {k: float(estimate[k]) for k in needed}
+    resident = e["quantized_weights"] + e["weights_16bit"] + e["lora_weights"] + e["optimizer_state"] + e["workspace"]
+    L = num_layers
+    up, down = np.arange(L + 1) / L, 1 - np.arange(L + 1) / L  # share of the activations kept, block by block
+    t = np.concatenate([np.arange(L + 1), [L, L + 1], L + 1 + np.arange(L + 1), [2 * L + 1.5, 2 * L + 2.5]])
+    activations = np.concatenate([up, [1.0, 1.0], down, [0.0, 0.0]]) * e["activations"]
+    logits = np.concatenate([np.zeros(L + 1), [1.0, 1.0], np.zeros(L + 3)]) * e["logits"]
+    grads = np.concatenate([np.zeros(L + 3), up, [1.0, 0.0]]) * e["lora_weights"]  # fp32, one per LoRA value
+    layers = [(f"weights, LoRA, optimizer state, workspaces: {resident:.2f} GiB", np.full_like(t, resident),
+               COLORS["frozen"]),
+              (f"activations kept for backward: up to {e['activations']:.2f} GiB", activations, COLORS["trained"]),
+              (f"logits and the loss's tensors: {e['logits']:.2f} GiB", logits, "#c0504d"),
+              (f"LoRA gradients: up to {e['lora_weights']:.2f} GiB", grads, COLORS["read"])]
+    fig, ax = plt.subplots(figsize=(9, 4))
+    bottom = np.zeros_like(t)
+    for label, values, color in layers:
+        ax.fill_between(t, bottom, bottom + values, step=None, color=color, label=label, linewidth=0)
+        bottom = bottom + values
+    ax.axhline(e["total"], color="#555555", linestyle="--", linewidth=0.8)
+    ax.text(0.2, e["total"], f"estimated peak {e['total']:.2f} GiB", va="bottom", fontsize=8)
+    ax.set_xticks([0, L / 2, L + 0.5, L + 1 + L / 2, 2 * L + 2])
+    ax.set_xticklabels(["start", f"forward\nblocks 1 → {L}", "loss",
+                        f"backward\nblocks {L} → 1", "optimizer\nstep"], fontsize=8)
+    ax.set_ylabel("GiB allocated")
+    ax.set_ylim(0, 1.25 * e["total"])
+    ax.set_title(title or "memory over one training step", fontsize=11)
+    ax.legend(loc="upper right", fontsize=7, framealpha=0.9)
+    ax.set_xlim(-0.5, 2 * L + 3)
+    fig.tight_layout()
     return fig

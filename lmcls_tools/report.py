@@ -25,9 +25,9 @@ WIDTH = 100
 HEADLINES = {
     "01": ("llama3_label_ids", "llama3_prompt_tokens"),
     "02": ("fewshot_dev_mcc", "fewshot_ood_mcc", "fewshot_dev_accuracy"),
-    "03": ("nf4_mean_abs_error", "fp4_mean_abs_error", "nf4_8b_weights_gib"),
+    "03": ("nf4_mean_abs_error", "fp4_mean_abs_error", "nf4_perplexity_rise"),
     "04": ("fewshot_ood_mcc", "finetuned_ood_mcc", "finetuned_gain_mcc", "resume_matches"),
-    "05": ("estimator_max_rel_error", "t4_tutorial_step_estimated_gib", "h100_tutorial_step_estimated_gib"),
+    "05": ("nf4_8b_weights_gib", "estimator_max_rel_error", "t4_tutorial_step_estimated_gib"),
     "06": ("head_last_real_mcc", "head_position_minus1_mcc", "frozen_head_mcc", "frozen_head_reloaded_mcc"),
     "07": ("label_words_mcc", "head_mcc", "seqcls_mcc", "ledger_head_accuracy"),
     "08": ("words_macro_f1", "head_macro_f1", "fewshot_macro_f1_sum"),

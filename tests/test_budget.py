@@ -85,8 +85,8 @@ def test_loads_count_from_the_plan_line_so_a_world_built_before_it_is_not_counte
 def test_notebook_4_pays_for_recomputation_only_where_the_profile_checkpoints():
     tiny = get_profile("tiny")
     assert not tiny.gradient_checkpointing and not budget.plan_for("04_training_loop", tiny).recompute
-    t4 = get_profile("full", require_device=False)
-    assert t4.gradient_checkpointing and budget.plan_for("04_training_loop", t4).recompute
+    t4 = get_profile("full", require_device=False)  # a T4 holds micro-batch 8 without checkpointing (memory.fits)
+    assert budget.plan_for("04_training_loop", t4).recompute == t4.gradient_checkpointing
 
 
 def test_the_small_profile_is_planned_at_its_own_cpu_rates():

@@ -193,14 +193,14 @@ def test_cuda_context_per_gpu_from_the_driver_counts_after_loading():
 
 
 def test_cuda_contexts_are_small_next_to_the_loaded_model():
-    """Notebook 5, section 1: driver's count minus tensors is positive and well under the 4-bit model."""
+    """Notebook 5, section 2: driver's count minus tensors is positive and well under the 4-bit model."""
     data = memory.load_measurements()
     loaded = data["phases"]["model_loaded_4bit"]["allocated"]
     assert all(0 < v < loaded / 4 for v in memory.cuda_context_gib(data).values())
 
 
 def test_the_tutorials_t4_step_fits_a_t4_and_the_lean_recipe_needs_less():
-    """Notebooks 4 (section 5) and 5 (section 6): the tutorial's step ran on a T4, so its estimate must fit."""
+    """Notebook 5, section 7: the tutorial's step ran on a T4, so its estimate must fit."""
     t4 = memory.GPUS["T4 16 GB"]
     context = memory.cuda_context_gib()["T4 16 GB"]
     budget = t4["capacity_gib"] - context

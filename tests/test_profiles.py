@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -98,18 +100,35 @@ def test_a_profile_without_a_thread_count_leaves_torch_alone():
         torch.set_num_threads(before)
 
 
-def test_full_profile_checkpoints_where_the_memory_estimator_says_a_t4_needs_it():
-    """The profile's plain value agrees with notebook 5's estimator: the step at 86 tokens, label-position
-    logits, against the GPU's capacity net of its CUDA context, with 10% kept free."""
-    from lmcls_helpers.memory import GPUS, cuda_context_gib, estimate_training_memory
-    from lmcls_helpers.profiles import CHECKPOINTING_BELOW_GIB, LLAMA3_8B_CONFIG
+def test_full_profile_checkpoints_only_where_the_estimator_and_the_one_headroom_rule_say_a_t4_cannot_hold_the_step():
+    """Item 7: the full profile at micro-batch 8 of 86-token prompts, label-position loss, decided by memory.fits
+    (the rule notebook 5 uses); on a T4 the step fits, so there is no checkpointing, as in the Llama 3 tutorial."""
+    from lmcls_helpers.memory import GPUS, HEADROOM_GIB, cuda_context_gib, estimate_training_memory, fits
+    from lmcls_helpers.profiles import LLAMA3_8B_CONFIG
 
     full = get_profile("full", require_device=False)  # without a GPU: planned for a T4
-    peak = estimate_training_memory(LLAMA3_8B_CONFIG, batch_size=full.micro_batch_size, seq_len=86,
-                                    dtype=full.compute_dtype, logits="label")["total"]
-    t4, context = GPUS["T4 16 GB"]["capacity_gib"], cuda_context_gib()["T4 16 GB"]
-    assert full.gradient_checkpointing == (peak > 0.9 * (t4 - context)) is True
-    for gpu, spec in GPUS.items():  # on a GPU the profile reads its capacity; the context is the larger known one
-        needs = peak > 0.9 * (spec["capacity_gib"] - max(cuda_context_gib().values()))
-        assert (spec["capacity_gib"] < CHECKPOINTING_BELOW_GIB) == needs, gpu
-    assert CHECKPOINTING_BELOW_GIB == pytest.approx(peak / 0.9 + max(cuda_context_gib().values()), abs=0.05)
+    t4 = GPUS["T4 16 GB"]
+    peak = estimate_training_memory(LLAMA3_8B_CONFIG, batch_size=full.micro_batch_size, seq_len=86, logits="label",
+                                    dtype=full.compute_dtype, workspace_mib=t4["workspace_mib"])["total"]
+    context = cuda_context_gib()["T4 16 GB"]
+    assert full.gradient_checkpointing == (not fits(peak, t4["capacity_gib"], context))
+    assert not full.gradient_checkpointing and peak + HEADROOM_GIB <= t4["capacity_gib"] - context
+
+
+def test_the_checkpointing_decision_follows_the_estimate(monkeypatch):
+    """A bigger estimate (here: a smaller card) turns checkpointing on; the decision is memory.fits, nothing else."""
+    import lmcls_helpers.profiles as profiles
+
+    for peak, expected in ((10.0, False), (14.5, True)):
+        monkeypatch.setattr(profiles, "estimate_training_memory", lambda *a, _p=peak, **k: {"total": _p})
+        assert profiles.get_profile("full", require_device=False).gradient_checkpointing is expected
+
+
+def test_notebook_5_and_the_profile_use_the_same_rule():
+    import inspect
+
+    import lmcls_helpers.profiles as profiles
+
+    notebook = (Path(__file__).parents[1] / "nbs_src" / "05_gpu_memory.py").read_text()
+    assert "memory.fits(" in notebook and "HEADROOM_GIB" in notebook
+    assert "not fits(peak, gib, context)" in inspect.getsource(profiles._full)
