@@ -206,8 +206,8 @@ def _plan_07(profile, sizes) -> Plan:
     # the few-shot dev score, each run's dev score; the pad-id check: 4 prompts refused, then scored twice
     scored = (1 + runs) * sizes["dev"] + 3 * 4
     cut = "" if profile.device != "cuda" else (  # the class hour is a GPU's: say what the sizes above leave out
-        f"{steps} optimizer steps per run, and training-set sizes {', '.join(map(str, grid)) or 'none'} "
-        "besides the full set (not 32 and 128).")
+        f"{steps} optimizer steps per run, and training-set size{'s' * (len(grid) != 1)} "
+        f"{', '.join(map(str, grid)) or 'none'} besides the full set (not 32 and 128).")
     return Plan(2, runs * steps * profile.train_batch_size, scored, seq_len=profile.prompt_tokens,
                 recompute=profile.gradient_checkpointing, cut=cut)
 

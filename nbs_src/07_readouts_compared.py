@@ -21,9 +21,10 @@
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/lmcls-org/lmcls/blob/main/notebooks/07_readouts_compared.ipynb)
 #
 # Chris McCormick's [Fine-Tuning Llama 3 for Sentence Classification](https://github.com/chrisjmccormick/llm-tuning-examples/blob/main/sentence-classification/Fine-Tuning%20Llama%203%20for%20Sentence%20Classification.ipynb) (from here on, the Llama 3
-# tutorial) reads the class from the LM head's scores for two label words. It sets aside the usual
-# alternative, a linear classifier on the last token (what `LlamaForSequenceClassification` does),
-# arguing that a prompt plus the pretrained LM head gets "better results with much less data".
+# tutorial) puts a few-shot prompt before each sentence and reads the class from the LM head's
+# scores for two label words. It mentions the usual alternative, a linear classifier on the last
+# token (what `LlamaForSequenceClassification` adds), and argues that the prompt and the pretrained
+# LM head need less training data to do well.
 # Notebook 4 trained the label words, notebook 6 a linear head. Here all three read-outs train on
 # the same examples, with the same prompt, adapter, loop and number of steps, and we test that
 # argument. What you will learn:
@@ -189,7 +190,7 @@ methods = {  # name: (build on the base, step_loss, score, inputs)
 # %% [markdown]
 # One function runs any read-out: build it on the base, train it, score the dev set, strip the
 # adapter. It also returns the run's **bootstrap SD**: how far the MCC moves when the dev set is
-# redrawn with replacement (notebook 6, section 5). That is the error bar of every number below.
+# redrawn with replacement (notebook 6). That is the error bar of every number below.
 
 # %%
 def run(method: str, sentences, labels, inputs=None) -> dict:
@@ -207,7 +208,8 @@ def run(method: str, sentences, labels, inputs=None) -> dict:
 
 def table(rows: dict) -> pd.DataFrame:
     """One row per run: its metrics, SD and trainable weights (the scores stay in the dicts)."""
-    return pd.DataFrame({m: {k: row[k] for k in ("MCC", "SD", "accuracy", "trainable")} for m, row in rows.items()}).T
+    frame = pd.DataFrame({m: {k: row[k] for k in ("MCC", "SD", "accuracy", "trainable")} for m, row in rows.items()}).T
+    return frame.astype({"MCC": float, "SD": float, "accuracy": float, "trainable": int})
 
 
 # %% [markdown]
@@ -375,7 +377,7 @@ print(f"the three MCCs span {gap:.3f}; one bootstrap SD is up to {widest:.3f}, s
 # next to the LoRA matrices that every run trains: (a) adds none, since it reuses two rows of the
 # pretrained LM head; (b) adds `hidden + 1` weights and (c) `2 × hidden`. Read the printed span in
 # SDs: a gap of less than about two SDs is one this dev set cannot tell from luck, and a single seed
-# adds its own noise on top. Exercise 2 sharpens the test with a paired bootstrap.
+# adds its own noise on top. Section 6 sharpens the test with a paired bootstrap.
 #
 # ## 6. Sample efficiency, with error bars
 #
@@ -387,41 +389,56 @@ print(f"the three MCCs span {gap:.3f}; one bootstrap SD is up to {widest:.3f}, s
 curve = pd.DataFrame({m: {n: r["MCC"] for (k, n), r in runs.items() if k == m} for m in methods}).sort_index()
 curve_sd = pd.DataFrame({m: {n: r["SD"] for (k, n), r in runs.items() if k == m} for m in methods}).sort_index()
 curve.index.name = curve_sd.index.name = "training sentences"
-fig = plots.line_chart({m: (curve.index, curve[m]) for m in methods}, "dev MCC", log2x=True,
+dodge = {m: 2 ** (0.05 * (i - 1)) for i, m in enumerate(methods)}  # side by side: no error bar hides another
+fig = plots.line_chart({m: (curve.index * dodge[m], curve[m]) for m in methods}, "dev MCC", log2x=True,
                        title=f"dev MCC after {num_steps} steps, by training-set size (± 1 bootstrap SD)",
                        xlabel="training sentences available (log scale)",
                        hlines={"label words, 0 examples (few-shot)": fewshot_mcc})
-for m, line in zip(methods, fig.axes[0].get_lines()):  # one error bar per point, in its line's colour
-    fig.axes[0].errorbar(curve.index, curve[m], yerr=curve_sd[m], fmt="none", capsize=3, color=line.get_color())
+ax = fig.axes[0]
+for m, line in zip(methods, ax.get_lines()):  # one error bar per point, in its line's colour
+    ax.errorbar(curve.index * dodge[m], curve[m], yerr=curve_sd[m], fmt="none", capsize=3, color=line.get_color())
+ax.set_xticks(curve.index, [str(n) for n in curve.index])
 plots.show(fig, "07_sample_efficiency")
 
+# %% [markdown]
+# The label words' lead over the better head at each size is a difference of two MCCs on the same
+# dev sentences, so its error bar is a **paired** bootstrap SD: each resampled dev set scores both.
+
 # %%
-lead = curve["label words"] - curve.drop(columns="label words").max(axis=1)
-print(pd.DataFrame({"label words' lead over the better head": lead, "its SD (label words)": curve_sd["label words"]}).round(3))
+leads = {}
+for n in curve.index:
+    head = max(["linear head", seqcls], key=lambda m: runs[(m, n)]["MCC"])  # the better head at this size
+    words, other = runs[("label words", n)], runs[(head, n)]
+    sd = bootstrap_sd(dev_labels, words["scores"], baseline=other["scores"], seed=profile.seed)
+    leads[n] = {"better head": head, "lead": words["MCC"] - other["MCC"], "paired SD": sd,
+                "lead in SDs": (words["MCC"] - other["MCC"]) / sd}
+pd.DataFrame(leads).T.rename_axis("training sentences").round(3)
 
 # %% [markdown]
 # A fresh head's logit starts as a random projection, so everything it knows comes from the
 # labels; the label words start at the dashed line. Where that start is above chance, the
-# pretrained LM head matters most when labels are scarce, and its lead shrinks as the heads see more
-# distinct sentences. Where the few-shot start is at chance there is no head start to keep. Compare
-# each lead with its SD: with one seed per point, read the curve's shape, not its third decimal.
+# pretrained LM head is worth most when labels are scarce, and the heads catch up as they see more
+# distinct sentences. Where the few-shot start is at chance there is no head start to keep. Read
+# each lead in paired SDs, and with one seed per point read the curve's shape, not its third decimal.
 #
 # > **Three worlds.** The head start is whatever pre-training put in the model. The tiny model was
-# > built to know this prompt, so its label words start well above chance. The `small` profile's
-# > 135M model scores about chance few-shot, and a fresh head on it learns little in its few steps,
-# > so its curves stay near zero. Llama-3-8B starts at the Llama 3 tutorial's few-shot dev MCC of
-# > 0.555, the case that tutorial's argument is about.
+# > pre-trained on lines in this very prompt format, so its label words start well above chance. The
+# > `small` profile's 135M model scores about chance few-shot, and a fresh head on it learns little
+# > in its few steps, so its curves stay near zero. Llama-3-8B scored an MCC of 0.555 few-shot in the
+# > Llama 3 tutorial (on sentences it held out of CoLA's training set): the case that tutorial's
+# > argument is about.
 #
 # The numbers `make run` summarizes and the tests check:
 
 # %%
-results.record("fewshot_mcc", fewshot_mcc)
-results.record("label_words_mcc", contrast["label words"]["MCC"])
-results.record("head_mcc", contrast["linear head"]["MCC"])
-results.record("seqcls_mcc", contrast[seqcls]["MCC"])
-results.record("contrast", {m: {k: float(v) for k, v in row.items() if k != "scores"} for m, row in contrast.items()})
-results.record("sample_efficiency_mcc", {m: {str(n): float(v) for n, v in col.items()} for m, col in curve.items()})
-results.record("sample_efficiency_sd", {m: {str(n): float(v) for n, v in col.items()} for m, col in curve_sd.items()})
+for key, value in {"fewshot_mcc": fewshot_mcc, "label_words_mcc": contrast["label words"]["MCC"],
+                   "head_mcc": contrast["linear head"]["MCC"], "seqcls_mcc": contrast[seqcls]["MCC"],
+                   "contrast": {m: {k: float(v) for k, v in row.items() if k != "scores"} for m, row in contrast.items()},
+                   "sample_efficiency_mcc": {m: {str(n): float(v) for n, v in col.items()} for m, col in curve.items()},
+                   "sample_efficiency_sd": {m: {str(n): float(v) for n, v in col.items()} for m, col in curve_sd.items()},
+                   "sample_efficiency_lead": {str(n): {k: v for k, v in row.items() if k != "better head"}
+                                              for n, row in leads.items()}}.items():
+    results.record(key, value)
 
 # %%
 course.finish("07_readouts_compared", profile)  # the time taken against the plan; the model loads checked
@@ -431,8 +448,8 @@ course.finish("07_readouts_compared", profile)  # the time taken against the pla
 #
 # - Label words, a linear head and `AutoModelForSequenceClassification` read the same last hidden
 #   state; they differ only in the few weights that turn it into a log-odds.
-# - With the same prompt, LoRA and budget they land close together: compare their gaps with a
-#   bootstrap SD of the dev set before ranking them.
+# - Compare read-outs on one prompt, LoRA and budget, and rank them only by gaps larger than about
+#   two bootstrap SDs of the dev set (paired, for two read-outs scored on the same sentences).
 # - Label words reuse the pretrained LM head: where the model does the task few-shot they start
 #   above chance with no training, and their lead is largest when examples are few.
 # - `AutoModelForSequenceClassification` reads the rightmost token that is not `config.pad_token_id`:
@@ -462,11 +479,12 @@ else:
           f"the prompt is worth {margin:+.3f} ({margin / paired:+.1f} paired SDs)")
 
 # %% [markdown]
-# **2. Is the gap luck?** Section 5 held each MCC against its own SD. Two read-outs scored on the
-# same dev sentences are better compared *paired*: resample the dev set once and score both on it.
-# `bootstrap_sd(dev_labels, scores_a, baseline=scores_b, seed=profile.seed)` gives the SD of
-# MCC(a) − MCC(b). Set `gap_sd` for the label words against the linear head (section 2's runs).
-# *Hint:* the dev scores are in `contrast[name]["scores"]`.
+# **2. Do the two heads differ?** The linear head and `AutoModelForSequenceClassification` differ
+# only in one output against two and in their loss. Compare them at the full training set (section
+# 5's runs) as section 6 compared the leads: set `gap_sd` to the paired bootstrap SD of the linear
+# head's MCC minus `AutoModelForSequenceClassification`'s.
+# *Hint:* `bootstrap_sd(dev_labels, scores_a, baseline=scores_b, seed=profile.seed)`; the dev scores
+# are in `contrast[name]["scores"]`.
 
 # %%
 gap_sd = None  # your answer: a float
@@ -475,8 +493,8 @@ gap_sd = None  # your answer: a float
 if gap_sd is None:
     print("Exercise 2 not attempted yet: set gap_sd above.")
 else:
-    expected = bootstrap_sd(dev_labels, contrast["label words"]["scores"], baseline=contrast["linear head"]["scores"],
+    expected = bootstrap_sd(dev_labels, contrast["linear head"]["scores"], baseline=contrast[seqcls]["scores"],
                             seed=profile.seed)
-    assert abs(gap_sd - expected) < 1e-9, f"{gap_sd} is not the paired bootstrap SD"
-    gap = contrast["label words"]["MCC"] - contrast["linear head"]["MCC"]
+    assert abs(gap_sd - expected) < 1e-9, f"{gap_sd} is not the paired bootstrap SD of the two heads"
+    gap = contrast["linear head"]["MCC"] - contrast[seqcls]["MCC"]
     print(f"correct: the gap {gap:+.3f} is {gap / expected:+.1f} paired SDs; beyond about 2 it is more than luck")
