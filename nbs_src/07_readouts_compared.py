@@ -110,8 +110,8 @@ base = load_model(profile)  # 4-bit NF4 weights, profile.compute_dtype compute
 plots.show(readout_paths(base.config.hidden_size, profile.label_words), "07_readout_paths")
 
 # %% [markdown]
-# Each path ends in a log-odds of label 1, so one rule, score > 0, predicts for all three. The data
-# is CoLA's: training sentences, and the dev set that scores every run. Nothing is chosen on the
+# Each path ends in a log-odds of label 1, so one rule, score > 0, predicts for all three. The data:
+# CoLA-format training sentences, and the dev set that scores every run. Nothing is chosen on the
 # dev set: every run trains for a fixed number of steps and is scored once.
 
 # %%
@@ -293,11 +293,12 @@ model = seqcls_model(base, pad_token_id=None)
 print(model.get_base_model().score, "| trainable:", [n for n, p in model.named_parameters() if p.requires_grad and "score" in n])
 
 # %% [markdown]
-# transformers' load report (silenced above) lists `score` as MISSING (new, initialised at random; we
-# redraw it from a fixed seed, in fp32) and the LM head as UNEXPECTED (in the checkpoint, dropped). How does the model find the last
-# token? It does not look at the attention mask. It takes, in each row, the **rightmost token that is
-# not `config.pad_token_id`**, which works for both padding sides. Llama 3 ships no pad id (SmolLM2
-# does; the cell above set none, `pad_token_id=None`, to show what happens then), and without one it
+# transformers' load report (silenced above) lists `score` as MISSING (new, initialised at random;
+# we redraw it from a fixed seed, in fp32) and the LM head as UNEXPECTED (in the checkpoint,
+# dropped). How does the model find the last token? It does not look at the attention mask. It
+# takes, in each row, the **rightmost token that is not `config.pad_token_id`**, which works for
+# both padding sides. Llama 3 ships no pad id (SmolLM2 does; the cell above set none,
+# `pad_token_id=None`, to show what happens then), and without one it
 # refuses any batch of more than one:
 
 # %%
@@ -389,7 +390,7 @@ print(f"the three MCCs span {gap:.3f}; one bootstrap SD is up to {widest:.3f}, s
 curve = pd.DataFrame({m: {n: r["MCC"] for (k, n), r in runs.items() if k == m} for m in methods}).sort_index()
 curve_sd = pd.DataFrame({m: {n: r["SD"] for (k, n), r in runs.items() if k == m} for m in methods}).sort_index()
 curve.index.name = curve_sd.index.name = "training sentences"
-dodge = {m: 2 ** (0.05 * (i - 1)) for i, m in enumerate(methods)}  # side by side: no error bar hides another
+dodge = {m: 2 ** (0.12 * (i - 1)) for i, m in enumerate(methods)}  # side by side: no error bar hides another
 fig = plots.line_chart({m: (curve.index * dodge[m], curve[m]) for m in methods}, "dev MCC", log2x=True,
                        title=f"dev MCC after {num_steps} steps, by training-set size (± 1 bootstrap SD)",
                        xlabel="training sentences available (log scale)",
@@ -412,7 +413,7 @@ for n in curve.index:
     sd = bootstrap_sd(dev_labels, words["scores"], baseline=other["scores"], seed=profile.seed)
     leads[n] = {"better head": head, "lead": words["MCC"] - other["MCC"], "paired SD": sd,
                 "lead in SDs": (words["MCC"] - other["MCC"]) / sd}
-pd.DataFrame(leads).T.rename_axis("training sentences").round(3)
+pd.DataFrame(leads).T.rename_axis("training sentences").astype({k: float for k in ("lead", "paired SD", "lead in SDs")}).round(3)
 
 # %% [markdown]
 # A fresh head's logit starts as a random projection, so everything it knows comes from the
