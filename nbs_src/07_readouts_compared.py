@@ -187,6 +187,7 @@ methods = {  # name: (build on the base, step_loss, score, inputs)
                     lambda m, texts, labels: head_scores(m, texts, tokenizer, profile), prompted),
 }
 
+
 # %% [markdown]
 # One function runs any read-out: build it on the base, train it, score the dev set, strip the
 # adapter. It also returns the run's **bootstrap SD**: how far the MCC moves when the dev set is
