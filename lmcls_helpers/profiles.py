@@ -63,7 +63,8 @@ class Profile:
     max_train_examples: int | None = None
     max_steps: int | None = None  # optimizer steps per run where a notebook compares many runs (notebooks 6 and 7)
     sample_sizes: tuple[int, ...] = (32, 128, 512)  # training-set sizes of notebook 7's sample-efficiency grid
-    ledger_max_lines: int | None = None  # ledger lines notebook 7 uses (None: all)
+    readout_steps: int | None = None  # optimizer steps per run in notebook 7's six or nine runs (None: max_steps)
+    ledger_max_lines: int | None = None  # ledger lines a notebook uses (None: all)
     resume_replay_steps: int | None = None  # notebook 4 replays this many steps after a resume (None: to the next checkpoint)
     lora_r: int = 8
     lora_alpha: int = 16
@@ -146,8 +147,8 @@ def _full(require_device: bool = True, name: str = "full") -> Profile:
                    ledger_path=build_dir("tiny", "ledger", "ledger.csv"), device="cuda", compute_dtype=dtype,
                    eval_batch_size=16 if dtype == torch.bfloat16 else 8,
                    gradient_checkpointing=not fits(peak, gib, context), eval_every=100,
-                   max_steps=80,  # notebooks 6 and 7 train 3 and 12 runs: 640 examples each fits a class hour on a T4
-                   sample_sizes=(64,), ledger_max_lines=400,
+                   max_steps=80,  # notebook 6 trains 3 runs: 640 examples each fits a class hour on a T4
+                   sample_sizes=(64,), readout_steps=60, ledger_max_lines=400,  # notebook 7: 6 runs of 480 examples
                    max_train_examples=4000,  # 3,600 to train on, 400 to validate: a class hour on a T4
                    resume_replay_steps=20)
 
@@ -225,8 +226,7 @@ def _small(require_device: bool = True) -> Profile:
                    ledger_path=build_dir("tiny", "ledger", "ledger.csv"), device="cpu", compute_dtype=torch.float32,
                    eval_batch_size=64, max_eval_examples=200, train_batch_size=16, lr=3e-4, weight_decay=0.0,
                    warmup_steps=5, eval_every=15, max_train_examples=1000, max_steps=8,
-                   sample_sizes=(64,),  # notebook 7 as the full profile plans it: 64 sentences besides the full set,
-                   ledger_max_lines=400,  # and the first 400 ledger lines (every line: 44 instead of 16 minutes on 2 cores)
+                   sample_sizes=(64,), ledger_max_lines=400,  # notebook 7's grid as on full; the first 400 ledger lines
                    prompt_tokens=60)  # SmolLM2's tokenizer pads real CoLA dev to 60 at batch 64 (50 on average)
 
 

@@ -200,21 +200,15 @@ def _plan_06(profile, sizes) -> Plan:
 
 
 def _plan_07(profile, sizes) -> Plan:
-    dev, grid = sizes["dev"], [n for n in profile.sample_sizes if n < sizes["train"]]
-    run = profile.max_steps * profile.train_batch_size
-    grammar_runs = 4 + 3 * len(grid)  # label words, head, bare head, SequenceClassification; three per grid size
-    # ledger lines: the file's (the same synthetic lines on every profile), capped by the profile
-    lines = _first(len(_read_ledger(profile)) if profile.ledger_path.exists() else LEDGER_SIZE, profile.ledger_max_lines)
-    test = round(0.25 * lines)
-    ledger_run = profile.num_epochs * math.ceil((lines - test) / profile.train_batch_size) * profile.train_batch_size
-    # ledger: two heads (two layouts each), the tutorial's pipeline (two layouts), label words, SequenceClassification
-    grammar_work, ledger_work = grammar_runs * run + (grammar_runs + 1) * dev + 4, 5 * ledger_run + 8 * test
-    mean_len = round((grammar_work * profile.prompt_tokens + ledger_work * profile.ledger_tokens) / (grammar_work + ledger_work))
+    grid = [n for n in profile.sample_sizes if n < sizes["train"]]
+    steps = profile.readout_steps or profile.max_steps
+    runs = 3 * (1 + len(grid))  # label words, linear head, SequenceClassification: on the full set and each grid size
+    # the few-shot dev score, each run's dev score; the pad-id check: 4 prompts refused, then scored twice
+    scored = (1 + runs) * sizes["dev"] + 3 * 4
     cut = "" if profile.device != "cuda" else (  # the class hour is a GPU's: say what the sizes above leave out
-        f"{profile.max_steps} optimizer steps per run (not 250), training-set sizes "
-        f"{', '.join(map(str, grid)) or 'none'} besides the full set (not 32 and 128), and "
-        + (f"the first {lines:,} ledger lines." if profile.ledger_max_lines else "every ledger line."))
-    return Plan(2, grammar_runs * run + 5 * ledger_run, (grammar_runs + 1) * dev + 4 + 8 * test, seq_len=mean_len,
+        f"{steps} optimizer steps per run, and training-set size{'s' * (len(grid) != 1)} "
+        f"{', '.join(map(str, grid)) or 'none'} besides the full set (not 32 and 128).")
+    return Plan(2, runs * steps * profile.train_batch_size, scored, seq_len=profile.prompt_tokens,
                 recompute=profile.gradient_checkpointing, cut=cut)
 
 

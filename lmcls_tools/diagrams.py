@@ -202,4 +202,31 @@ def memory_over_step(estimate, num_layers: int, title: str = "") -> plt.Figure:
     ax.legend(loc="upper right", fontsize=7, framealpha=0.9)
     ax.set_xlim(-0.5, 2 * L + 3)
     fig.tight_layout()
+
+
+def readout_paths(hidden_size: int, label_words: tuple[str, str] = (" unacceptable", " acceptable")) -> plt.Figure:
+    """Notebook 7: three read-outs of one last hidden state, each ending in a log-odds of label 1.
+
+    ``hidden_size`` is the model's width (the head sizes follow from it); ``label_words`` are the
+    two words whose LM-head rows read-out (a) uses, label 0 first.
+    """
+    if isinstance(hidden_size, bool) or not isinstance(hidden_size, int) or hidden_size < 1:
+        raise ValueError(f"hidden_size must be a positive int (the model's config.hidden_size), got {hidden_size!r}.")
+    if len(label_words) != 2 or not all(isinstance(w, str) and w.strip() for w in label_words):
+        raise ValueError(f"label_words must be two non-empty words, label 0 first; got {label_words!r}.")
+    n, (w0, w1) = hidden_size, (repr(w) for w in label_words)
+    fig, ax = canvas(12, 4.4, "three read-outs of one hidden state (orange: trains, blue: frozen)")
+    box(ax, 0.1, 1.8, 1.5, 0.8, "few-shot prompt\n+ sentence", color="white")
+    box(ax, 2.0, 1.7, 1.7, 1.0, "frozen 4-bit base\n+ LoRA (trains)")
+    box(ax, 4.1, 1.75, 1.9, 0.9, f"hidden state at the\nlast real token\n({n:,} numbers)", color="read")
+    arrow(ax, (1.6, 2.2), (2.0, 2.2))
+    arrow(ax, (3.7, 2.2), (4.1, 2.2))
+    paths = [(3.3, "frozen", "(a) label words: two rows of\nthe pretrained LM head", f"logit {w1}\n− logit {w0}"),
+             (1.85, "trained", f"(b) linear head: Linear({n:,}, 1),\nnew, {n + 1:,} weights", "its one logit"),
+             (0.4, "trained", f"(c) score: Linear({n:,}, 2),\nnew, {2 * n:,} weights", "logit 1 − logit 0")]
+    for y, color, head, out in paths:
+        box(ax, 6.5, y, 2.9, 0.7, head, color=color, fontsize=8)
+        arrow(ax, (6.0, 2.2), (6.5, y + 0.35))
+        arrow(ax, (9.4, y + 0.35), (9.8, y + 0.35))
+        ax.text(9.85, y + 0.35, f"{out}\n= log-odds of label 1", va="center", fontsize=8)
     return fig
