@@ -163,7 +163,7 @@ last = last_token_index(batch["attention_mask"])  # (4,): where each sentence re
 print(f"logits {tuple(logits.shape)}; last real token at {last.tolist()}; position -1 is {logits.shape[1] - 1}")
 
 # %%
-fig = plots.padding_layout(batch.to("cpu"), tokenizer, marks=last.cpu(),
+fig = plots.padding_layout({k: v.cpu() for k, v in batch.items()}, tokenizer, marks=last.cpu(),
                            title="right padding: last real token (red) vs position -1 (blue)", minus_one=True)
 plots.show(fig, "06_two_reads")
 
@@ -528,13 +528,15 @@ assert bug_moves > profile.tolerance["atol"], "the -1 read must score a padded l
 print(f"largest change of a line's logit, batched vs alone: {bug_moves:.2f} at -1, "
       f"{np.abs(ledger_runs['last_real']['padded'] - ledger_runs['last_real']['one_at_a_time']).max():.1e} "
       "at the last real token")
+print(f"the -1 head calls {(ledger_runs['minus_one']['padded'] > 0).mean():.1%} of the test lines Income in its batches, "
+      f"{(ledger_runs['minus_one']['one_at_a_time'] > 0).mean():.1%} one at a time ({np.mean(ledger_labels):.1%} are)")
 
 # %% [markdown]
 # This is the kindest case for the -1 read: test lines are padded like training lines, so the
 # batched test gives a number that would pass any review. One line at a time, the same model reads
-# -1 on the amount's last digit, a position it never learned from, and falls toward answering one
-# class for everything. A test scored in the training layout cannot show this bug. The one-index
-# fix scores every line alike, padded or alone.
+# -1 on the amount's last digit, a position it never learned from, and its accuracy falls; the last
+# line shows how its answers shift. A test scored in the training layout cannot show this bug. The
+# one-index fix scores every line alike, padded or alone.
 #
 # The numbers `make run` summarizes and the tests check:
 
