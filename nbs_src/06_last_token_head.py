@@ -516,7 +516,7 @@ for read in ("minus_one", "last_real"):
 ledger_accuracy = {read: {layout: metrics(scores, ledger_labels)["accuracy"] for layout, scores in runs.items()}
                    for read, runs in ledger_runs.items()}
 ledger_table = pd.DataFrame(ledger_accuracy).T.set_axis(["position -1 (ledger tutorial)", "last real token (the fix)"])
-ledger_table.columns = [f"batched, padded to {test_width} tokens (its test)", "one line at a time"]
+ledger_table.columns = ["batched (its test)", "one line at a time"]
 ledger_table.columns.name = "test accuracy"
 ledger_table.round(4)
 
