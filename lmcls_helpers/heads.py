@@ -104,7 +104,7 @@ def saved_head_keys(folder: str | Path) -> list[str]:
 def require_saved_head(folder: str | Path) -> list[str]:
     """The head's tensor names in a saved adapter; ``ValueError`` when it was saved without them.
 
-    A check on the folder alone, so a notebook can ask before loading a base model (notebook 6, section 7).
+    A check on the folder alone, so a notebook can ask before loading a base model (notebook 9).
     """
     if keys := saved_head_keys(folder):
         return keys
@@ -116,7 +116,7 @@ def load_linear_head(model, folder: str | Path, seed: int | None = None):
     """A fresh causal LM + its saved LoRA adapter and head, ready to score (eval mode).
 
     Refuses an adapter saved without ``modules_to_save=[HEAD_MODULE]``: it would keep a freshly drawn
-    random head, and predictions that depend on that draw (notebook 6, section 7).
+    random head, and predictions that depend on that draw (notebook 9).
     """
     from peft import PeftModel
 

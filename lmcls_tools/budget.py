@@ -191,12 +191,24 @@ def _plan_04(profile, sizes) -> Plan:
 
 def _plan_06(profile, sizes) -> Plan:
     dev, pads = sizes["dev"], 3 * 17  # pads: three sentences under 0..16 pads, per head
-    # -1 head: dev in 3 layouts + pads; last-real head: 3 layouts + left/-1 + pads; its reload; the frozen head;
-    # its reload (scores + hidden states); the loss check (two micro-batches); the saved classifier's check + 6 sentences
-    scored = (3 * dev + pads) + (4 * dev + pads) + dev + dev + 2 * dev + 2 * profile.micro_batch_size + 16 + 6
-    return Plan(2, 3 * profile.max_steps * profile.train_batch_size, scored, seq_len=profile.prompt_tokens,
-                recompute=profile.gradient_checkpointing,  # each run: max_steps steps (a small set is cycled)
-                cut=f"{profile.max_steps} optimizer steps per head (not 250)." if profile.device == "cuda" else "")
+    # grammar: the -1 head and the last-real-token head, each max_steps steps (a small set is cycled); scored: the -1
+    # head's dev in 3 layouts + pads, the last-real head's 3 layouts + left/-1 + pads, the loss check (two micro-batches)
+    grammar_train, grammar_scored = 2 * profile.max_steps * profile.train_batch_size, 7 * dev + 2 * pads + 2 * profile.micro_batch_size
+    # the ledger tutorial's pipeline (section 7): two heads (-1, last real token), one pass over the training lines
+    # padded to the file's longest line (planned at 1.5 x the mean line); each scores the test lines padded and alone
+    lines = _first(len(_read_ledger(profile)) if profile.ledger_path.exists() else LEDGER_SIZE, profile.ledger_max_lines)
+    test = round(0.25 * lines)
+    ledger_run = profile.num_epochs * math.ceil((lines - test) / profile.train_batch_size) * profile.train_batch_size
+    padded, alone = round(1.5 * profile.ledger_tokens), profile.ledger_tokens
+    ledger_train, ledger_scored = 2 * ledger_run, 4 * test
+    work = grammar_train + grammar_scored + ledger_train + ledger_scored
+    mean_len = round((((grammar_train + grammar_scored) * profile.prompt_tokens)
+                      + (ledger_train + 2 * test) * padded + 2 * test * alone) / work)
+    cut = "" if profile.device != "cuda" else (
+        f"{profile.max_steps} optimizer steps per grammar head (not 250), "
+        + (f"the first {lines:,} ledger lines." if profile.ledger_max_lines else "every ledger line."))
+    return Plan(1, grammar_train + ledger_train, grammar_scored + ledger_scored, seq_len=mean_len,
+                recompute=profile.gradient_checkpointing, cut=cut)
 
 
 def _plan_07(profile, sizes) -> Plan:

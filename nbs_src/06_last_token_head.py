@@ -16,24 +16,24 @@
 
 # %% [markdown]
 # # 06 · A linear head on the last token
-# *Swap the vocabulary for one logit, train it next to LoRA, and measure the padding bug that reads a pad token instead of the sentence.*
+# *Swap the vocabulary for one logit, train it next to LoRA, and find the padding bug that reads a pad instead of the sentence.*
 #
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/lmcls-org/lmcls/blob/main/notebooks/06_last_token_head.ipynb)
 #
 # Notebooks 2 and 4 read the answer from two label words of the LM head. A popular alternative,
-# used by the Mistral-7B ledger tutorial (Income / Expense lines from a real ledger, 99.73% test
-# accuracy), throws the LM head away and puts `Linear(4096, 1)` in its place: one logit, a sigmoid, a
-# threshold. What you will learn:
+# used by a Mistral-7B ledger-line tutorial (Income / Expense lines, a `Linear(4096, 1)` head), throws
+# the LM head away and puts one logit in its place: a sigmoid, a threshold. What you will learn:
 #
 # - how to build that head on the hidden state of the **last real token**, and train it with
 #   `BCEWithLogitsLoss` next to a LoRA adapter;
-# - why a new head must be listed in **`modules_to_save`**: otherwise it is frozen at its random start
-#   and missing from the saved adapter;
-# - what the tutorial's `logits[:, -1, :]` reads in a right-padded batch, what that costs here
-#   (measured), and why it can still look fine;
-# - how to save the head with its adapter, reload it, and classify your own sentences with it.
+# - why a new head must be listed in **`modules_to_save`**, or it never trains;
+# - what `logits[:, -1, :]` reads in a right-padded batch (a pad that has read the sentence too),
+#   and what that costs, measured;
+# - why the ledger tutorial's own pipeline passes its test in batches and fails one line at a time,
+#   and the one-index fix.
 #
-# Notebook 7 then compares this head with label words and `AutoModelForSequenceClassification`.
+# Notebook 7 compares this head with label words and `AutoModelForSequenceClassification`;
+# notebook 9 saves, reloads and uses it.
 
 # %%
 PROFILE = None  # None: $LMCLS_PROFILE, else "tiny" (CPU, offline). "small": a real 135M LLM on the CPU. Colab GPU: "full".
@@ -55,7 +55,6 @@ from lmcls_helpers import course, results
 profile = course.start("06_last_token_head", PROFILE)  # the profile, its world, login, versions and device, the time plan
 
 # %%
-import shutil
 import time
 import warnings
 
@@ -63,22 +62,15 @@ import numpy as np
 import pandas as pd
 import torch
 import transformers
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, MistralConfig
 
 from lmcls_helpers import plots
-from lmcls_helpers.classify import load_classifier, save_classifier
-from lmcls_helpers.data import download_cola, load_cola
-from lmcls_helpers.heads import (
-    HEAD_MODULE,
-    LinearHead,
-    add_linear_head,
-    head_logits,
-    load_linear_head,
-    require_saved_head,
-    saved_head_keys,
-)
-from lmcls_helpers.models import free_gpu_memory, load_model
+from lmcls_helpers.batches import train_val_split
+from lmcls_helpers.classify import save_classifier
+from lmcls_helpers.data import download_cola, load_cola, load_ledger
+from lmcls_helpers.heads import HEAD_MODULE, add_linear_head, head_logits
+from lmcls_helpers.models import load_model
 from lmcls_helpers.paths import build_dir
 from lmcls_helpers.profiles import LLAMA3_8B_CONFIG
 from lmcls_helpers.prompts import PromptTemplate
@@ -93,6 +85,7 @@ from lmcls_helpers.training import (
     strip_adapter,
     train,
 )
+from lmcls_tools import diagrams
 
 torch.manual_seed(profile.seed)
 notebook_start = time.perf_counter()
@@ -116,8 +109,7 @@ pd.DataFrame({"examples": [len(train_df), len(dev_df)], "share of label 1": [tra
 
 # %% [markdown]
 # The head reads notebook 2's few-shot prompt with the sentence in its slot, so the pretrained model
-# has already been asked the question when the head reads its answer. (The tutorial fed its ledger
-# lines bare; notebook 7 measures what the prompt is worth to a head.)
+# has already been asked the question when the head reads its answer.
 
 # %%
 template = PromptTemplate()  # notebook 2's few-shot prompt; the sentence goes into its {sentence} slot
@@ -130,12 +122,12 @@ print(dev_texts[0])
 # %% [markdown]
 # ## 2. One logit instead of a vocabulary
 #
-# A causal LM ends in the **LM head**: a matrix with one row per vocabulary token, turning the
-# final hidden state of each position into next-token scores. For a yes/no question we need one
-# score. So we replace the head with `Linear(hidden, 1)`: its logit goes through a sigmoid to give
-# P(label 1), and the prediction is 1 when that is above 0.5, i.e. when the logit is above 0.
+# A causal LM ends in the **LM head**: one row per vocabulary token, turning the final hidden state
+# of each position into next-token scores. A yes/no question needs one score, so we replace it with
+# `Linear(hidden, 1)`: a sigmoid of its logit is P(label 1), and the prediction is 1 when the logit
+# is above 0.
 #
-# The tokenizer pads on the **right**, with eos as the pad token, as the tutorial did.
+# The tokenizer pads on the **right**, with eos as the pad token, as the ledger tutorial did.
 
 # %%
 tokenizer = load_tokenizer(profile, padding_side="right")
@@ -149,8 +141,7 @@ del lm_head  # replaced below: no name may keep its 1 GiB (at 8B) on the GPU
 # %% [markdown]
 # `add_linear_head` swaps it for a `LinearHead`: a `Linear(hidden, 1)` kept in float32 (it casts
 # the incoming 16-bit hidden states up), drawn from a fixed seed. Ours has a **bias**, so it learns
-# its threshold as well as its direction; the tutorial's `Linear(4096, 1, bias=False)` had none
-# (4,096 weights for Llama-3-8B, against 4,097 for ours at that width).
+# its threshold as well as its direction; the ledger tutorial's `Linear(4096, 1, bias=False)` had none.
 
 # %%
 model = add_linear_head(model, seed=profile.seed)
@@ -159,8 +150,9 @@ print(head, f"{sum(p.numel() for p in head.parameters()):,} weights (Llama-3-8B:
 
 # %% [markdown]
 # The model now returns one score per **position**. Which position speaks for the sentence? Causal
-# attention lets position *t* see tokens 0..*t*, so only the last real token has read the whole
-# sentence. Four sentences of different lengths (bare, to keep the picture small), right-padded:
+# attention lets position *t* see tokens 0..*t*, so the **last real token** is where the sentence
+# has been read in full, and where the pretrained model predicts what comes next. Four sentences of
+# different lengths (bare, to keep the picture small), right-padded:
 
 # %%
 sample = sorted(dev_sentences[:8], key=len)[::2]  # four lengths, short to long
@@ -171,13 +163,27 @@ last = last_token_index(batch["attention_mask"])  # (4,): where each sentence re
 print(f"logits {tuple(logits.shape)}; last real token at {last.tolist()}; position -1 is {logits.shape[1] - 1}")
 
 # %%
-fig = plots.padding_layout(batch, tokenizer, marks=last, title="right padding: last real token (red) vs position -1 (blue)",
-                           minus_one=True)
+fig = plots.padding_layout({k: v.cpu() for k, v in batch.items()}, tokenizer, marks=last.cpu(),
+                           title="right padding: last real token (red) vs position -1 (blue)", minus_one=True)
 plots.show(fig, "06_two_reads")
 
 # %% [markdown]
-# In every row but the longest, position -1 (blue) is an eos used as padding. The tutorial's
-# `logits[:, -1, :]` reads those. `head_logits` reads the red boxes, via `last_token_index`:
+# In every row but the longest, position -1 (blue) is an eos used as padding, and the ledger
+# tutorial's `logits[:, -1, :]` reads it. What has that pad seen? The attention mask hides a pad only
+# as a **key**: no position attends to it. As a **query** it is computed like any token, and causal
+# attention lets it read every real token before it. The row with the most pads, as queries × keys:
+
+# %%
+row = int(batch["attention_mask"].sum(1).argmin())  # the shortest sentence: the most pads
+pieces = tokenizer.convert_ids_to_tokens(batch["input_ids"][row].tolist())
+n_pads = int((batch["attention_mask"][row] == 0).sum())
+fig = diagrams.attention_under_right_padding(pieces, n_pads)
+plots.show(fig, "06_attention_mask")
+
+# %% [markdown]
+# So the state at -1 is "an eos reading the sentence from *k* positions on": a summary of the
+# sentence, but one that moves with *k*, the number of pads after it, and *k* depends on the
+# **other** sentences in the batch. `head_logits` reads the red row instead, via `last_token_index`:
 
 # %%
 with torch.no_grad():
@@ -199,21 +205,13 @@ torch.testing.assert_close(at_last[-1], at_minus_one[-1], **profile.tolerance,
 #
 # ## 3. A trainable head is not automatic: `modules_to_save`
 #
-# The tutorial's order of operations: replace the head, call `prepare_model_for_kbit_training`, wrap
-# with LoRA (r=32, α=64 on q, k, v). We skip the middle step, as notebook 4 does (section 3 there:
-# its fp32 upcast of embeddings, LM head and norms costs memory a T4 does not have). The last step
-# decides what trains: `get_peft_model` marks **only the adapter's own matrices** as trainable and
-# freezes every other weight, the brand-new head included, with or without 4-bit loading (a plain
-# 16-bit model loses its head the same way, as shown below). A head that should learn, and be saved
-# with the adapter, must be named in `modules_to_save`.
+# The ledger tutorial replaced the head, then wrapped the model with LoRA (r=32, α=64 on q, k, v).
+# `get_peft_model` marks **only the adapter's own matrices** as trainable and freezes every other
+# weight, the brand-new head included. A head that should learn, and be saved with the adapter, must
+# be named in `modules_to_save`.
 #
-# Our LoRA differs from the tutorial's on purpose: it covers **all seven projections** (q, k, v, o
-# and the MLP's gate, up, down) with the profile's rank (`lora_r`, `lora_alpha`), exactly notebook
-# 4's adapter. `lora_config(profile, modules_to_save)` builds it, and `head_model` puts the three
-# pieces together: base, `add_linear_head` (seed `profile.seed`), LoRA. Its `base=` argument reuses
-# a base model we already hold; `strip_adapter` takes an adapter off again and hands back the
-# untouched 4-bit base. LoRA never changes the 4-bit weights, so this gives exactly the model a fresh
-# load would, without the load: minutes at 8B, and one base model is all a T4 holds.
+# Our LoRA is notebook 4's (all seven projections). `head_model` puts base, `add_linear_head` and
+# LoRA together; `strip_adapter` hands back the untouched 4-bit base, so one load serves every run.
 
 # %%
 def trainable_by_kind(model) -> dict:
@@ -224,58 +222,47 @@ def trainable_by_kind(model) -> dict:
     return counts
 
 
-model = head_model(profile, save_head=False, base=model)  # the tutorial's setup: the head is not in the adapter
-trainable_counts = {"tutorial (no modules_to_save)": trainable_by_kind(model)}
+model = head_model(profile, save_head=False, base=model)  # the ledger tutorial's setup: the head is not in the adapter
+trainable_counts = {"ledger tutorial (no modules_to_save)": trainable_by_kind(model)}
 model = head_model(profile, save_head=True, base=strip_adapter(model))  # the same base, a fresh head and LoRA
 trainable_counts[f"modules_to_save=['{HEAD_MODULE}']"] = trainable_by_kind(model)
 pd.DataFrame(trainable_counts).T
 
 # %%
 hidden_size = head.in_features
-assert trainable_counts["tutorial (no modules_to_save)"]["head"] == 0, "get_peft_model must have frozen the head"
+assert trainable_counts["ledger tutorial (no modules_to_save)"]["head"] == 0, "get_peft_model must have frozen the head"
 assert trainable_counts[f"modules_to_save=['{HEAD_MODULE}']"]["head"] == hidden_size + 1, "the saved head trains: weight + bias"
 
 # %% [markdown]
-# Without `modules_to_save` the head has no trainable weight. The tutorial's own printout says so:
-# `trainable params: 18874368` is its LoRA and nothing else. We can rebuild its setup without a GPU:
-# Mistral-7B's shapes on PyTorch's `meta` device (no memory, no download), the `Linear(4096, 1)`
-# head, then `get_peft_model` with the tutorial's LoRA, and **no** 4-bit loading:
+# Without `modules_to_save` the head has no trainable weight, 4-bit or not. The ledger tutorial's own
+# printout says so: `trainable params: 18874368` is its LoRA and nothing else. We can rebuild its
+# setup without a GPU: Mistral-7B's shapes in 16 bits on PyTorch's `meta` device (no memory, no
+# download), the `Linear(4096, 1)` head, then `get_peft_model` with its LoRA:
 
 # %%
 mistral_config = MistralConfig(vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-                               num_attention_heads=32, num_key_value_heads=8)  # from the tutorial's printout
+                               num_attention_heads=32, num_key_value_heads=8)  # from the ledger tutorial's printout
 with torch.device("meta"):  # shapes only
-    tutorial_model = add_linear_head(AutoModelForCausalLM.from_config(mistral_config))
+    mistral = add_linear_head(AutoModelForCausalLM.from_config(mistral_config, dtype=torch.float16))
+print(f"Mistral-7B weights: {mistral.model.embed_tokens.weight.dtype}, head: {mistral.lm_head}")
 tutorial_lora = LoraConfig(r=32, lora_alpha=64, target_modules=["q_proj", "k_proj", "v_proj"], task_type="CAUSAL_LM")
-tutorial_counts = trainable_by_kind(get_peft_model(tutorial_model, tutorial_lora))
+tutorial_counts = trainable_by_kind(get_peft_model(mistral, tutorial_lora))
 print(tutorial_counts)
-assert tutorial_counts == {"LoRA": 18_874_368, "head": 0, "other": 0}, "peft should reproduce the tutorial's count"
-del tutorial_model
+assert tutorial_counts == {"LoRA": 18_874_368, "head": 0, "other": 0}, "peft should reproduce the ledger tutorial's count"
+del mistral
 
 # %% [markdown]
-# Its `Linear(4096, 1)` stayed at its random initial values for the whole run; the adapters learned
-# to make that random direction meaningful. It worked there because the tutorial saved the whole
-# `state_dict()` (the 4-bit base included). With the usual `save_pretrained`, which saves only the
-# adapter, that head is lost: section 7 measures what that costs.
+# Its `Linear(4096, 1)` stayed at its random initial values for the whole run, and the adapters
+# learned to make that random direction meaningful. That survives only as long as the random head
+# does: notebook 9 saves such an adapter the usual way and measures what a reload costs.
 #
 # ## 4. One small training loop for every run
 #
-# Every run here (and in notebook 7) uses the same loop: notebook 4's, compact. It lives in
-# `lmcls_helpers.training.train`, so both notebooks run the very same code; its heart is
-#
-# ```python
-# for micro_batches in plan[:num_steps]:          # a step: train_batch_size examples
-#     n = sum(len(micro) for micro in micro_batches)
-#     for micro in micro_batches:                 # what the device holds at once
-#         loss = step_loss(model, texts_of(micro), labels_of(micro))  # summed over the micro-batch
-#         (loss / n).backward()                   # exact gradient accumulation (notebook 4, section 6)
-#     torch.nn.utils.clip_grad_norm_(trainable, profile.max_grad_norm)
-#     optimizer.step(); scheduler.step(); optimizer.zero_grad(set_to_none=True)
-# ```
-#
-# with AdamW, linear warm-up and decay, and length-sorted micro-batches. Only `step_loss` changes
-# between read-outs. Every run gets the **same number of optimizer steps** (`profile.max_steps`,
-# each of `train_batch_size` examples); a small training set is cycled.
+# Every run here (and in notebook 7) uses notebook 4's loop, compact, in
+# `lmcls_helpers.training.train`: length-sorted micro-batches, a summed loss divided by the step's
+# examples (exact gradient accumulation), clipping, AdamW, linear warm-up and decay. Only its
+# `step_loss(model, texts, labels)` changes between read-outs, and every run gets the same number of
+# optimizer steps (a small training set is cycled).
 
 # %%
 print(f"every run: {profile.max_steps} steps of {profile.train_batch_size} examples "
@@ -283,15 +270,10 @@ print(f"every run: {profile.max_steps} steps of {profile.train_batch_size} examp
 
 # %% [markdown]
 # The head's loss is binary cross-entropy on the logit. `BCEWithLogitsLoss` applies the sigmoid
-# inside, in a numerically stable form (it never computes `log(sigmoid(x))` for large |x| the naive
-# way), so the model returns raw logits and the sigmoid appears only when we want a probability.
-
-# %% [markdown]
-# `head_loss(tokenizer, profile, read)` pads a micro-batch, reads one logit per row at position
-# `read` (`head_logits`) and sums `BCEWithLogitsLoss`. `head_scores` scores a list of texts in
-# evaluation batches, and `metrics` turns logits into MCC and accuracy (prediction: logit > 0). The
-# loss on one micro-batch, for our fresh head, against the formula it stands for,
-# −[y·log σ(x) + (1 − y)·log(1 − σ(x))] summed over the examples:
+# inside, in a numerically stable form. `head_loss(tokenizer, profile, read)` pads a micro-batch, reads one
+# logit per row at position `read` and sums the loss; `head_scores` scores a list of texts in
+# batches, and `metrics` turns logits into MCC and accuracy (prediction: logit > 0). The loss on one
+# micro-batch, for our fresh head, against the formula −[y·log σ(x) + (1 − y)·log(1 − σ(x))]:
 
 # %%
 texts, labels = train_texts[: profile.micro_batch_size], train_labels[: profile.micro_batch_size]
@@ -301,21 +283,27 @@ with torch.no_grad():
     y = torch.tensor(labels, dtype=torch.float32, device=x.device)
     by_hand = -(y * torch.log(torch.sigmoid(x)) + (1 - y) * torch.log(1 - torch.sigmoid(x))).sum()
 torch.testing.assert_close(loss, by_hand, **profile.tolerance)  # two forward passes: equal up to the dtype's rounding
-print(f"untrained head: {loss.item() / len(texts):.3f} per example (a coin flip scores log 2 = {np.log(2):.3f})")
+print(f"untrained head: {loss.item() / len(texts):.3f} per example (a coin flip, logit 0, scores log 2 = {np.log(2):.3f})")
+print(f"labels 1 in this micro-batch: {int(y.sum())} of {len(y)}; the untrained head's mean P(label 1): "
+      f"{torch.sigmoid(x).mean().item():.2f}")
 
 # %% [markdown]
+# Why not log 2? Log 2 is the loss of answering exactly 0.5 every time. An untrained head answers
+# something else: its random weights and bias give every prompt some logit. The labels are not half
+# and half either (CoLA is mostly acceptable). A head that happens to lean toward the micro-batch's
+# majority label scores below log 2 before it has learned anything, one that leans the other way
+# above it.
+#
 # ## 5. The padding bug, measured
 #
 # Two heads, identical in everything (data, order, seed, steps) except the position they read while
-# training and scoring: the tutorial's position -1, or the last real token. Both see our batches:
-# padded on the right to the longest sentence of each micro-batch (dynamic padding), with an
-# attention mask. That is not quite the tutorial's pipeline (no mask, every line padded to the
-# longest in the file); notebook 7 runs that one on the ledger.
+# training and scoring: the ledger tutorial's position -1, or the last real token. Both see our
+# batches: padded on the right to the longest prompt of each micro-batch, with an attention mask
+# (section 7 runs the ledger tutorial's own pipeline).
 #
-# One base model at a time means the -1 head is gone once the second head trains on its base. So
-# before that, we take every measurement section 6 needs from it: its dev scores in three
-# **layouts** (how the dev set is cut into batches) and its score for a sentence followed by 0 to 16
-# pads (`score_with_pads`, masked out as a tokenizer pads).
+# The -1 head is gone once the second head trains on its base (one base model at a time), so first
+# we take what section 6 needs from it: its dev scores in three **layouts** (how the dev set is cut
+# into batches) and its score for a sentence followed by 0 to 16 pads.
 
 # %%
 layouts = {f"right-padded batches of {profile.eval_batch_size}": dict(padding_side="right"),
@@ -343,35 +331,26 @@ for read in ("minus_one", "last_real"):
         model = head_model(profile, base=strip_adapter(model))
     seconds = train(model, head_loss(tokenizer, profile, read), train_texts, train_labels, tokenizer, profile)
     by_layout = {layout: head_scores(model, dev_texts, tokenizer, profile, read, **kwargs) for layout, kwargs in layouts.items()}
-    scores = by_layout[next(iter(layouts))]  # right-padded batches, as the tutorial scored
+    scores = by_layout[next(iter(layouts))]  # right-padded batches, as the ledger tutorial scored
     bug_runs[read] = {"scores": scores, "by_layout": by_layout, "seconds": seconds, **metrics(scores, dev_labels),
                       "pads": {i: score_with_pads(model, dev_texts[i], read) for i in range(3)}}
-fixed = model  # the last-real-token head stays; sections 6 and 7 use it under this name
+fixed = model  # the last-real-token head stays; section 6 uses it under this name
 del model
 bug_table = pd.DataFrame({k: {m: v[m] for m in ("MCC", "accuracy", "seconds")} for k, v in bug_runs.items()}).T
 bug_table.index = ["position -1", "last real token"]
 bug_table.round(3)
 
+# %% [markdown]
+# Same data, steps and seed: the margin comes from the position read alone. Is it more than the
+# luck of the dev set? Dev sets redrawn from this one (with replacement) show how much the margin
+# moves; a **clear** margin is at least three of those standard deviations from zero:
+
 # %%
 margin = bug_runs["last_real"]["MCC"] - bug_runs["minus_one"]["MCC"]
-results.record("head_last_real_mcc", bug_runs["last_real"]["MCC"])
-results.record("head_position_minus1_mcc", bug_runs["minus_one"]["MCC"])
-results.record("head_last_real_accuracy", bug_runs["last_real"]["accuracy"])
-results.record("head_position_minus1_accuracy", bug_runs["minus_one"]["accuracy"])
-results.record("head_bug_margin_mcc", margin)
-print(f"reading the last real token: MCC {margin:+.2f} over reading position -1 (dev, right-padded batches of {profile.eval_batch_size})")
-
-# %% [markdown]
-# Same data, same steps, same seed: the whole margin comes from the position read. Is it more than
-# luck of the dev set? Draw new dev sets of the same size from this one (with replacement), score both
-# heads' predictions on each, and see how much the margin moves. A **clear** margin is one at least
-# three of those standard deviations from zero:
-
-# %%
 margin_sd = bootstrap_sd(dev_labels, bug_runs["last_real"]["scores"], bug_runs["minus_one"]["scores"], seed=profile.seed)
-results.record("head_bug_margin_sd", margin_sd)
-print(f"margin {margin:.2f} MCC, ± {margin_sd:.2f} from resampling {len(dev_labels)} dev sentences"
-      + (f": {margin / margin_sd:.1f} standard deviations" if margin_sd > 0 else " (both heads answer every sentence alike)"))
+print(f"reading the last real token: MCC {margin:+.2f} over reading position -1, ± {margin_sd:.2f} from resampling "
+      f"{len(dev_labels)} dev sentences" + (f": {margin / margin_sd:.1f} standard deviations" if margin_sd > 0 else
+                                            " (both heads answer every sentence alike)"))
 learned_sd = bootstrap_sd(dev_labels, bug_runs["last_real"]["scores"], seed=profile.seed)  # one head's MCC, alone
 print(f"the last-real-token head alone: MCC {bug_runs['last_real']['MCC']:.2f} ± {learned_sd:.2f}"
       + (" (clearly above chance)" if bug_runs["last_real"]["MCC"] > 3 * learned_sd else
@@ -388,40 +367,18 @@ fig = plots.score_strips({"position -1": bug_runs["minus_one"]["scores"], "last 
                          title="dev logits of the two heads (right-padded batches)")
 plots.show(fig, "06_bug_scores")
 
-# %%
-above_zero = pd.DataFrame({name: [float((bug_runs[read]["scores"][np.asarray(dev_labels) == k] > 0).mean()) for k in (0, 1)]
-                           for name, read in (("position -1", "minus_one"), ("last real token", "last_real"))},
-                          index=["unacceptable", "acceptable"]).T
-above_zero.columns.name = "share with logit > 0"
-above_zero.round(2)
-
 # %% [markdown]
-# A bug can only cost what a model has learned. Where the last-real-token head itself learned
-# nothing clear in these few steps (on the `small` profile, a 135M model and a few minutes of CPU:
-# on real CoLA both 8-step heads answered every dev sentence "acceptable", MCC 0.00; a rehearsal
-# with synthetic sentences gave a margin of +0.01 ± 0.07 after 24 steps, and no clearer with a head
-# learning ten times faster), both heads answer nearly every sentence alike and the margin is
-# noise; the tests then expect no margin there (on tiny and full, one of three standard deviations),
-# and section 6 still shows the mechanism, which does not depend on training.
+# > **Three worlds.** A bug can only cost what a model has learned. The tiny model learns this task
+# > within its budget, as Llama-3-8B should, and there the -1 read costs a clear margin. The `small`
+# > profile's 135M model learns nothing clear in its few CPU steps: both heads answer nearly every
+# > sentence alike, the margin is noise, and section 6 still shows the mechanism.
 #
-# A good head puts nearly all acceptable sentences above 0 and as many unacceptable ones as it can
-# below. On the tiny profile this run printed 0.32 and 1.0 for the last-real-token head (its
-# unacceptable sentences two thirds below 0), against 0.95 and 1.0 for the position -1 head: it puts
-# nearly every sentence above its threshold, the unacceptable ones included, so it calls almost
-# everything acceptable. Its score carries something other than the sentence.
-
-# %% [markdown]
 # ## 6. Why it can look fine, and when it breaks
 #
-# What *is* the hidden state at a pad position? The pad token is eos, and the attention mask hides
-# pad positions as **keys**: no token attends to them. But the pad position is still a **query**:
-# under causal attention it attends to every real token before it. So the state at -1 is "an eos
-# token reading the sentence from *k* positions further on", a summary of the sentence that LoRA can
-# learn to use. That is why the bug does not simply destroy the classifier.
-#
-# What changes from row to row is *k*, the number of pads after the sentence, and it depends on the
-# **other** sentences in the batch. Through the rotary position encoding, the distance *k* changes
-# the summary. Here are three sentences' scores as we append more and more pads (measured in section 5):
+# Section 2's diagram says the state at -1 is the sentence read from *k* positions on, a summary
+# that LoRA can learn to use: that is why the bug does not simply destroy the classifier. But
+# through the rotary position encoding, *k* changes the summary. Three sentences' scores as we
+# append more and more pads (measured in section 5):
 
 # %%
 pad_curves = {(name, i): bug_runs[read]["pads"][i] for read, name in (("minus_one", "position -1"), ("last_real", "last real token"))
@@ -429,7 +386,8 @@ pad_curves = {(name, i): bug_runs[read]["pads"][i] for read, name in (("minus_on
 fig = plots.line_chart({f"{read}, sentence {i}": (range(len(v)), v, {"linestyle": "--" if read == "position -1" else "-",
                                                                      "color": f"C{i}", "markersize": 3})
                         for (read, i), v in pad_curves.items()}, "head logit", xlabel="pad tokens after the sentence",
-                       title="three sentences, more and more padding after each")
+                       title="three sentences, more and more padding after each",
+                       hlines={"logit 0: the decision threshold": 0.0})
 plots.show(fig, "06_score_vs_pads")
 
 # %%
@@ -441,12 +399,12 @@ print("largest swing over 0..16 pads:",
       {name: round(float(max(np.ptp(v) for (n, _), v in pad_curves.items() if n == name)), 3) for name, _ in pad_curves})
 
 # %% [markdown]
-# The last-real-token score is flat: padding is invisible to it. The position -1 score swings with
-# every pad (on the tiny profile by up to 1.5; this run's swing is printed above), although the sentence is the same. So the tutorial's classifier gives a sentence
-# a **different score depending on its batch-mates**. Training saw micro-batches of a few sentences
-# sorted by length (few pads); evaluation uses bigger batches in random order (more pads), and a
-# deployed model often scores one request at a time (no pads at all). The same dev set under the
-# three layouts of section 5:
+# The last-real-token score is flat: padding is invisible to it. The position -1 score moves with
+# every pad, although the sentence is the same; where it crosses the zero line, the prediction
+# flips. So a -1 classifier gives a sentence a **different score depending on its batch-mates**.
+# Training saw micro-batches sorted by length (few pads); evaluation batches come in random order
+# (more pads); a deployed model often scores one request at a time (no pads at all). The pads per
+# row, then the dev set under section 5's three layouts:
 
 # %%
 pads_per_row(train_texts, dev_texts, tokenizer, profile)
@@ -455,7 +413,6 @@ pads_per_row(train_texts, dev_texts, tokenizer, profile)
 layout_rows = {layout: {"position -1 head": metrics(bug_runs["minus_one"]["by_layout"][layout], dev_labels)["MCC"],
                         "last-real-token head": metrics(bug_runs["last_real"]["by_layout"][layout], dev_labels)["MCC"]}
                for layout in layouts}
-results.record("layout_mcc", layout_rows)
 pd.DataFrame(layout_rows).T.round(3)
 
 # %%
@@ -464,18 +421,15 @@ fixed_scores_right = fixed_by_layout[next(iter(layouts))]
 for name, scores in fixed_by_layout.items():  # the same scores up to the compute dtype's rounding
     np.testing.assert_allclose(scores, fixed_scores_right, **profile.tolerance,
                                err_msg=f"the layout must not change the last-real-token head's scores ({name})")
-fixed_mccs = [row["last-real-token head"] for row in layout_rows.values()]
 buggy_mccs = [row["position -1 head"] for row in layout_rows.values()]
 print(f"position -1 head: MCC {min(buggy_mccs):.2f} to {max(buggy_mccs):.2f}, depending on the layout; "
-      f"last-real-token head: {fixed_mccs[0]:.2f} in every layout")
+      f"last-real-token head: {bug_runs['last_real']['MCC']:.2f} in every layout")
 
 # %% [markdown]
-# Training micro-batches, sorted by length, put fewer pads after a sentence than the dev batches do
-# (on the tiny profile about 1.5 against about 4). The last-real-token head gets the same MCC in every
-# layout; where the heads have learned something (tiny), the position -1 head's MCC depends on how
-# the evaluation happened to batch the sentences, and stays below the fixed head in all of them
-# (heads that answer one class everywhere, as small's do after 8 steps, tie in every layout). Left padding makes -1 the last real token, which
-# the position -1 head saw in training only for the longest sentence of each micro-batch.
+# The last-real-token head gets the same MCC in every layout. Where the heads have learned
+# something, the position -1 head's MCC depends on how the evaluation happened to batch the
+# sentences. Left padding makes -1 the last real token, which the -1 head saw in training only for
+# the longest prompt of each micro-batch.
 #
 # **The fixes.** Either read at `last_token_index` (any padding side), or pad on the left and read
 # -1. For a head trained at the last real token, all of these give the same scores:
@@ -489,189 +443,113 @@ for other in (fixed_left_minus_one, fixed_left):
     np.testing.assert_allclose(other, fixed_scores_right, **profile.tolerance, err_msg="both fixes must give the same scores")
 
 # %% [markdown]
-# When is the -1 read harmless? When every row of every batch gets the same number of pads in
-# training and in use. The tutorial padded *every* sentence to the longest in its file (25 tokens
-# for train and test, 23 for validation) and passed no attention mask: the pad count was a fixed
-# function of the sentence, and its test file happened to share the training file's width. Change
-# the batch size, sort by length, serve one request at a time, or meet one longer sentence, and the
-# pad counts change under a model that learned to read them. Notebook 7 trains a head exactly that
-# way on the ledger and scores it both ways.
-#
-# ## 7. Saving the head with the adapter
-#
-# `save_pretrained` on a peft model writes the adapter: the LoRA matrices plus every module in
-# `modules_to_save`. The head is two tensors in that file:
-
-# %%
-adapter_dir = build_dir("adapters", "06_head")
-shutil.rmtree(adapter_dir, ignore_errors=True)
-fixed.save_pretrained(adapter_dir)
-saved_head_keys(adapter_dir)
-
-# %% [markdown]
-# A classifier is more than its adapter: the template that wraps each sentence and the meaning of
-# the sigmoid (which class it is the probability of) belong with it. `save_classifier` writes the
-# adapter and a readable `classifier.json` next to it; section 8 loads it in a fresh model.
+# This head is the classifier to keep. `save_classifier` writes its adapter (the head included,
+# thanks to `modules_to_save`), the prompt template and the class names into one folder; notebook 9
+# reloads it in a fresh session and classifies your own sentences with it.
 
 # %%
 classifier_dir = save_classifier(build_dir("classifiers", "06_linear_head"), fixed, profile, template,
                                  class_names=("unacceptable", "acceptable"))
-print((classifier_dir / "classifier.json").read_text())
+print(sorted(p.name for p in classifier_dir.iterdir()))
 
 # %% [markdown]
-# To load: a base, a fresh head (deliberately drawn from a *different* seed), then the adapter, which
-# overwrites the head with the trained one. `load_linear_head` does these steps. The base is the
-# one we hold, with the trained adapter stripped off: the same 4-bit weights a fresh load gives
-# (section 8 loads from disk).
+# ## 7. The ledger tutorial's own pipeline: batched vs one line at a time
+#
+# The ledger tutorial did not batch like section 5. It tokenized each file once, padded every line
+# with eos to the **longest line in that file**, and called the model on the token ids alone: **no
+# attention mask**, so the pads attend to each other too. A line's pad count then depends only on
+# its own length and the file's longest line, the same in training and in its test. Our ledger
+# lines (1 = Income, 0 = Expense) are **synthetic**: a date, a counterparty, a memo and a signed
+# amount whose sign alone is a coin flip. They can show the pipeline's behaviour, not confirm or
+# refute the 99.73% test accuracy the ledger tutorial reports.
 
 # %%
-base = strip_adapter(fixed)
+ledger = load_ledger(profile.ledger_path).iloc[: profile.ledger_max_lines]  # None keeps every line
+ledger_train, ledger_test = train_val_split(ledger, val_fraction=0.25, seed=profile.seed)
+ledger_texts, ledger_labels = list(ledger_test.text), list(ledger_test.label)
+ledger_steps = profile.num_epochs * -(-len(ledger_train) // profile.train_batch_size)  # ceil: one pass per epoch
+print(f"{len(ledger_train)} training lines, {len(ledger_test)} test lines "
+      f"({np.mean(ledger_labels):.1%} Income), {ledger_steps} steps; for example:\n{ledger_texts[0]}")
+
+
+# %% [markdown]
+# The ledger tutorial's batches, and its read. `read="last_real"` is the fix, and all it changes is
+# one index: the line's own last token. The pads come after it, and causal attention never lets a
+# position see a later one, so that read needs no attention mask.
+
+# %%
+def file_width(texts) -> int:
+    """The longest line of a file, in tokens: the width the ledger tutorial padded every line of it to."""
+    return max(len(ids) for ids in tokenizer(list(texts))["input_ids"])
+
+
+def tutorial_logits(model, texts, width: int, read: str = "minus_one") -> torch.Tensor:
+    """Every line eos-padded on the right to `width`, no attention mask; one logit per line. (batch,)"""
+    ids = tokenizer(list(texts))["input_ids"]
+    input_ids = torch.tensor([x + [tokenizer.pad_token_id] * (width - len(x)) for x in ids], device=profile.device)
+    logits = model(input_ids=input_ids).logits[..., 0]  # (batch, width): every position attends to all before it
+    at = [len(x) - 1 for x in ids] if read == "last_real" else [width - 1] * len(ids)
+    return logits[torch.arange(len(ids), device=logits.device), torch.tensor(at, device=logits.device)]
+
+
+train_width, test_width = file_width(ledger_train.text), file_width(ledger_texts)
+print(f"every training line padded to {train_width} tokens, every test line to {test_width}")
+
+# %% [markdown]
+# Train a head each way with the same loop and budget, then score the test lines twice: in the
+# ledger tutorial's batches, and one line at a time (no padding), as a service would.
+
+# %%
+bce = torch.nn.BCEWithLogitsLoss(reduction="sum")
+ledger_runs, model = {}, fixed  # each run: a fresh head and LoRA on the same 4-bit base
 del fixed
-reloaded = load_linear_head(base, adapter_dir, seed=profile.seed + 1)
-reloaded_scores = head_scores(reloaded, dev_texts, tokenizer, profile)
-agreement = ((reloaded_scores > 0) == (bug_runs["last_real"]["scores"] > 0)).mean()
-print(f"largest score difference after the round trip: {np.abs(reloaded_scores - bug_runs['last_real']['scores']).max():.1e}; "
-      f"{agreement:.1%} of predictions as before")
-assert agreement >= 0.98, "the reloaded head must reproduce the trained model's predictions"
+for read in ("minus_one", "last_real"):
+    model = head_model(profile, base=strip_adapter(model))
+    train(model, lambda m, texts, labels, read=read: bce(tutorial_logits(m, texts, train_width, read),
+                                                         torch.tensor(labels, dtype=torch.float32, device=profile.device)),
+          list(ledger_train.text), list(ledger_train.label), tokenizer, profile, num_steps=ledger_steps)
+    with torch.inference_mode():
+        batched = np.concatenate([tutorial_logits(model, ledger_texts[i : i + profile.eval_batch_size], test_width, read)
+                                  .float().cpu().numpy() for i in range(0, len(ledger_texts), profile.eval_batch_size)])
+    ledger_runs[read] = {"padded": batched,  # its test: batches of lines padded to the test file's width
+                         "one_at_a_time": head_scores(model, ledger_texts, tokenizer, profile, read, unpadded=True)}
+ledger_accuracy = {read: {layout: metrics(scores, ledger_labels)["accuracy"] for layout, scores in runs.items()}
+                   for read, runs in ledger_runs.items()}
+ledger_table = pd.DataFrame(ledger_accuracy).T.set_axis(["position -1 (ledger tutorial)", "last real token (the fix)"])
+ledger_table.columns = ["batched (its test)", "one line at a time"]
+ledger_table.columns.name = "test accuracy"
+ledger_table.round(4)
+
+# %%
+np.testing.assert_allclose(ledger_runs["last_real"]["padded"], ledger_runs["last_real"]["one_at_a_time"],
+                           **profile.tolerance, err_msg="the last real token must score a line alike, padded or alone")
+bug_moves = np.abs(ledger_runs["minus_one"]["padded"] - ledger_runs["minus_one"]["one_at_a_time"]).max()
+assert bug_moves > profile.tolerance["atol"], "the -1 read must score a padded line differently from the line alone"
+print(f"largest change of a line's logit, batched vs alone: {bug_moves:.2f} at -1, "
+      f"{np.abs(ledger_runs['last_real']['padded'] - ledger_runs['last_real']['one_at_a_time']).max():.1e} "
+      "at the last real token")
+print(f"the -1 head calls {(ledger_runs['minus_one']['padded'] > 0).mean():.1%} of the test lines Income in its batches, "
+      f"{(ledger_runs['minus_one']['one_at_a_time'] > 0).mean():.1%} one at a time ({np.mean(ledger_labels):.1%} are)")
 
 # %% [markdown]
-# On the CPU the round trip is exact; on a GPU expect differences in the last bits of the compute
-# dtype.
+# This is the kindest case for the -1 read: test lines are padded like training lines, so the
+# batched test gives a number that would pass any review. One line at a time, the same model reads
+# -1 on the amount's last digit, a position it never learned from, and its accuracy falls; the last
+# line shows how its answers shift. A test scored in the training layout cannot show this bug. The
+# one-index fix scores every line alike, padded or alone.
 #
-# Now the tutorial's setup: the head is **not** in `modules_to_save`. We train it that way (the
-# adapters must learn around a frozen random head), save with `save_pretrained`, and load as one
-# normally would: a base, `add_linear_head`, `PeftModel.from_pretrained`.
+# The numbers `make run` summarizes and the tests check:
 
 # %%
-frozen_head = head_model(profile, save_head=False, base=strip_adapter(reloaded))
-del reloaded, base
-train(frozen_head, head_loss(tokenizer, profile), train_texts, train_labels, tokenizer, profile)
-frozen_scores = head_scores(frozen_head, dev_texts, tokenizer, profile)
-frozen_dir = build_dir("adapters", "06_head_not_saved")
-shutil.rmtree(frozen_dir, ignore_errors=True)
-frozen_head.save_pretrained(frozen_dir)
-print("head tensors in the saved adapter:", saved_head_keys(frozen_dir))
-
-# %%
-naive = PeftModel.from_pretrained(add_linear_head(strip_adapter(frozen_head), seed=profile.seed + 1), frozen_dir)
-del frozen_head  # its base now carries the reloaded adapter
-naive_scores = head_scores(naive, dev_texts, tokenizer, profile)
-frozen_mcc = results.record("frozen_head_mcc", metrics(frozen_scores, dev_labels)["MCC"])
-naive_mcc = results.record("frozen_head_reloaded_mcc", metrics(naive_scores, dev_labels)["MCC"])
-pd.DataFrame({"trained head in modules_to_save (section 5)": metrics(bug_runs["last_real"]["scores"], dev_labels),
-              "frozen random head (tutorial), as trained": metrics(frozen_scores, dev_labels),
-              "frozen random head, after save + load": metrics(naive_scores, dev_labels)}).T.round(3)
-
-# %%
-naive_agreement = ((naive_scores > 0) == (frozen_scores > 0)).mean()
-print(f"frozen random head: MCC {frozen_mcc:.2f} as trained, {naive_mcc:+.2f} after save + load "
-      f"(trained head: {bug_runs['last_real']['MCC']:.2f}); {naive_agreement:.1%} of predictions as trained")
-
-
-# %% [markdown]
-# The tutorial's setup can learn: the adapters bend the hidden states toward whatever direction the
-# frozen random head happens to point, and on the tiny profile come close to a trained head (on
-# small, after 8 steps, neither head learned anything). But that direction lives
-# only in the training process. The reload drew another random head (seed `profile.seed + 1`) and
-# the score changed completely. Is that number a property of the saved adapters? Keep the adapters
-# and redraw only the head, under a few seeds. A head is one matrix product on the hidden state at
-# the last real token, so we compute those hidden states once and apply each head to them:
-
-# %%
-@torch.inference_mode()
-def head_inputs(model, texts) -> torch.Tensor:
-    """What a head reads: the final (normed) hidden state at each text's last real token. (n, hidden)"""
-    decoder = model.get_base_model().get_decoder()  # the LoRA-adapted transformer, without its head
-    out = []
-    for start in range(0, len(texts), profile.eval_batch_size):
-        batch = tokenizer(texts[start : start + profile.eval_batch_size], return_tensors="pt", padding=True).to(profile.device)
-        hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-        out.append(hidden[torch.arange(len(hidden)), last_token_index(batch["attention_mask"])].float().cpu())
-    return torch.cat(out)
-
-
-naive_hidden = head_inputs(naive, dev_texts)  # (dev, hidden)
-with torch.no_grad():  # the reload's own head, redrawn from its seed, must give the reload's scores
-    redrawn = LinearHead(hidden_size, seed=profile.seed + 1)(naive_hidden)[:, 0].numpy()
-np.testing.assert_allclose(redrawn, naive_scores, **profile.tolerance, err_msg="a head is a matrix product on these states")
-print(f"hidden states at the last real token: {tuple(naive_hidden.shape)}")
-
-# %%
-reload_rows = {}
-for seed in range(profile.seed, profile.seed + 8):  # profile.seed drew the head the adapters were trained with
-    with torch.no_grad():
-        scores = LinearHead(hidden_size, seed=seed)(naive_hidden)[:, 0].numpy()  # (dev,)
-    reload_rows[seed] = {**metrics(scores, dev_labels), "predicted acceptable": (scores > 0).mean(),
-                         "same prediction as trained": ((scores > 0) == (frozen_scores > 0)).mean()}
-reload_table = pd.DataFrame(reload_rows).T
-reload_table.index.name = "head seed at reload"
-results.record("frozen_head_reloaded_mcc_by_seed", {str(k): float(v) for k, v in reload_table.MCC.items()})
-reload_table.round(3)
-
-# %%
-trained_seed, other_seeds = reload_table.loc[profile.seed], reload_table.drop(index=profile.seed)
-assert trained_seed["same prediction as trained"] >= 0.98, "the training head's seed must give back the trained model"
-assert other_seeds["same prediction as trained"].min() <= 0.9, \
-    "random heads on the reloaded adapters should not all give back the trained predictions"
-print(f"other head seeds: MCC from {other_seeds.MCC.min():+.2f} to {other_seeds.MCC.max():+.2f}; "
-      f"{(other_seeds.MCC < 0).sum()} of {len(other_seeds)} below 0; "
-      f"at most {other_seeds['same prediction as trained'].max():.1%} of predictions as trained")
-
-# %% [markdown]
-# Only the seed the adapters were trained with is sure to give back the trained classifier. Another
-# draw changes a share of the predictions, and which way is random (a head that answers one class
-# everywhere, like small's after 8 steps, is matched by any other draw that does the same). On the tiny profile the table shows
-# all three outcomes: heads that point partly against the learned direction (MCC down to -0.75, the
-# classifier inverted), heads that happen to point near it (MCC up to +0.72), and heads that put
-# every sentence on one side of their threshold (MCC 0, a constant answer). The seed this reload
-# drew, `profile.seed + 1`, is just one of them. The saved adapters alone do not define a classifier.
-# `load_linear_head` refuses such a folder instead of returning a model whose predictions
-# depend on a random draw:
-
-# %%
-try:
-    require_saved_head(frozen_dir)  # what load_linear_head checks first, before it touches a model
-except ValueError as err:
-    print("ValueError:", err)
-else:
-    raise AssertionError("load_linear_head should refuse an adapter saved without its head")
-
-# %% [markdown]
-# ## 8. Classify your own sentence
-#
-# The classifier of section 7 loads on a fresh base model, in a new session or from a shell:
-# `python -m lmcls_helpers.classify build/classifiers/06_linear_head "The cat sat on the mat."`
-# prints the label and its probability. Here we load it in the notebook, after freeing the model we
-# hold (one base model at a time, as on a T4), and first check that it gives the probabilities the
-# trained head gave the same dev sentences in section 5.
-
-# %%
-del naive
-free_gpu_memory()
-classifier = load_classifier(classifier_dir)
-check = dev_sentences[:16]
-expected = 1 / (1 + np.exp(-bug_runs["last_real"]["scores"][:16]))  # sigmoid of section 5's logits
-np.testing.assert_allclose(classifier.predict_proba(check)[:, 1], expected, **profile.tolerance)
-print(f"classifier.json read back; P(acceptable) of {len(check)} dev sentences as section 5 gave them")
-
-# %% [markdown]
-# Now yours: change the sentences and run the cell again.
-
-# %%
-my_sentences = ["A neighbor is dropping the cakes.", "A neighbor are dropping the cakes.", "She and I slept after lunch.",
-                "Her and I slept after lunch.", "A neighbor is the dropping cakes.", "The cat sat on the mat."]
-for sentence, label, p in zip(my_sentences, classifier.predict(my_sentences), classifier.predict_proba(my_sentences).max(axis=1)):
-    print(f"{label:>12}  {p:.3f}  {sentence}")
-
-# %% [markdown]
-# On the tiny profile the head catches the wrong pronoun case ("Her and I") and calls "The cat sat on
-# the mat." unacceptable: its words are not in the tiny world's small synthetic vocabulary, which is
-# all this model has ever read. It also catches the scrambled word order ("A neighbor is the
-# dropping cakes.", 0.785 unacceptable), but the agreement error ("A neighbor are", 0.853
-# acceptable) slips through, as it did past notebook 4's label words. Llama-3-8B has read the web;
-# try the same cell on the full profile.
-
-# %%
+results.record("head_last_real_mcc", bug_runs["last_real"]["MCC"])
+results.record("head_position_minus1_mcc", bug_runs["minus_one"]["MCC"])
+results.record("head_last_real_accuracy", bug_runs["last_real"]["accuracy"])
+results.record("head_position_minus1_accuracy", bug_runs["minus_one"]["accuracy"])
+results.record("head_bug_margin_mcc", margin)
+results.record("head_bug_margin_sd", margin_sd)
+results.record("layout_mcc", layout_rows)
+results.record("ledger_tutorial_pipeline_accuracy", ledger_accuracy["minus_one"])  # {"padded", "one_at_a_time"}
+results.record("ledger_fixed_pipeline_accuracy", ledger_accuracy["last_real"])
 notebook_seconds = results.record("notebook_seconds", time.perf_counter() - notebook_start)
 print(f"notebook ran in {notebook_seconds:.0f} s")
 
@@ -686,13 +564,13 @@ course.finish("06_last_token_head", profile)  # the time taken against the plan;
 #   one logit, a sigmoid, a threshold at logit 0, trained with `BCEWithLogitsLoss`. For Llama-3-8B it
 #   replaces a 525M-weight LM head with 4,097 weights.
 # - `get_peft_model` trains only the adapter's matrices and freezes every other weight, a new head
-#   included, with or without 4-bit loading. Name the head in `modules_to_save` so that it trains
-#   **and** is saved with the adapter; a head left out comes back random on reload, and the adapters
-#   trained around the old one then classify right, inverted or constant, depending on that draw.
-# - `logits[:, -1, :]` on right-padded batches reads an eos pad: a summary of the sentence whose value
-#   depends on how many pads follow, so on the batch-mates. Read at `last_token_index`, or pad left.
-# - `save_classifier` keeps the adapter, the head, the template and the class names together;
-#   `load_classifier` gives back the same probabilities on a fresh base.
+#   included. Name the head in `modules_to_save` so that it trains **and** is saved with the adapter.
+# - The attention mask hides a pad as a key, not as a query: the state at -1 of a right-padded row
+#   is a pad that has read the sentence from *k* positions on, and its score moves with *k*, so
+#   with the batch-mates.
+# - The ledger tutorial's pipeline hides this: padded alike in training and test, its batched test
+#   looks fine, and one line at a time it fails. Read at the last real token (or pad on the left,
+#   with a mask) and a line scores the same in any batch.
 #
 # ## Exercises
 #
@@ -718,33 +596,29 @@ else:
     torch.testing.assert_close(torch.sigmoid(h @ w), torch.softmax(h @ W.T, dim=1)[:, 1])
     print("correct: the two heads give the same probabilities")
 
+
 # %% [markdown]
-# **2. Rescue a head that is not in the adapter.** Section 7's adapter lost its head. Without
-# retraining with `modules_to_save`, the other way out is to save the head yourself, next to the
-# adapter. Write `save_head(model, folder)`, which writes the head's weights to
-# `folder / "head.safetensors"`, and `load_head(model, folder)`, which puts them back into a model
-# loaded with `PeftModel.from_pretrained`.
-# *Hint:* `model.get_output_embeddings()` is the head, through the peft wrapper too;
-# `safetensors.torch.save_file` and `load_file` store a `state_dict`.
+# **2. Left padding needs its mask.** The ledger tutorial could have kept its -1 read and padded on
+# the left instead. Complete `left_padded(texts, width)`: each line's ids with `width - len` eos pads
+# **before** them, as `input_ids` and `attention_mask` tensors (batch, width). The self-check scores
+# the first test lines at -1 with the last-real-token ledger head and compares them with the lines
+# scored alone.
+# *Hint:* first return an all-ones mask, as the ledger tutorial did, and read the error: without a
+# mask, the real tokens attend to the pads before them.
 
 # %%
-save_head = None  # your answer: a function (model, folder) -> None
-load_head = None  # your answer: a function (model, folder) -> None
+def left_padded(texts, width: int) -> dict | None:
+    return None  # your answer: {"input_ids": ..., "attention_mask": ...}, both (batch, width) on profile.device
+
 
 # %%
-if save_head is None or load_head is None:
-    print("Exercise 2 not attempted yet: define save_head and load_head above.")
-else:  # one base model at a time: the classifier's base is reused, its adapter stripped off
-    original = head_model(profile, save_head=False, base=strip_adapter(classifier.model))  # the tutorial's setup
-    del classifier
-    folder = build_dir("adapters", "06_exercise_head")
-    shutil.rmtree(folder, ignore_errors=True)
-    original.save_pretrained(folder)
-    save_head(original, folder)
-    original_scores = head_scores(original, dev_texts[:64], tokenizer, profile)
-    restored = PeftModel.from_pretrained(add_linear_head(strip_adapter(original), seed=profile.seed + 1), folder)
-    del original
-    load_head(restored, folder)
-    np.testing.assert_allclose(head_scores(restored, dev_texts[:64], tokenizer, profile), original_scores,
-                               **profile.tolerance, err_msg="the restored model must score like the original")
-    print("correct: the head came back with the adapter")
+lines = ledger_texts[: profile.eval_batch_size]
+left = left_padded(lines, test_width)
+if left is None:
+    print("Exercise 2 not attempted yet: complete left_padded above.")
+else:
+    with torch.inference_mode():
+        at_minus_one = head_logits(model, left, "minus_one").float().cpu().numpy()  # (batch,)
+    np.testing.assert_allclose(at_minus_one, ledger_runs["last_real"]["one_at_a_time"][: len(lines)], **profile.tolerance,
+                               err_msg="left-padded lines, read at -1, must score as they do alone")
+    print("correct: with pads on the left and masked, -1 is the last real token")
