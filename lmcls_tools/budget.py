@@ -1,11 +1,12 @@
 """Time budgets: how long a notebook will take on this runtime, printed before any work starts.
 
-A class hour is the constraint the full profile is built around: every notebook must fit 50
-minutes on a free Colab T4, model loads included. Each notebook's *plan* (base-model loads,
-training examples, scored examples, prompt length) is written down here once, as a function of
+A class hour is the constraint the full profile is built around: every notebook's compute must
+fit 35 minutes on a free Colab T4, model loads included, leaving the rest of the hour to read it.
+Each notebook's *plan* (base-model loads, training examples, scored examples, prompt length) is
+written down here once, as a function of
 the profile's sizes; :func:`estimate` multiplies it by per-unit rates measured on real runtimes
 (``measurements/runtime_rates.json``, with provenance). ``python -m benchmarks.colab_budget``
-prints the table for every notebook under the full profile, and a unit test holds each to 50
+prints the table for every notebook under the full profile, and a unit test holds each to 35
 minutes. At the end of a notebook :func:`check_loads` compares the planned loads with
 ``load_model``'s count, so a plan cannot silently drift from the code it describes.
 """
@@ -31,7 +32,7 @@ COLA_SIZES = {"in_domain_train": 8551, "in_domain_dev": 527, "out_of_domain_dev"
 #: Lines in the ledger data set (synthetic on every profile; ``world.SIZES["ledger"]``, checked by a test).
 LEDGER_SIZE = 1800
 #: The budget a notebook must fit on a free Colab T4 under the full profile.
-CLASS_MINUTES = 50.0
+CLASS_MINUTES = 35.0
 
 
 @dataclass(frozen=True)

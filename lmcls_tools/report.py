@@ -28,7 +28,7 @@ HEADLINES = {
     "03": ("nf4_mean_abs_error", "fp4_mean_abs_error", "nf4_perplexity_rise"),
     "04": ("fewshot_ood_mcc", "finetuned_ood_mcc", "finetuned_gain_mcc", "resume_matches"),
     "05": ("nf4_8b_weights_gib", "estimator_max_rel_error", "t4_tutorial_step_estimated_gib"),
-    "06": ("head_last_real_mcc", "head_position_minus1_mcc", "frozen_head_mcc", "frozen_head_reloaded_mcc"),
+    "06": ("head_last_real_mcc", "head_position_minus1_mcc", "head_bug_margin_mcc"),
     "07": ("fewshot_mcc", "label_words_mcc", "head_mcc", "seqcls_mcc"),
     "08": ("words_macro_f1", "head_macro_f1", "fewshot_macro_f1_sum"),
     "09": ("words_reload_max_prob_diff", "head_cli_max_prob_diff", "lost_head_same_prediction", "merged_same_prediction"),
