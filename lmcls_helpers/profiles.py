@@ -148,11 +148,11 @@ def _full(require_device: bool = True, name: str = "full") -> Profile:
                    ledger_path=build_dir("tiny", "ledger", "ledger.csv"), device="cuda", compute_dtype=dtype,
                    eval_batch_size=16 if dtype == torch.bfloat16 else 8,
                    # micro-batch 8 as the tutorial (it held 8 without checkpointing, "just barely"); we checkpoint
-                   gradient_checkpointing=gib < CHECKPOINTING_BELOW_GIB, eval_every=100,
+                   gradient_checkpointing=gib < CHECKPOINTING_BELOW_GIB, eval_every=150,  # 3 validations of 450 steps
                    max_steps=80,  # notebooks 6 and 7 train 3 and 12 runs: 640 examples each fits a class hour on a T4
                    sample_sizes=(64,), ledger_max_lines=400,
                    max_train_examples=4000,  # 3,600 to train on, 400 to validate: a class hour on a T4
-                   resume_replay_steps=20)
+                   resume_replay_steps=10)  # notebook 4 replays 10 steps after its resume
 
 
 def _shapes(require_device: bool = True) -> Profile:

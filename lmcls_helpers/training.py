@@ -1,6 +1,6 @@
 """Training: the LoRA config, notebook 4's loop as one function, and what the read-out runs share.
 
-Notebook 4, section 8 writes the loop out; notebook 6 (section 4) trains a linear head on the last
+Notebook 4, section 7 writes the loop out; notebook 6 (section 4) trains a linear head on the last
 real token with :func:`train`, and notebook 7 compares it with label words and
 ``AutoModelForSequenceClassification``. Every run differs only in its ``step_loss``.
 :func:`strip_adapter` gives the untouched 4-bit base back after a run, so the next run needs no
@@ -66,8 +66,9 @@ def train(model, step_loss: StepLoss, texts: Sequence[str], labels: Sequence[int
           num_steps: int | None = None) -> float:
     """Train for ``num_steps`` optimizer steps (default ``profile.max_steps``); returns the seconds it took.
 
-    Notebook 4, section 8 teaches this loop: forward, the summed label-only loss over the step's
-    example count, accumulate over micro-batches, clip once, AdamW step, warm-up and linear decay.
+    Notebook 4, section 7 teaches this loop: forward, the summed label-only loss over the step's
+    example count, accumulate over micro-batches, clip once, AdamW step, warm-up and linear decay
+    (transformers' schedule, whose first step runs at rate 0; notebook 4's own starts above 0).
 
     Micro-batches come from :func:`batches.step_batches` (length-sorted, seeded); a small training
     set is cycled, so every read-out gets the same number of steps. Warm-up is at most a quarter of
