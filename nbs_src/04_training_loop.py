@@ -390,6 +390,7 @@ fig = plots.line_chart({"learning rate": (range(1, total_steps + 1), lrs, {"mark
 plots.show(fig, "04_lr_schedule")
 print(f"step 1: lr {lrs[0]:.1e}; peak {profile.lr:g} at step {peak}; last step ({total_steps}): lr {lrs[-1]:.1e}")
 
+
 # %% [markdown]
 # **Loss scaling in fp16.** fp16 cannot hold numbers below about 6e-8: small gradients flowing back
 # through fp16 activations round to 0. `torch.amp.GradScaler` multiplies each micro-batch's loss by a
@@ -404,6 +405,7 @@ def make_scaler():
 
 scaler = make_scaler()
 print(f"loss scaling: {scaler.is_enabled()} (compute dtype {profile.compute_dtype})")
+
 
 # %% [markdown]
 # ## 7. The training loop
