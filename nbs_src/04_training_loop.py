@@ -653,8 +653,9 @@ print(f"unacceptable called acceptable: {missed} of {int((test.labels == 0).sum(
 #
 # Could the gain be luck of the test set? `bootstrap_sd` draws new test sets of the same size from
 # this one, with replacement, and measures how much the gain moves: its standard deviation. A gain of
-# three or more is clear (notebook 6 uses the same yardstick). It reads "acceptable" where a score is
-# above 0, so we hand it each model's logit of " acceptable" minus that of " unacceptable":
+# three standard deviations or more is clear (notebook 6 uses the same yardstick). It reads
+# "acceptable" where a score is above 0, so we hand it each model's logit of " acceptable" minus that
+# of " unacceptable":
 
 # %%
 from lmcls_helpers.training import bootstrap_sd
