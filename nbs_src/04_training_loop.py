@@ -499,23 +499,23 @@ fig = plots.line_chart({"training loss (per step)": (steps_df.step, steps_df.los
 plots.show(fig, "04_learning_curves")
 
 # %% [markdown]
-# What did the warm-up do? The mean training loss over its steps, over as many steps after it, and at
-# the end of the run:
+# What did the warm-up do? The mean training loss over its steps, over as many steps after it, and
+# over the rest of the run:
 
 # %%
-per_step = steps_df.set_index("step").loss
-w = profile.warmup_steps
-phases = pd.DataFrame({"steps": [f"1-{w}", f"{w + 1}-{2 * w}", f"{total_steps - w + 1}-{total_steps}"],
-                       "mean lr": [steps_df.lr.iloc[:w].mean(), steps_df.lr.iloc[w : 2 * w].mean(), steps_df.lr.iloc[-w:].mean()],
-                       "mean training loss": [per_step.iloc[:w].mean(), per_step.iloc[w : 2 * w].mean(), per_step.iloc[-w:].mean()]},
-                      index=["warm-up", "after warm-up", "end of run"])
-assert phases["mean training loss"].iloc[1] < phases["mean training loss"].iloc[0], "after the warm-up the loss falls"
+per_step, w = steps_df.set_index("step")[["lr", "loss"]], profile.warmup_steps
+parts = {f"warm-up (steps 1-{w})": per_step.iloc[:w], f"next {w} steps": per_step.iloc[w : 2 * w],
+         f"the rest (steps {2 * w + 1}-{total_steps})": per_step.iloc[2 * w :]}
+phases = pd.DataFrame({name: {"mean lr": part.lr.mean(), "mean training loss": part.loss.mean()} for name, part in parts.items()}).T
+after = per_step.loss.iloc[w:].mean()  # every step after the warm-up
+print(f"mean training loss: {per_step.loss.iloc[:w].mean():.4f} during the warm-up, {after:.4f} after it")
+assert after < per_step.loss.iloc[:w].mean(), "once the rate has peaked, the loss falls below the warm-up's"
 phases.round(4)
 
 # %% [markdown]
-# The steps right after the warm-up, at nearly the peak rate, have a lower mean loss than the warm-up
-# itself: the warm-up holds the first steps back while Adam's estimates settle, and the fast learning
-# comes after it. The validation MCC over the same run:
+# Once the rate reaches its peak the loss falls below the warm-up's (the check above). The warm-up does
+# not do the learning; it holds Adam's first, poorly informed steps back. The validation MCC over the
+# same run:
 
 # %%
 fig = plots.line_chart({"validation MCC": (stats.step, stats.val_mcc, {"color": "tab:purple"})}, "validation MCC",
