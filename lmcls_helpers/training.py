@@ -1,6 +1,6 @@
 """Training: the LoRA config, notebook 4's loop as one function, and what the read-out runs share.
 
-Notebook 4, section 8 writes the loop out; notebook 6 (section 4) trains a linear head on the last
+Notebook 4, section 7 writes the loop out; notebook 6 (section 4) trains a linear head on the last
 real token with :func:`train`, and notebook 7 compares it with label words and
 ``AutoModelForSequenceClassification``. Every run differs only in its ``step_loss``.
 :func:`strip_adapter` gives the untouched 4-bit base back after a run, so the next run needs no
@@ -66,30 +66,31 @@ def train(model, step_loss: StepLoss, texts: Sequence[str], labels: Sequence[int
           num_steps: int | None = None) -> float:
     """Train for ``num_steps`` optimizer steps (default ``profile.max_steps``); returns the seconds it took.
 
-    Notebook 4, section 8 teaches this loop: forward, the summed label-only loss over the step's
-    example count, accumulate over micro-batches, clip once, AdamW step, warm-up and linear decay.
+    Notebook 4, section 7 teaches this loop: forward, the summed label-only loss over the step's
+    example count, accumulate over micro-batches, clip once, AdamW step, warm-up and linear decay
+    (transformers' schedule, whose first step runs at rate 0; notebook 4's own starts above 0).
 
     Micro-batches come from :func:`batches.step_batches` (length-sorted, seeded); a small training
     set is cycled, so every read-out gets the same number of steps. Warm-up is at most a quarter of
     the run, so a short run on a profile tuned for notebook 4's longer one still reaches its peak
     rate. With ``profile.gradient_checkpointing`` the blocks recompute their activations in backward.
+    In fp16 the loss is scaled (``torch.amp.GradScaler``) so that small gradients do not underflow to 0;
+    the gradient is unscaled before it is clipped. Elsewhere the scaler is off and changes nothing.
     """
     from transformers import get_linear_schedule_with_warmup
 
     num_steps = profile.max_steps if num_steps is None else num_steps
     if not num_steps or num_steps < 1 or not len(texts) or len(texts) != len(labels):
         raise ValueError(f"Need num_steps >= 1 and as many labels as texts (got {num_steps}, {len(texts)}, {len(labels)}).")
-    lengths = [len(ids) for ids in tokenizer(list(texts))["input_ids"]]
-    plan, epoch = [], 0
-    while len(plan) < num_steps:  # cycle over a small training set
-        plan += step_batches(lengths, profile.train_batch_size, profile.micro_batch_size, profile.seed, epoch)
-        epoch += 1
+    lengths, per_epoch = [len(ids) for ids in tokenizer(list(texts))["input_ids"]], -(-len(texts) // profile.train_batch_size)
+    plan = [step for epoch in range(-(-num_steps // per_epoch))  # a small training set is cycled
+            for step in step_batches(lengths, profile.train_batch_size, profile.micro_batch_size, profile.seed, epoch)]
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=profile.lr, weight_decay=profile.weight_decay)
-    warmup = min(profile.warmup_steps, num_steps // 4)
-    scheduler = get_linear_schedule_with_warmup(optimizer, num_warmup_steps=warmup, num_training_steps=num_steps)
-    if profile.gradient_checkpointing:  # as notebook 4, section 5: non-reentrant, no input gradients needed
+    scheduler = get_linear_schedule_with_warmup(optimizer, min(profile.warmup_steps, num_steps // 4), num_steps)
+    if profile.gradient_checkpointing:  # notebook 5: non-reentrant, no input gradients needed
         model.get_base_model().activation_checkpointing_enable()
+    scaler = torch.amp.GradScaler(profile.device, enabled=profile.compute_dtype == torch.float16)
     torch.manual_seed(profile.seed)  # LoRA dropout masks
     model.train()
     start = time.perf_counter()
@@ -97,9 +98,11 @@ def train(model, step_loss: StepLoss, texts: Sequence[str], labels: Sequence[int
         n = sum(len(micro) for micro in micro_batches)  # examples in this step
         for micro in micro_batches:
             loss = step_loss(model, [texts[i] for i in micro], [labels[i] for i in micro])  # summed
-            (loss / n).backward()
+            scaler.scale(loss / n).backward()  # fp16: times the loss scale, so small gradients survive
+        scaler.unscale_(optimizer)  # back to the true gradient before clipping it
         torch.nn.utils.clip_grad_norm_(trainable, profile.max_grad_norm)
-        optimizer.step()
+        scaler.step(optimizer)  # skips the step if an inf or nan gradient appeared (the scale then shrinks)
+        scaler.update()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
     model.eval()

@@ -181,12 +181,13 @@ def _plan_04(profile, sizes) -> Plan:
     train, val = pool - round(0.1 * pool), _first(round(0.1 * pool), profile.max_eval_examples)  # train_val_split's 10%
     steps = profile.num_epochs * math.ceil(train / profile.train_batch_size)
     replay = min(profile.resume_replay_steps or profile.eval_every, profile.eval_every)
-    # few-shot test and validation; each validation; test after training, after reloading, after merging; checks
-    scored = test + val + math.ceil(steps / profile.eval_every) * val + 3 * test + 16 + 3
+    # few-shot test and validation; each validation; the test after training; three forwards of one micro-batch
+    # (the loss three ways). Trained: the run, the resume's replay, three backwards of the first step (accumulation)
+    scored = test + val + math.ceil(steps / profile.eval_every) * val + test + 3 * profile.micro_batch_size
     cut = "" if pool == sizes["in_domain_train"] else (
         f"one pass over {train:,} of in_domain_train's {sizes['in_domain_train']:,} sentences "
         f"(the tutorial trained on 7,696), validating on {val:,}.")
-    return Plan(3, (steps + replay + 4) * profile.train_batch_size, scored,  # + 4 steps of gradient checks
+    return Plan(1, (steps + replay + 3) * profile.train_batch_size, scored,
                 seq_len=profile.prompt_tokens, recompute=profile.gradient_checkpointing, cut=cut)
 
 

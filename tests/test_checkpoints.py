@@ -1,5 +1,5 @@
 """Checkpoints: an exact round trip (adapter, optimizer, scheduler, step, RNG), an exact resume, and
-clear errors for a checkpoint from another model or LoRA config (notebook 4, section 9)."""
+clear errors for a checkpoint from another model or LoRA config (notebook 4, section 8)."""
 
 from __future__ import annotations
 

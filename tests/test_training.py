@@ -34,7 +34,7 @@ class CharTokenizer:
 
 PROFILE = SimpleNamespace(seed=0, lora_r=4, lora_alpha=8, lora_dropout=0.0, device="cpu", train_batch_size=4,
                           micro_batch_size=2, lr=5e-3, weight_decay=0.0, warmup_steps=2, max_grad_norm=1.0, max_steps=12,
-                          gradient_checkpointing=False, eval_batch_size=3)
+                          gradient_checkpointing=False, eval_batch_size=3, compute_dtype=torch.float32)
 TEXTS = ["good day", "bad", "good good", "bad bad day", "a good one", "a bad one", "good", "bad night"]
 LABELS = [1, 0, 1, 0, 1, 0, 1, 0]
 
@@ -76,6 +76,38 @@ def test_train_learns_a_separable_toy_task_and_is_deterministic():
     assert training.metrics(scores[0], LABELS)["accuracy"] > before["accuracy"] or before["accuracy"] == 1.0
     with pytest.raises(ValueError, match="num_steps"):
         training.train(model, training.head_loss(tok, PROFILE), TEXTS, LABELS[:3], tok, PROFILE)
+
+
+def test_a_disabled_grad_scaler_leaves_the_steps_unchanged():
+    """Outside fp16 train()'s GradScaler is off: the weights equal those of the same loop written without it."""
+    from transformers import get_linear_schedule_with_warmup
+
+    from lmcls_helpers.batches import step_batches
+
+    tok, steps = CharTokenizer(), 5
+    model = training.head_model(PROFILE, base=tiny_base())
+    training.train(model, training.head_loss(tok, PROFILE), TEXTS, LABELS, tok, PROFILE, num_steps=steps)
+    plain = training.head_model(PROFILE, base=tiny_base())  # the same start, trained by a loop without a scaler
+    trainable = [p for p in plain.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=PROFILE.lr, weight_decay=PROFILE.weight_decay)
+    scheduler = get_linear_schedule_with_warmup(optimizer, min(PROFILE.warmup_steps, steps // 4), steps)
+    loss_fn, lengths = training.head_loss(tok, PROFILE), [len(ids) for ids in tok(TEXTS)["input_ids"]]
+    plan = [s for epoch in range(3) for s in step_batches(lengths, PROFILE.train_batch_size, PROFILE.micro_batch_size,
+                                                          PROFILE.seed, epoch)]  # 2 steps an epoch, cycled
+    torch.manual_seed(PROFILE.seed)
+    plain.train()
+    for micro_batches in plan[:steps]:
+        n = sum(len(m) for m in micro_batches)
+        for m in micro_batches:
+            (loss_fn(plain, [TEXTS[i] for i in m], [LABELS[i] for i in m]) / n).backward()
+        torch.nn.utils.clip_grad_norm_(trainable, PROFILE.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+    ours = dict(model.named_parameters())
+    for name, p in plain.named_parameters():
+        if p.requires_grad:
+            torch.testing.assert_close(ours[name], p, rtol=0, atol=0, msg=name)
 
 
 def test_head_scores_agree_across_layouts_for_the_last_real_token():
