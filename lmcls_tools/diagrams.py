@@ -100,6 +100,7 @@ def readout(tokens, logits, label_words, attention_mask=None, shown: int = 6,
         arrow(ax, (7.82, y + height / 2), (8.18, y + height / 2))
         box(ax, 8.2, y + 0.05, 1.6, height - 0.1, f"P = {p:.3f}", color="white", fontsize=9)
     ax.text(9.0, 2.08, "softmax over\nthe label logits", ha="center", va="bottom", fontsize=7)
+    return fig
 
 
 def nf4_block(block, levels) -> plt.Figure:
@@ -202,6 +203,7 @@ def memory_over_step(estimate, num_layers: int, title: str = "") -> plt.Figure:
     ax.legend(loc="upper right", fontsize=7, framealpha=0.9)
     ax.set_xlim(-0.5, 2 * L + 3)
     fig.tight_layout()
+    return fig
 
 
 def readout_paths(hidden_size: int, label_words: tuple[str, str] = (" unacceptable", " acceptable")) -> plt.Figure:
@@ -229,6 +231,7 @@ def readout_paths(hidden_size: int, label_words: tuple[str, str] = (" unacceptab
         arrow(ax, (6.0, 2.2), (6.5, y + 0.35))
         arrow(ax, (9.4, y + 0.35), (9.8, y + 0.35))
         ax.text(9.85, y + 0.35, f"{out}\n= log-odds of label 1", va="center", fontsize=8)
+    return fig
 
 
 def attention_under_right_padding(tokens, n_pads: int, title: str = "") -> plt.Figure:
