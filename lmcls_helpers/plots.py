@@ -46,10 +46,10 @@ def _figure(title: str = "", xlabel: str = "", ylabel: str = "", figsize=(6, 3.5
 
 
 def _tensor(values) -> np.ndarray:
-    """Any tensor or array, flattened to float numbers (detached: a model's weights may require grad)."""
+    """Any tensor or array, flattened to float numbers on the CPU (detached: a model's weights may require grad)."""
     import torch
 
-    return torch.as_tensor(values).detach().float().flatten().numpy()
+    return torch.as_tensor(values).detach().cpu().float().flatten().numpy()
 
 
 def padding_layout(batch, tokenizer, marks=None, title: str = "", minus_one: bool = False) -> plt.Figure:
@@ -60,7 +60,7 @@ def padding_layout(batch, tokenizer, marks=None, title: str = "", minus_one: boo
     """
     from matplotlib.colors import ListedColormap
 
-    mask = batch["attention_mask"].numpy()
+    mask = batch["attention_mask"].cpu().numpy()  # a batch may sit on the GPU
     rows, width = mask.shape
     marked = "" if marks is None else ", red box: last real token"
     fig, ax = _figure(title or f"padding side = {tokenizer.padding_side} (green: real tokens, white: padding{marked})",
@@ -70,7 +70,7 @@ def padding_layout(batch, tokenizer, marks=None, title: str = "", minus_one: boo
         for c, piece in enumerate(tokenizer.convert_ids_to_tokens(ids)):
             ax.text(c, r, piece if len(piece) <= 8 else piece[:7] + "…", ha="center", va="center", fontsize=7,
                     color="black" if mask[r, c] else "grey")
-    for r, c in enumerate([] if marks is None else list(marks)):
+    for r, c in enumerate([] if marks is None else _tensor(marks).astype(int).tolist()):
         ax.add_patch(plt.Rectangle((c - 0.5, r - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
         if minus_one:
             ax.add_patch(plt.Rectangle((width - 1.42, r - 0.42), 0.84, 0.84, fill=False, edgecolor="tab:blue",

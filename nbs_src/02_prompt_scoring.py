@@ -189,10 +189,11 @@ print("predictions:", scores.argmax(dim=1).tolist(), " true labels:", dev.label[
 
 # %%
 tokenizer.padding_side = "right"
-batch_right = tokenizer(prompts, return_tensors="pt", padding=True)
+batch_right = tokenizer(prompts, return_tensors="pt", padding=True).to(model.device)
+last_right = last_token_index(batch_right["attention_mask"])  # (batch,)
 with torch.no_grad():
     logits_right = model(**batch_right).logits
-scores_right = logits_right[torch.arange(4), last_token_index(batch_right["attention_mask"])][:, label_ids]
+scores_right = logits_right[torch.arange(len(last_right), device=last_right.device), last_right][:, label_ids]
 tokenizer.padding_side = "left"
 torch.testing.assert_close(scores_right, scores, **profile.tolerance)  # tolerance: rounding of compute_dtype
 print("left and right padding give the same label scores")

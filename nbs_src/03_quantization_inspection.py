@@ -51,7 +51,6 @@ from lmcls_helpers import course, results
 profile = course.start("03_quantization_inspection", PROFILE)  # the profile, its world, login, versions and device, the time plan
 
 # %%
-import gc
 import math
 
 import numpy as np
@@ -59,7 +58,7 @@ import pandas as pd
 import torch
 
 from lmcls_helpers import plots, quant
-from lmcls_helpers.models import llama_config, load_model, require_bitsandbytes
+from lmcls_helpers.models import free_gpu_memory, llama_config, load_model, require_bitsandbytes
 from lmcls_helpers.profiles import ensure_world
 from lmcls_tools import diagrams
 
@@ -380,8 +379,6 @@ arch = llama_config(profile)
 runs = {}
 for name, options in precisions.items():
     options = {"quantize": True, **options}
-    if torch.cuda.is_available():  # hand the freed model's cached blocks back, or mem_get_info undercounts
-        torch.cuda.empty_cache()
     needed = quant.total_bytes(quant.predicted_table(arch, dtype=profile.compute_dtype, quantize=options["quantize"]))
     if not quant.fits_in_memory(needed, profile.device):
         print(f"{name}: skipped, its weights alone need {needed / 2**30:.1f} GiB")
@@ -390,7 +387,7 @@ for name, options in precisions.items():
     result = evaluate(model, tokenizer, sentences, labels, template, label_ids, profile.eval_batch_size)
     runs[name] = {"result": result, "perplexity": perplexity(model, tokenizer, sentences, profile.eval_batch_size)}
     del model
-    gc.collect()
+    free_gpu_memory()  # hand its GPU blocks back: the next fit check, and the plan checked at the end, read free memory
 print("evaluated:", list(runs))
 
 # %% [markdown]

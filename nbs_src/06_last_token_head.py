@@ -193,7 +193,7 @@ pd.DataFrame({"real tokens": batch["attention_mask"].sum(1).cpu().numpy(),
               "P(label 1) = sigmoid(logit at last real)": torch.sigmoid(at_last).cpu().numpy()}).round(3)
 
 # %%
-torch.testing.assert_close(at_last, logits[torch.arange(len(last)), last, 0], **profile.tolerance,
+torch.testing.assert_close(at_last, logits[torch.arange(len(last), device=last.device), last, 0], **profile.tolerance,
                            msg="head_logits gathers at last_token_index")
 torch.testing.assert_close(at_last[-1], at_minus_one[-1], **profile.tolerance,
                            msg="the longest row has no padding: both reads agree")

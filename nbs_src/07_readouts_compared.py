@@ -322,7 +322,7 @@ model.get_base_model().config.pad_token_id = tokenizer.pad_token_id
 with torch.no_grad():
     hidden = model.get_base_model().model(**batch).last_hidden_state  # (4, seq, hidden)
     last = last_token_index(batch["attention_mask"])  # (4,)
-    by_hand = model.get_base_model().score(hidden[torch.arange(len(last)), last])  # (4, 2)
+    by_hand = model.get_base_model().score(hidden[torch.arange(len(last), device=last.device), last])  # (4, 2)
     torch.testing.assert_close(model(**batch).logits, by_hand, **profile.tolerance)
 print("the score layer reads the same position as last_token_index")
 strip_adapter(model)
