@@ -84,7 +84,7 @@ torch.manual_seed(profile.seed)
 # Each ledger memo belongs to one category ("Pest Control" to repairs, "Property Tax" to insurance
 # and taxes), so `ledger_categories` gives every line exactly one of five. The categories are
 # uneven already; on top of that we **keep only a quarter of the utilities lines**, so that one
-# class is rare and section 8 has something to fix. A quarter of the lines is held out as the
+# class is rare and section 9 has something to fix. A quarter of the lines is held out as the
 # test set, and nothing is tuned on it.
 
 # %%
@@ -399,7 +399,7 @@ pd.Series(headline(test_labels, preds["one-token aliases"])).round(3)
 
 # %%
 def head_step_loss(weight=None):
-    """The summed cross-entropy of the head's k logits; `weight`: a weight per class (section 8)."""
+    """The summed cross-entropy of the head's k logits; `weight`: a weight per class (section 9)."""
     def step_loss(model, texts, labels):
         batch = tokenizer(list(texts), return_tensors="pt", padding=True).to(profile.device)
         logits = head_logits(model, batch, num_labels=k)  # (micro, k), at each row's last real token
@@ -523,12 +523,13 @@ pd.concat({name: per_class(test_labels, p) for name, p in heads.items()}, axis=1
 # Where the errors go, for the three heads:
 
 # %%
-fig, axes = plt.subplots(1, 3, figsize=(14, 4.2), sharey=True)
+fig, axes = plt.subplots(1, 3, figsize=(11, 4), sharey=True)
 for ax, (name, p) in zip(axes, heads.items()):
     ConfusionMatrixDisplay.from_predictions(test_labels, p, labels=list(range(k)), ax=ax, colorbar=False, cmap="Blues",
                                             display_labels=[n.replace(" and ", "\n& ") for n in class_names])
-    ax.set_title(f"{name}: macro-F1 {headline(test_labels, p)['macro-F1']:.2f}")
+    ax.set(title=f"{name}: macro-F1 {headline(test_labels, p)['macro-F1']:.2f}", xlabel="predicted class", ylabel="")
     ax.tick_params(axis="x", labelrotation=90)
+axes[0].set_ylabel("true class")
 fig.tight_layout()
 plots.show(fig, "08_confusion_heads")
 
@@ -592,7 +593,7 @@ course.finish("08_beyond_two_labels", profile)  # the time taken against the pla
 # - With uneven classes, report macro-F1 and per-class precision and recall next to the
 #   majority baseline: accuracy is decided by the big classes.
 # - A balanced weighted loss and a balanced sampler have the same expected gradient and give small
-#   classes more say; a handful of test lines makes any rare-class recall a wide interval.
+#   classes more say; on a handful of test lines, read a rare class's recall with its interval.
 #
 # ## Exercises
 #
@@ -628,4 +629,5 @@ if words_mean_macro_f1 is None:
 else:
     expected = headline(test_labels, (words_scores / np.array(token_counts)).argmax(axis=1))["macro-F1"]
     assert abs(words_mean_macro_f1 - expected) < 1e-9, f"expected {expected:.4f}"
-    print(f"correct: mean {expected:.3f}, sum {board.loc['label words, sum', 'macro-F1']:.3f}")
+    print(f"correct: mean {expected:.3f}, sum {board.loc['label words, sum', 'macro-F1']:.3f}, "
+          f"calibrated {board.loc['label words, calibrated', 'macro-F1']:.3f}")
