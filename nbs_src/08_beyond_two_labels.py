@@ -381,6 +381,7 @@ preds["one-token aliases"] = alias_scores.argmax(axis=1)  # one token each: the 
 print(f"aliases: loss {before:.2f} -> {after:.2f} per line")
 pd.Series(headline(test_labels, preds["one-token aliases"])).round(3)
 
+
 # %% [markdown]
 # Every training step now spends its whole loss on the one token that decides the class, and
 # scoring costs one pass per line. The price: an alias is not the name, so a few-shot prompt reads
@@ -438,6 +439,7 @@ board = pd.DataFrame({name: {**headline(test_labels, p), **{f"share {c}": s for 
                                                             zip(class_names, np.bincount(p, minlength=k) / len(p))}}
                       for name, p in preds.items()}).T
 board.round(3)
+
 
 # %% [markdown]
 # The baseline's accuracy is simply the largest class's share of the test lines. A classifier whose
@@ -532,6 +534,7 @@ for ax, (name, p) in zip(axes, heads.items()):
 axes[0].set_ylabel("true class")
 fig.tight_layout()
 plots.show(fig, "08_confusion_heads")
+
 
 # %% [markdown]
 # Both fixes move predictions towards the small classes, and the big classes pay for it in recall.
