@@ -24,7 +24,7 @@
 # [Fine-Tuning Llama 3 for Sentence Classification](https://github.com/chrisjmccormick/llm-tuning-examples/blob/main/sentence-classification/Fine-Tuning%20Llama%203%20for%20Sentence%20Classification.ipynb)
 # reads two one-token label words, and a Mistral-7B ledger-line tutorial (Income / Expense lines,
 # a `Linear(4096, 1)` head) trains one logit. Real tasks have more classes, and their names rarely
-# fit in one token. Here the ledger lines of notebook 7 are sorted into five bookkeeping
+# fit in one token. Here the ledger lines of notebooks 6 and 7 are sorted into five bookkeeping
 # categories. What you will learn:
 #
 # - how a class name of several tokens is scored: the prompt runs **once**, and its cached keys
@@ -490,7 +490,7 @@ print(f"mean weight over the training lines: {class_weights.numpy()[train_labels
 # `count_c / n · n / (k · count_c) = 1/k` of the loss; resampling gives it `1/k` of the draws. They
 # differ in how they get there. Resampling repeats the same few rare lines and never shows many
 # common ones within a budget of draws; weighting sees every line it draws once, but a rare line
-# enters its batch with a large weight, so its steps vary more and hit the gradient clip more often.
+# enters its batch with a large weight, so its steps vary more and can hit the gradient clip.
 
 # %%
 n_draws = profile.max_steps * profile.train_batch_size  # the examples one run trains on
