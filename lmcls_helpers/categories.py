@@ -18,12 +18,10 @@ CATEGORY_NAMES = (" rent and fees", " utilities", " repairs", " insurance and ta
 MEMO_CATEGORY = {
     "Rental Income Unit ": 0, "Misc. Other Income Deposit Fee": 0, "Misc. Other Income Additional Other Income": 0,
     "Laundry Income": 0, "Parking Income": 0, "Late Fee Income": 0, "Interest Income": 0, "Pet Rent": 0,
-    "Application Fee": 0,
-    "Utility Reimbursement": 1, "Gas - Vacancy": 1, "Water & Sewer": 1,
+    "Application Fee": 0, "Utility Reimbursement": 1, "Gas - Vacancy": 1, "Water & Sewer": 1,
     "Repairs - Plumbing": 2, "Unit Turnover RR - Appliance - Dishwasher": 2, "Landscaping": 2, "Pest Control": 2,
-    "Insurance Claim Proceeds": 3, "Property Tax": 3, "Insurance Premium": 3,
+    "Insurance Claim Proceeds": 3, "Property Tax": 3, "Insurance Premium": 3, "Other - Check Processing Fees": 4,
     "Office Expenses Employee Relations": 4, "Marketing Permanent Signage": 4, "Payroll": 4, "Legal Fees": 4,
-    "Other - Check Processing Fees": 4,
 }
 
 #: Share of the minority class's lines that notebook 8 keeps, so that the classes are clearly imbalanced.

@@ -24,17 +24,17 @@ READS = ("last_real", "minus_one")
 
 
 class LinearHead(nn.Linear):
-    """``Linear(hidden, 1)`` with a bias, in float32: one logit per position, ``sigmoid(logit) = P(label 1)``.
+    """``Linear(hidden, num_labels)`` with a bias, in float32: with one logit, ``sigmoid(logit) = P(label 1)``.
 
     Unlike the tutorial's bias-free head it learns the threshold too, and it casts bf16 hidden states up.
     ``seed`` draws its initial values from a private generator: the same head on any model, the global RNG untouched.
     """
 
-    def __init__(self, hidden_size: int, seed: int | None = None) -> None:
-        if not isinstance(hidden_size, int) or hidden_size < 1:
-            raise ValueError(f"hidden_size must be a positive int, got {hidden_size!r}.")
+    def __init__(self, hidden_size: int, seed: int | None = None, num_labels: int = 1) -> None:
+        if not all(isinstance(n, int) and n >= 1 for n in (hidden_size, num_labels)):
+            raise ValueError(f"hidden_size and num_labels must be positive ints, got {hidden_size!r} and {num_labels!r}.")
         with torch.random.fork_rng(devices=[], enabled=seed is not None):  # nn.Linear draws from the global RNG
-            super().__init__(hidden_size, 1, bias=True, dtype=torch.float32)
+            super().__init__(hidden_size, num_labels, bias=True, dtype=torch.float32)
         if seed is not None:  # nn.Linear's default range, drawn from our own generator
             generator, bound = torch.Generator().manual_seed(seed), 1 / hidden_size**0.5
             with torch.no_grad():
@@ -42,18 +42,18 @@ class LinearHead(nn.Linear):
                 self.bias.uniform_(-bound, bound, generator=generator)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        """(..., hidden) -> (..., 1)."""
+        """(..., hidden) -> (..., num_labels)."""
         if hidden_states.shape[-1] != self.in_features:
             raise ValueError(f"The head expects hidden states of size {self.in_features}, but the model produced "
                              f"{hidden_states.shape[-1]}: build it with add_linear_head(model) on the model it sits on.")
         return super().forward(hidden_states.to(self.weight.dtype))
 
 
-def add_linear_head(model, seed: int | None = None):
+def add_linear_head(model, seed: int | None = None, num_labels: int = 1):
     """Replace the causal LM's vocabulary head with a :class:`LinearHead`; returns ``model``.
 
-    Afterwards ``model(**batch).logits`` is (batch, seq, 1). Call it before ``get_peft_model`` and
-    before ``PeftModel.from_pretrained``.
+    Afterwards ``model(**batch).logits`` is (batch, seq, num_labels); notebook 8 uses k > 1 labels.
+    Call it before ``get_peft_model`` and before ``PeftModel.from_pretrained``.
     """
     if hasattr(model, "peft_config"):
         raise ValueError("The model is already wrapped by PEFT. Add the head to the plain causal LM first, then "
@@ -64,7 +64,7 @@ def add_linear_head(model, seed: int | None = None):
         raise ValueError(f"{type(model).__name__} has no config.hidden_size or no output layer to replace: pass a "
                          "causal LM from models.load_model(profile) (or AutoModelForCausalLM), before LoRA wraps it.")
     old = model.get_output_embeddings()
-    model.set_output_embeddings(LinearHead(hidden, seed).to(old.weight.device if old is not None else next(model.parameters()).device))
+    model.set_output_embeddings(LinearHead(hidden, seed, num_labels).to(old.weight.device if old is not None else next(model.parameters()).device))
     # A tied LM head shares the input embeddings' matrix; the new head must not be re-tied to it.
     for config in {id(c): c for c in (model.config, model.config.get_text_config())}.values():
         config.tie_word_embeddings = False
@@ -73,22 +73,24 @@ def add_linear_head(model, seed: int | None = None):
 
 
 
-def head_logits(model, batch, read: str = "last_real") -> torch.Tensor:
-    """One logit per row, read at the last real token (``"last_real"``) or the last column. (batch,)
+def head_logits(model, batch, read: str = "last_real", num_labels: int = 1) -> torch.Tensor:
+    """The head's logits at each row's last real token (``"last_real"``) or last column: (batch,), or (batch, k).
 
-    ``"minus_one"`` is ``logits[:, -1, 0]``: right for left padding, a pad token's score for
+    ``"minus_one"`` is ``logits[:, -1]``: right for left padding, a pad token's score for
     every shorter row of a right-padded batch. It is here so notebook 6 can measure the bug.
     """
     if read not in READS:
         raise ValueError(f"read must be one of {READS}, got {read!r}.")
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (batch, seq, 1)
-    if logits.dim() != 3 or logits.shape[-1] != 1:
-        raise ValueError(f"The model returns {tuple(logits.shape)} logits, not (batch, seq, 1): it still has its "
-                         "vocabulary head. Call add_linear_head(model) before wrapping it with LoRA.")
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (batch, seq, k)
+    if logits.dim() != 3 or logits.shape[-1] != num_labels:
+        raise ValueError(f"The model returns {tuple(logits.shape)} logits, not (batch, seq, {num_labels}): it still has "
+                         "its vocabulary head. Call add_linear_head(model, num_labels=...) before wrapping it with LoRA.")
     if read == "minus_one":
-        return logits[:, -1, 0]
-    last = last_token_index(batch["attention_mask"])  # (batch,)
-    return logits[torch.arange(len(last), device=logits.device), last, 0]
+        picked = logits[:, -1]
+    else:
+        last = last_token_index(batch["attention_mask"])  # (batch,)
+        picked = logits[torch.arange(len(last), device=logits.device), last]  # (batch, k)
+    return picked[:, 0] if num_labels == 1 else picked
 
 
 def saved_head_keys(folder: str | Path) -> list[str]:

@@ -48,8 +48,8 @@ def strip_adapter(model):
     return base
 
 
-def head_model(profile, save_head: bool = True, base=None):
-    """A 4-bit base + ``Linear(hidden, 1)`` (seed ``profile.seed``) + fresh LoRA, ready to train.
+def head_model(profile, save_head: bool = True, base=None, num_labels: int = 1):
+    """A 4-bit base + ``Linear(hidden, num_labels)`` (seed ``profile.seed``) + fresh LoRA, ready to train.
 
     With ``save_head`` the head is in ``modules_to_save``: it trains and is saved with the adapter
     (notebook 6, section 3). ``base`` reuses a base model (from :func:`strip_adapter`) instead of
@@ -57,7 +57,7 @@ def head_model(profile, save_head: bool = True, base=None):
     """
     from peft import get_peft_model
 
-    model = add_linear_head(load_model(profile) if base is None else base, seed=profile.seed)
+    model = add_linear_head(load_model(profile) if base is None else base, seed=profile.seed, num_labels=num_labels)
     torch.manual_seed(profile.seed)  # LoRA's A matrices start random
     return get_peft_model(model, lora_config(profile, [HEAD_MODULE] if save_head else None))
 

@@ -239,11 +239,12 @@ def _plan_08(profile, sizes) -> Plan:
     held_out = round(0.25 * len(ledger_categories(_read_ledger(profile), seed=profile.seed)))  # train_val_split(0.25)
     test, k = _first(held_out, profile.max_eval_examples), len(CATEGORY_NAMES)
     # few-shot: each line's prompt, about k + 1 lines long, once (choice_logprobs caches it for the class names,
-    # whose few other tokens are left out here); 4 lines again for the mean check; the loss check (2); fine-tuned
-    # label words; the head predicts the test set 4 times. Training: 4 runs (label words; linear head plain,
-    # weighted, resampled)
-    return Plan(1, 4 * profile.max_steps * profile.train_batch_size, (test + 4) * (k + 1) + 2 + test + 4 * test,
-                seq_len=48)
+    # whose few other tokens are left out here), for the test set, the 4 lines of the mean check, the line scored by
+    # hand and by the library, and the 'N/A' prior; the loss check (2); the 8 probe lines before and after each
+    # label-word run (32); the fine-tuned label words (test + its prior) and aliases (test); the three heads (3 x test).
+    # Training: 5 runs (label words; aliases; linear head plain, weighted, resampled)
+    return Plan(1, 5 * profile.max_steps * profile.train_batch_size, (test + 7) * (k + 1) + 2 + 32 + 2 * test + 1
+                + 3 * test, seq_len=48)
 
 
 def _plan_09(profile, sizes) -> Plan:

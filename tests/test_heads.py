@@ -206,3 +206,19 @@ def test_head_goes_on_before_lora():
     peft_model = lora(add_linear_head(tiny_llama(), seed=0), save_head=True)
     with pytest.raises(ValueError, match="already wrapped by PEFT"):
         add_linear_head(peft_model)
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_k_class_head_reads_k_logits_at_the_last_real_token(side):
+    """Notebook 8's Linear(hidden, k): (batch, k) logits, each row as if alone; a wrong k is refused."""
+    k_model = add_linear_head(tiny_llama(), seed=0, num_labels=5)
+    rows = [[5, 6, 7, 8], [9, 10]]
+    with torch.no_grad():
+        together = head_logits(k_model, make_batch(rows, side), num_labels=5)
+        alone = torch.cat([head_logits(k_model, make_batch([r], side), num_labels=5) for r in rows])
+        assert together.shape == (2, 5)
+        torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-5)
+        with pytest.raises(ValueError, match=r"not \(batch, seq, 1\)"):
+            head_logits(k_model, make_batch(rows, side))
+    with pytest.raises(ValueError, match="num_labels"):
+        LinearHead(HIDDEN, num_labels=0)
