@@ -76,7 +76,7 @@ from lmcls_helpers.scoring import choice_logprobs, choice_token_counts
 from lmcls_helpers.tokens import load_tokenizer, token_table
 from lmcls_helpers.training import head_model, lora_config, strip_adapter, train
 
-torch.manual_seed(profile.seed)
+_ = torch.manual_seed(profile.seed)  # every random draw below follows from the seed
 
 # %% [markdown]
 # ## 1. Five categories, uneven on purpose
