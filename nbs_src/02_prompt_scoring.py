@@ -35,7 +35,7 @@
 # > the pattern prompt's win in section 10 are built in. The `small` profile's 135M model is about
 # > at chance: too small for this task few-shot. Llama 3 8B reached MCC 0.555 on the Llama 3
 # > tutorial's validation split (856 sentences held out of `in_domain_train`, not our dev split)
-# > and 0.495 in 4-bit on `out_of_domain_dev`, the split and precision of `fewshot_ood_mcc` on `full`.
+# > and 0.495 in 4-bit on `out_of_domain_dev`, the split and precision that section 9 scores on the `full` profile.
 
 # %%
 PROFILE = None  # None: $LMCLS_PROFILE, else "tiny" (CPU, offline). "small": a real 135M LLM on the CPU. Colab GPU: "full".
@@ -95,7 +95,7 @@ dev.sample(5, random_state=0)
 tokenizer = load_tokenizer(profile, padding_side="left")
 model = load_model(profile)  # 4-bit NF4 weights, profile.compute_dtype compute
 # A 4-bit layer packs two weights into each uint8 element, so this counts fewer elements than the
-# model has weights (notebook 3, section 4 counts both).
+# model has weights (notebook 3, section 2 packs them; notebook 5, section 3 counts both).
 print(type(model).__name__, f"{sum(p.numel() for p in model.parameters()):,} stored parameter elements")
 
 # %% [markdown]
@@ -239,8 +239,8 @@ by_hand
 
 # %% [markdown]
 # The scores of section 4, without a `(batch, seq, vocab)` tensor. The helper later notebooks
-# call, `label_logits(..., lean=True)`, takes the same path (keeping each row's full vocabulary,
-# which notebook 4's loss needs):
+# call, `label_logits(..., lean=True)`, takes the same path, except that it multiplies the last
+# hidden state by the *whole* LM head: one full-vocabulary row per sentence, which notebook 4's loss needs:
 
 # %%
 from lmcls_helpers.scoring import evaluate, label_logits
@@ -345,7 +345,7 @@ print(f"FP {fp} (unacceptable, said acceptable)    TN {tn} (unacceptable, said u
 # $$\mathrm{MCC} = \frac{TP \cdot TN - FP \cdot FN}{\sqrt{(TP+FP)(TP+FN)(TN+FP)(TN+FN)}}$$
 #
 # The numerator rewards the diagonal and punishes the off-diagonal; the denominator scales the
-# result into $[-1, 1]$, whatever the class balance. By hand, on this run's counts:
+# result into $[-1, 1]$, whatever the class balance. By hand, on the counts above:
 
 # %%
 denominator = np.sqrt(float(tp + fp) * float(tp + fn) * float(tn + fp) * float(tn + fn))
@@ -442,8 +442,7 @@ if kinds is not None:
 
 # %% [markdown]
 # How far above chance a prompt alone gets depends on the model (the box at the top), so the
-# notebook checks only that each MCC lies in [-1, 1]; what each profile should reach is a test's
-# business. Notebook 3 discusses the Llama 3 tutorial's 16-bit vs 4-bit gap.
+# cell above checks only that each MCC lies in [-1, 1]. Notebook 3 discusses the Llama 3 tutorial's 16-bit vs 4-bit gap.
 
 # %% [markdown]
 # ## 10. Prompt ablation
@@ -505,7 +504,7 @@ print("ablation, worst to best:", {k: round(v, 3) for k, v in sorted(ablation.it
 # prompt that wins few-shot need not win after fine-tuning. A variant below zero (section 7)
 # anti-correlates with the labels: worse than a constant guess.
 #
-# The numbers `make run` summarizes and the tests check:
+# This notebook's headline numbers, which `make run` prints:
 
 # %%
 results.record("fewshot_dev_mcc", fewshot_dev.mcc)

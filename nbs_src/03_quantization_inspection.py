@@ -474,8 +474,8 @@ for name, run in runs.items():
 # > the heavy-tailed weights of section 3 and little redundancy, loses more: NF4 raises its perplexity
 # > by about a quarter on CoLA's sentences. On `full`, section 2's matrix is Llama-3-8B's own.
 #
-# The self-check asks what "NF4 costs little" should mean wherever the unquantized model fits:
-# perplexity moves little (the tests hold each profile's bound on `nf4_perplexity_rise`), and where the
+# The cell below spells out what "NF4 costs little" should mean wherever the unquantized model fits:
+# perplexity moves little, and where the
 # few-shot classifier has answers worth protecting (MCC above 0.2), fewer than 1 sentence in 10 gets
 # another answer and the paired interval contains zero or lies within 0.05 of it.
 
@@ -516,7 +516,7 @@ for what, (w, b) in [("fewest changed answers", fewest), ("most lopsided change"
     print(f"{what:>22}: {w} right -> wrong, {b} wrong -> right, McNemar p = {mcnemar[w, b]:.1e}")
 
 # %% [markdown]
-# The numbers `make run` summarizes and the tests check.
+# This notebook's headline numbers, which `make run` prints:
 
 # %%
 results.record("packed_numel_ratio", packed_numel_ratio)
@@ -556,8 +556,7 @@ course.finish("03_quantization_inspection", profile)  # the time taken against t
 # Why not bitsandbytes' own `dequantize_4bit`? In bitsandbytes 0.50.2 its CPU code for **AVX-512F**
 # processors gives every weight of a row the scale `absmax[r * (n // b) + c // b]`, which is the right
 # block only when the block size `b` divides the row length `n`. With blocks longer than a row, every
-# weight gets the first block's scale. The hand-made reference caught it; the next cell shows which case
-# holds on this machine.
+# weight gets the first block's scale. The next cell shows which case holds on your machine.
 
 # %%
 rows_of_64 = weight.reshape(-1, 64)  # the tiny model's row length, whatever this profile's matrix is

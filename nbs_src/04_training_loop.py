@@ -681,7 +681,7 @@ classifier_dir = save_classifier(build_dir("classifiers", "04_label_words"), mod
 print(f"saved to {classifier_dir.relative_to(build_dir().parent)}: {sorted(f.name for f in classifier_dir.iterdir())}")
 
 # %% [markdown]
-# The numbers `make run` summarizes and the tests check.
+# This notebook's headline numbers, which `make run` prints:
 
 # %%
 results.record("fewshot_ood_mcc", fewshot_test.mcc)

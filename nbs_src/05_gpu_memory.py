@@ -24,8 +24,7 @@
 # Llama 3 tutorial) trained Llama-3-8B on a free 16 GB T4 and reported "14.68 of 14.748 GB used":
 # barely fitting. Was it? What you will learn:
 #
-# - which knob buys the most room: batch, sequence length, checkpointing, label-position logits,
-#   8-bit Adam, double quantization, LoRA rank;
+# - which knob buys the most room;
 # - the three numbers called "GPU memory used", and why out-of-memory depends on more than your tensors;
 # - what a 4-bit model stores, and why Llama-3-8B weighs 5.6 GiB in NF4, not "8B × half a byte";
 # - one formula per component that predicts a training step's peak from the architecture alone,
@@ -72,7 +71,7 @@ budgets = {gpu: spec["capacity_gib"] - contexts[gpu] for gpu, spec in memory.GPU
 # %% [markdown]
 # ## 1. One knob at a time
 #
-# Start with the answer. Each bar is the estimated peak of one training step of Llama-3-8B in NF4 with
+# Each bar is the estimated peak of one training step of Llama-3-8B in NF4 with
 # LoRA r = 8, 8 prompts of 86 tokens: first the Llama 3 tutorial's recipe, then each knob changed alone.
 # The red lines are what each GPU has for tensors. The rest of the notebook takes the bars apart.
 
@@ -89,8 +88,8 @@ fig = plots.memory_components(what_if, budgets, xmax=xmax, title="Llama-3-8B tra
 plots.show(fig, "05_what_if_knobs")
 
 # %% [markdown]
-# The weights (5.6 GiB) are the same in every bar. Of what training adds, the activations dominate every
-# variant except checkpointing, and in the tutorial's recipe the logits come second. A longer sequence
+# The weights take 5.6 GiB in every bar (5.3 with double quantization). Of what training adds, the activations
+# dominate every variant except checkpointing, and in the tutorial's recipe the logits come second. A longer sequence
 # or a bigger batch grows both; 8-bit Adam and double quantization barely move anything.
 #
 # ## 2. Three numbers called "memory used"
@@ -174,8 +173,9 @@ assert model.config.quantization_config.to_dict() == quantization_config.to_dict
 
 # %% [markdown]
 # `bnb_4bit_compute_dtype` is the dtype a layer dequantizes into for its matrix products; storage stays
-# 4-bit. `bnb_4bit_quant_storage` only labels the tensor holding the packed codes: a Mistral-7B
-# ledger-line tutorial (Income / Expense lines, a `Linear(4096, 1)` head) sets `bfloat16`, four codes
+# 4-bit. `bnb_4bit_quant_storage` only labels the tensor holding the packed codes: the **ledger
+# tutorial** (the course's second source: Mistral-7B with a `Linear(4096, 1)` head classifies Income /
+# Expense lines; notebook 6 takes it apart) sets `bfloat16`, four codes
 # per element instead of two per `uint8`, the same bytes. `quant.parameter_table` lists each parameter
 # as stored, with its scales (`state_bytes`) and the weights it stands for; we show the first block.
 
@@ -291,7 +291,7 @@ measured
 
 # %% [markdown]
 # `allocated` is what stays after a phase, `peak` the most that was live during it (on a GPU also
-# `reserved`, `smi` and `capacity`). The same as stacked bars, with the device's capacity on a GPU:
+# `reserved`, `smi` and `capacity`). The same as stacked bars (with the capacity, on a GPU):
 
 # %%
 assert meter.phases["lora_attached"]["allocated"] > meter.phases["model_loaded_4bit"]["allocated"], "LoRA adds memory"
@@ -384,8 +384,8 @@ print(logits_mib.round(0).to_string(), f"\ntotal {logits_mib.sum():.0f} MiB; lab
       f"{logits_mib.sum() / 86:.0f} MiB")
 
 # %% [markdown]
-# That is a lot of memory for one number per sequence. Label-position logits change no gradient (notebook
-# 4 proved it) and cut compute as well: the LM head, a 4096 × 128,256 matrix product, runs on one position
+# A lot, for one number per sequence. Label-position logits change no gradient (notebook
+# 4 showed the same loss) and cut compute as well: the LM head, a 4096 × 128,256 matrix product, runs on one position
 # per row instead of 86. Gradient checkpointing saves more memory, but runs every block's forward twice.
 # The peak is the larger of two moments: the loss's backward (all activations and the logits), or the
 # last block's backward, where `down_proj` is dequantized to 16 bits. The estimator computes both:
@@ -448,7 +448,8 @@ plots.show(fig, "05_measured_branches")
 branches.round(3)
 
 # %% [markdown]
-# Every branch lands within a few percent, slightly low. Checkpointing halves the peak or better and
+# Every branch lands within a few percent, slightly low. Checkpointing cuts the peak by a third at micro-batch 4, by more at larger
+# batches, and
 # lengthens the step (backward runs each block's forward again). The last row is peft's
 # `prepare_model_for_kbit_training`, which most QLoRA recipes call and these notebooks do not: it casts
 # the embeddings, norms and LM head to fp32, and the fp32 hidden states they hand on grow the activations too.
@@ -489,7 +490,8 @@ t4_tutorial_peak = memory.estimate_training_memory(LLAMA3_8B_CONFIG, **base, dty
 # By the rule the Llama 3 tutorial's step does not fit: it leaves less than the headroom. It ran nonetheless,
 # just: its driver's count, 14.68 of 14.75, is that step with the allocator holding all it could. The
 # label-position step fits with room, so the full profile does not checkpoint on a T4, as the tutorial
-# did not. Bigger micro-batches, by recipe (estimated peak in GiB, and the rule's verdict for a T4):
+# did not. Bigger micro-batches, with plain AdamW (so the tutorial's row sits a little above its 8-bit-AdamW
+# step; estimated peak in GiB, and the T4 verdict):
 
 # %%
 recipes = {"tutorial (all logits)": {"logits": "all"}, "label logits": {"logits": "label"},
@@ -548,7 +550,7 @@ assert abs((adam_mib["AdamW"] - adam_mib["AdamW8bit"]) / 1024 - saving) < 0.01
 plots.memory_explorer(LLAMA3_8B_CONFIG, budgets)
 
 # %% [markdown]
-# The numbers `make run` summarizes and the tests check.
+# This notebook's headline numbers, which `make run` prints:
 
 # %%
 results.record("measured_phases_mib", measured.to_dict(orient="index"))
