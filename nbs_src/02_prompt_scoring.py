@@ -212,7 +212,7 @@ print("rows where [:, -1] differs from the last real token:",
 #
 # `model(**batch).logits` holds a score for **every position and every vocabulary entry**. For
 # Llama 3 that is `batch × seq × 128,256` numbers, of which we read two per row. Sizes for 16
-# prompts padded to 86 tokens (the longest CoLA prompt), in bf16, Llama 3's compute dtype on a GPU:
+# prompts padded to 86 tokens (the longest CoLA prompt), in bf16 (2 bytes, like fp16 on a T4):
 
 # %%
 from lmcls_helpers.profiles import LLAMA3_8B_CONFIG

@@ -20,7 +20,7 @@
 #
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/lmcls-org/lmcls/blob/main/notebooks/03_quantization_inspection.ipynb)
 #
-# Notebook 2 loaded the model with `BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4")`
+# Notebook 2's `load_model` asked for `BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4")`
 # and moved on. Here we open that box. What you will learn:
 #
 # - why NF4's 16 levels are quantiles of a normal distribution, and how FP4's differ;
@@ -178,7 +178,7 @@ print(f"codes {flat[0].item():2d} = {flat[0].item():04b} and {flat[1].item():2d}
 
 # %% [markdown]
 # Now the library's version of the same three steps, and the self-check: our bytes and scales against
-# bitsandbytes', and against the tested copy of these cells in `lmcls_helpers.quant`.
+# bitsandbytes', and against the copy of these cells in `lmcls_helpers.quant` that later notebooks call.
 
 # %%
 packed_bnb, state = bnbf.quantize_4bit(weight, blocksize=blocksize, quant_type="nf4")
@@ -464,9 +464,9 @@ for name, run in runs.items():
 
 # %% [markdown]
 # **How to read this.** A paired interval that contains zero means these sentences cannot tell the two
-# precisions apart; the counts show how few sentences any difference rests on. Perplexity need not rise:
-# a small model not at a sharp optimum can take random nudges without harm. A fall would not make 4 bits
-# better either: rounding adds noise to every weight, not a regularizer you can count on.
+# precisions apart; the counts show how few sentences any difference rests on. Perplexity usually rises a little, but
+# need not: a small model not at a sharp optimum can take random nudges without harm. A fall would not make 4 bits
+# better: rounding adds noise to every weight, not a regularizer you can count on.
 #
 # > **Three worlds.** The tiny model's weights were barely trained. They are heavy-tailed (section 3's
 # > kurtosis above 3, a largest weight well beyond the normal draws' median) yet round like normal draws,

@@ -348,7 +348,7 @@ assert relative["ours"] < grad_bound, "accumulated and big-batch gradients must 
 #
 # AdamW on the trainable weights only (a weight decay of 0 makes it plain Adam). The tutorial's
 # `from transformers import AdamW` is gone in transformers 5; `torch.optim.AdamW` is the same
-# algorithm. The switch selects bitsandbytes' 8-bit AdamW, which saves little for LoRA's few weights
+# algorithm. The switch `use_8bit_adam` selects bitsandbytes' 8-bit AdamW, which saves little for LoRA's few weights
 # (notebook 5 measures it).
 
 # %%

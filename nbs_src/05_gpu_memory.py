@@ -413,7 +413,7 @@ print(f"{checks.index.levels[0].size} shipped file(s), largest error {max_rel_er
 checks["ratio"].unstack("file").round(4)
 
 # %% [markdown]
-# And against this run's own two training steps (on the CPU the kernels differ slightly; `device="cpu"`
+# And against section 4's two training steps (on the CPU the kernels differ slightly; `device="cpu"`
 # accounts for it):
 
 # %%
