@@ -236,8 +236,9 @@ plots.show(fig, "03_code_usage")
 # 4 bits: NF4's errors are smaller because its levels sit where the weights are.
 #
 # **How normal are the weights?** Next to the profile's matrix we put the same matrix (layer 0's
-# `k_proj`) of SmolLM2-135M-Instruct, a real pre-trained Llama (the `small` profile's model; built once,
-# a 93 MB download, and shipped as a 4-bit GGUF that we convert back to fp32), and, as the yardstick,
+# `k_proj`) of SmolLM2-135M-Instruct, a real pre-trained Llama (the `small` profile's model, shipped as a
+# 4-bit GGUF that we convert back to fp32, so its values already sit on 16 even steps per block of 32: read
+# its tails, less its rounding error), and, as the yardstick,
 # normal draws of the same shape. *Kurtosis* measures the tails: 3 for a normal distribution, more when
 # rare large weights stretch the blocks' absmax.
 
@@ -554,9 +555,8 @@ course.finish("03_quantization_inspection", profile)  # the time taken against t
 # *Hint:* `quant.quantize_4bit_by_hand(weight, nf4_levels, b)` returns `(packed, absmax)`, and
 # `quant.dequantize_4bit_by_hand(packed, absmax, nf4_levels, b)` undoes it (flat; reshape to `weight.shape`).
 # Why not bitsandbytes' own `dequantize_4bit`? In bitsandbytes 0.50.2 its CPU code for **AVX-512F**
-# processors gives every weight of a row the scale `absmax[r * (n // b) + c // b]`, which is the right
-# block only when the block size `b` divides the row length `n`. With blocks longer than a row, every
-# weight gets the first block's scale. The next cell shows which case holds on your machine.
+# processors reads the scale `absmax[r * (n // b) + c // b]` for row `r`, column `c`: right only when
+# `b` divides the row length `n`, wrong for blocks longer than a row. The next cell shows which case holds on your machine.
 
 # %%
 rows_of_64 = weight.reshape(-1, 64)  # the tiny model's row length, whatever this profile's matrix is

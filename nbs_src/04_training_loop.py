@@ -733,9 +733,9 @@ else:  # peft counts it on an 8B skeleton that has shapes but no memory ("meta" 
 
 # %% [markdown]
 # **2. Early stopping.** The last checkpoint is not always the best. Pick the step with the highest
-# validation MCC, put its checkpoint's adapter on a fresh 4-bit base, and check that it reproduces the
-# recorded MCC. *Hint:* `stats` has the MCC per step; `PeftModel.from_pretrained(load_model(profile),
-# folder)` loads an adapter (`from peft import PeftModel`).
+# validation MCC (the first, if several tie); the check puts its checkpoint's adapter on a fresh 4-bit
+# base and confirms it reproduces the recorded MCC. *Hint:* `stats` has the MCC per step; the folder is
+# `checkpoint_root / f"step-{step:05d}"`, and `PeftModel.from_pretrained(load_model(profile), folder)` loads it.
 
 # %%
 best_step = None  # your answer: a step number from stats.step
