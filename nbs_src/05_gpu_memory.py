@@ -290,7 +290,7 @@ measured = (pd.DataFrame(meter.phases).T * 1024).round(2)  # MiB
 measured
 
 # %% [markdown]
-# `allocated` is what stays after a phase, `peak` the most that was live during it (on a GPU also
+# `allocated` is what stays after a phase, `peak` the most that was live during it, in MiB (on a GPU also
 # `reserved`, `smi` and `capacity`). The same as stacked bars (with the capacity, on a GPU):
 
 # %%
