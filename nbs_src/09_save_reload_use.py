@@ -166,8 +166,8 @@ print((words_dir / "classifier.json").read_text())
 #
 # A linear head replaces the LM head with `Linear(hidden, 1)` (notebook 6). It is a new module,
 # not a LoRA layer, and `get_peft_model` freezes every weight outside the LoRA layers, so the head
-# trains **and is saved** only when it is named in `modules_to_save`. A Mistral-7B ledger-line
-# tutorial (Income / Expense lines, a `Linear(4096, 1)` head) leaves it out; we do the same first.
+# trains **and is saved** only when it is named in `modules_to_save`. Notebook 6's ledger tutorial
+# (Mistral-7B, a `Linear(4096, 1)` head) leaves it out; we do the same first.
 # `strip_adapter` hands back the 4-bit base as loaded, so no reload is needed.
 
 # %%
@@ -296,7 +296,9 @@ print(f"{classifier.class_names}: P(acceptable) of {len(check_sentences)} check 
 
 # %% [markdown]
 # On the CPU the round trip is exact to float rounding; on a GPU expect differences in the last
-# bits of the compute dtype, since kernels may add in another order. Now yours: change the
+# bits of the compute dtype, since kernels may add in another order. Expect wrong answers below:
+# twenty steps on 512 sentences make a weak classifier (section 1's check-set MCC). What this
+# section checks is that the folder answers as the model in memory did. Now yours: change the
 # sentences and run the cell again.
 
 # %%
@@ -387,7 +389,8 @@ cli(broken_dir, "A sentence.")
 
 # %% [markdown]
 # So do an empty text, a missing `--file`, a text longer than the context, and an `LMCLS_MODEL`
-# that names a folder that does not exist: each ends in one line that says what to do.
+# (the environment variable that swaps in another base model) that names a folder that does not
+# exist: each ends in one line that says what to do.
 #
 # The numbers `make run` summarizes and the tests check:
 
