@@ -402,9 +402,9 @@ print("largest swing over 0..16 pads:",
 # The last-real-token score is flat: padding is invisible to it. The position -1 score moves with
 # every pad, although the sentence is the same; where it crosses the zero line, the prediction
 # flips. So a -1 classifier gives a sentence a **different score depending on its batch-mates**.
-# Training saw micro-batches sorted by length (few pads); evaluation batches come in random order
-# (more pads); a deployed model often scores one request at a time (no pads at all). The pads per
-# row, then the dev set under section 5's three layouts:
+# Training saw micro-batches sorted by length (few pads); evaluation batches come in the dev set's
+# order (more pads); a deployed model often scores one request at a time (no pads at all). The
+# pads per row, then the dev set under section 5's three layouts:
 
 # %%
 pads_per_row(train_texts, dev_texts, tokenizer, profile)
@@ -538,7 +538,7 @@ print(f"the -1 head calls {(ledger_runs['minus_one']['padded'] > 0).mean():.1%} 
 # falls; the last line shows how its answers shift. A test scored in the training layout cannot
 # show this bug. The one-index fix scores every line alike, padded or alone.
 #
-# The numbers `make run` summarizes and the tests check:
+# The numbers `make run` summarizes:
 
 # %%
 results.record("head_last_real_mcc", bug_runs["last_real"]["MCC"])

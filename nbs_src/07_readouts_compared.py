@@ -430,7 +430,7 @@ pd.DataFrame(leads).T.rename_axis("training sentences").astype({k: float for k i
 # > Llama 3 tutorial (on sentences it held out of CoLA's training set): the case that tutorial's
 # > argument is about.
 #
-# The numbers `make run` summarizes and the tests check:
+# The numbers `make run` summarizes:
 
 # %%
 for key, value in {"fewshot_mcc": fewshot_mcc, "label_words_mcc": contrast["label words"]["MCC"],

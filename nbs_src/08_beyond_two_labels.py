@@ -563,7 +563,7 @@ minority
 # information; each moves errors between classes, and the macro-F1 in the titles says whether the
 # trade paid overall. Which trade is right depends on what a miss costs in each class.
 #
-# The numbers `make run` summarizes and the tests check:
+# The numbers `make run` summarizes:
 
 # %%
 imbalance = pd.DataFrame({name: headline(test_labels, p) for name, p in heads.items()}).T

@@ -158,9 +158,10 @@ words_dir = save_classifier(build_dir("classifiers", "09_label_words"), words, p
 print((words_dir / "classifier.json").read_text())
 
 # %% [markdown]
-# The base model is named relative to `build/` when it lives there, so the folder stays valid
-# when the checkout moves; `profile` says how to load that base (4 bits, which dtype).
-# `classifier.json` is written last: a folder that has it is complete.
+# The base model is named by its path from the checkout (`build/...`) when it lives in `build/`, so
+# the folder stays valid when the checkout moves, and by its hub id otherwise; `profile` says how
+# to load that base (4 bits, which dtype). `classifier.json` is written last: a folder that has it
+# is complete.
 #
 # ## 3. A new head must be in `modules_to_save`
 #
@@ -392,7 +393,7 @@ cli(broken_dir, "A sentence.")
 # (the environment variable that swaps in another base model) that names a folder that does not
 # exist: each ends in one line that says what to do.
 #
-# The numbers `make run` summarizes and the tests check:
+# The numbers `make run` summarizes:
 
 # %%
 results.record("words_reload_max_prob_diff", words_gap)
