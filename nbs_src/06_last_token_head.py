@@ -399,9 +399,9 @@ print("largest swing over 0..16 pads:",
       {name: round(float(max(np.ptp(v) for (n, _), v in pad_curves.items() if n == name)), 3) for name, _ in pad_curves})
 
 # %% [markdown]
-# The last-real-token score is flat: padding is invisible to it. The position -1 score moves with
-# every pad, although the sentence is the same; where it crosses the zero line, the prediction
-# flips. So a -1 classifier gives a sentence a **different score depending on its batch-mates**.
+# Solid and dashed are two different heads: they differ even at 0 pads. The last-real-token
+# score is flat: padding is invisible to it. The position -1 score moves with every pad, although
+# the sentence is the same; where it crosses the zero line, the prediction flips. So a -1 classifier gives a sentence a **different score depending on its batch-mates**.
 # Training saw micro-batches sorted by length (few pads); evaluation batches come in the dev set's
 # order (more pads); a deployed model often scores one request at a time (no pads at all). The
 # pads per row, then the dev set under section 5's three layouts:
@@ -536,7 +536,7 @@ print(f"the -1 head calls {(ledger_runs['minus_one']['padded'] > 0).mean():.1%} 
 # batched test gives a number that would pass any review. One line at a time, the same model reads
 # -1 at the line's own last token, a position trained only on the longest lines, and its accuracy
 # falls; the last line shows how its answers shift. A test scored in the training layout cannot
-# show this bug. The one-index fix scores every line alike, padded or alone.
+# show this bug.
 #
 # The numbers `make run` summarizes:
 
