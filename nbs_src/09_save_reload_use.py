@@ -441,7 +441,8 @@ else:
 # **2. What an adapter weighs.** Section 2 said the label-word adapter for Llama-3-8B is about 80 MiB.
 # Check it: how many bytes do rank-8 LoRA matrices on all seven projections of its 32 layers take
 # in fp32? *Hint:* each adapted `Linear(d_in, d_out)` gets `A` (r, d_in) and `B` (d_out, r); the
-# hidden size is 4,096, `k_proj` and `v_proj` output `8 × 128` features, `gate_proj` and `up_proj` 14,336, `down_proj` reads 14,336.
+# hidden size is 4,096, `k_proj` and `v_proj` output `8 × 128` features, `gate_proj` and `up_proj`
+# 14,336, `down_proj` reads 14,336.
 
 # %%
 adapter_bytes_8b = None  # your answer: an integer
