@@ -33,7 +33,7 @@
 #   and the one-index fix.
 #
 # Notebook 7 compares this head with label words and `AutoModelForSequenceClassification`;
-# notebook 9 saves, reloads and uses it.
+# notebook 9 saves, reloads and uses such a classifier.
 
 # %%
 PROFILE = None  # None: $LMCLS_PROFILE, else "tiny" (CPU, offline). "small": a real 135M LLM on the CPU. Colab GPU: "full".
@@ -369,9 +369,9 @@ plots.show(fig, "06_bug_scores")
 
 # %% [markdown]
 # > **Three worlds.** A bug can only cost what a model has learned. The tiny model learns this task
-# > within its budget, as Llama-3-8B should, and there the -1 read costs a clear margin. The `small`
-# > profile's 135M model learns nothing clear in its few CPU steps: both heads answer nearly every
-# > sentence alike, the margin is noise, and section 6 still shows the mechanism.
+# > within its budget, and there the -1 read costs a clear margin; Llama-3-8B should learn it too.
+# > The `small` profile's 135M model learns nothing clear in its few CPU steps: both heads answer
+# > nearly every sentence alike, the margin is noise, and section 6 still shows the mechanism.
 #
 # ## 6. Why it can look fine, and when it breaks
 #
@@ -399,12 +399,12 @@ print("largest swing over 0..16 pads:",
       {name: round(float(max(np.ptp(v) for (n, _), v in pad_curves.items() if n == name)), 3) for name, _ in pad_curves})
 
 # %% [markdown]
-# The last-real-token score is flat: padding is invisible to it. The position -1 score moves with
-# every pad, although the sentence is the same; where it crosses the zero line, the prediction
-# flips. So a -1 classifier gives a sentence a **different score depending on its batch-mates**.
-# Training saw micro-batches sorted by length (few pads); evaluation batches come in random order
-# (more pads); a deployed model often scores one request at a time (no pads at all). The pads per
-# row, then the dev set under section 5's three layouts:
+# Solid and dashed are two different heads: they differ even at 0 pads. The last-real-token
+# score is flat: padding is invisible to it. The position -1 score moves with every pad, although
+# the sentence is the same; where it crosses the zero line, the prediction flips. So a -1 classifier gives a sentence a **different score depending on its batch-mates**.
+# Training saw micro-batches sorted by length (few pads); evaluation batches come in the dev set's
+# order (more pads); a deployed model often scores one request at a time (no pads at all). The
+# pads per row, then the dev set under section 5's three layouts:
 
 # %%
 pads_per_row(train_texts, dev_texts, tokenizer, profile)
@@ -445,7 +445,7 @@ for other in (fixed_left_minus_one, fixed_left):
 # %% [markdown]
 # This head is the classifier to keep. `save_classifier` writes its adapter (the head included,
 # thanks to `modules_to_save`), the prompt template and the class names into one folder; notebook 9
-# reloads it in a fresh session and classifies your own sentences with it.
+# shows how to reload such a folder in a fresh session and classify your own sentences.
 
 # %%
 classifier_dir = save_classifier(build_dir("classifiers", "06_linear_head"), fixed, profile, template,
@@ -458,8 +458,8 @@ print(sorted(p.name for p in classifier_dir.iterdir()))
 # The ledger tutorial did not batch like section 5. It tokenized each file once, padded every line
 # with eos to the **longest line in that file**, and called the model on the token ids alone: **no
 # attention mask**, so the pads attend to each other too. A line's pad count then depends only on
-# its own length and the file's longest line, the same in training and in its test. Our ledger
-# lines (1 = Income, 0 = Expense) are **synthetic**: a date, a counterparty, a memo and a signed
+# its own length and the file's longest line, nearly the same in training and in its test. Our
+# ledger lines (1 = Income, 0 = Expense) are **synthetic**: a date, a counterparty, a memo and a signed
 # amount whose sign alone is a coin flip. They can show the pipeline's behaviour, not confirm or
 # refute the 99.73% test accuracy the ledger tutorial reports.
 
@@ -534,11 +534,11 @@ print(f"the -1 head calls {(ledger_runs['minus_one']['padded'] > 0).mean():.1%} 
 # %% [markdown]
 # This is the kindest case for the -1 read: test lines are padded like training lines, so the
 # batched test gives a number that would pass any review. One line at a time, the same model reads
-# -1 on the amount's last digit, a position it never learned from, and its accuracy falls; the last
-# line shows how its answers shift. A test scored in the training layout cannot show this bug. The
-# one-index fix scores every line alike, padded or alone.
+# -1 at the line's own last token, a position trained only on the longest lines, and its accuracy
+# falls; the last line shows how its answers shift. A test scored in the training layout cannot
+# show this bug.
 #
-# The numbers `make run` summarizes and the tests check:
+# The numbers `make run` summarizes:
 
 # %%
 results.record("head_last_real_mcc", bug_runs["last_real"]["MCC"])

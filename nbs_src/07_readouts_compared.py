@@ -295,8 +295,8 @@ print(model.get_base_model().score, "| trainable:", [n for n, p in model.named_p
 
 # %% [markdown]
 # transformers' load report (silenced above) lists `score` as MISSING (new, initialised at random;
-# we redraw it from a fixed seed, in fp32) and the LM head as UNEXPECTED (in the checkpoint,
-# dropped). How does the model find the last token? It does not look at the attention mask. It
+# we redraw it from a fixed seed, in fp32) and an untied LM head, like Llama 3's, as UNEXPECTED (in
+# the checkpoint, dropped). How does the model find the last token? It does not look at the attention mask. It
 # takes, in each row, the **rightmost token that is not `config.pad_token_id`**, which works for
 # both padding sides. Llama 3 ships no pad id (SmolLM2 does; the cell above set none,
 # `pad_token_id=None`, to show what happens then), and without one it
@@ -430,7 +430,7 @@ pd.DataFrame(leads).T.rename_axis("training sentences").astype({k: float for k i
 # > Llama 3 tutorial (on sentences it held out of CoLA's training set): the case that tutorial's
 # > argument is about.
 #
-# The numbers `make run` summarizes and the tests check:
+# The numbers `make run` summarizes:
 
 # %%
 for key, value in {"fewshot_mcc": fewshot_mcc, "label_words_mcc": contrast["label words"]["MCC"],

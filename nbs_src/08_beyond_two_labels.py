@@ -24,7 +24,7 @@
 # [Fine-Tuning Llama 3 for Sentence Classification](https://github.com/chrisjmccormick/llm-tuning-examples/blob/main/sentence-classification/Fine-Tuning%20Llama%203%20for%20Sentence%20Classification.ipynb)
 # reads two one-token label words, and a Mistral-7B ledger-line tutorial (Income / Expense lines,
 # a `Linear(4096, 1)` head) trains one logit. Real tasks have more classes, and their names rarely
-# fit in one token. Here the ledger lines of notebooks 6 and 7 are sorted into five bookkeeping
+# fit in one token. Here the ledger lines of notebook 6 are sorted into five bookkeeping
 # categories. What you will learn:
 #
 # - how a class name of several tokens is scored: the prompt runs **once**, and its cached keys
@@ -384,8 +384,9 @@ pd.Series(headline(test_labels, preds["one-token aliases"])).round(3)
 
 # %% [markdown]
 # Every training step now spends its whole loss on the one token that decides the class, and
-# scoring costs one pass per line. The price: an alias is not the name, so a few-shot prompt reads
-# less into it, and the alias of each class must be chosen (and kept) with the model.
+# scoring costs one pass per line. The price: an alias is not the name (a first token can be a
+# mere fragment), so a few-shot prompt reads less into it, and the alias of each class must be
+# chosen (and kept) with the model.
 #
 # ## 7. A linear head: one forward pass, k logits
 #
@@ -444,8 +445,8 @@ board.round(3)
 # %% [markdown]
 # The baseline's accuracy is simply the largest class's share of the test lines. A classifier whose
 # accuracy does not clear it has learned less about the lines than the class counts alone say,
-# however varied its predictions look. Macro-F1 puts the baseline near the bottom: one class found,
-# four missed.
+# however varied its predictions look. Macro-F1 scores the baseline low (one class found, four
+# missed), so a read-out that trails it on macro-F1 too is worse than no model.
 #
 # Where the label words trail the head, look at where each run started: a name's tokens begin far
 # from likely after the prompt (the losses printed before training), while a fresh head begins at
@@ -537,7 +538,8 @@ plots.show(fig, "08_confusion_heads")
 
 
 # %% [markdown]
-# Both fixes move predictions towards the small classes, and the big classes pay for it in recall.
+# Both fixes move predictions away from the largest class, towards smaller ones (compare the
+# columns), and the big classes pay for it in recall.
 # The rarest class has only a handful of test lines, so its recall moves in large steps. A
 # bootstrap over those lines (drawn again with replacement) shows how far it could move by luck:
 
@@ -558,10 +560,10 @@ minority
 # %% [markdown]
 # Read the intervals before the recalls: with this few lines, two runs whose intervals overlap are
 # not clearly different on the rare class, whatever their point values say. Neither fix adds
-# information; each moves errors between classes. Which trade is right depends on what a miss
-# costs in each class.
+# information; each moves errors between classes, and the macro-F1 in the titles says whether the
+# trade paid overall. Which trade is right depends on what a miss costs in each class.
 #
-# The numbers `make run` summarizes and the tests check:
+# The numbers `make run` summarizes:
 
 # %%
 imbalance = pd.DataFrame({name: headline(test_labels, p) for name, p in heads.items()}).T

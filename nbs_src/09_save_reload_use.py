@@ -158,16 +158,17 @@ words_dir = save_classifier(build_dir("classifiers", "09_label_words"), words, p
 print((words_dir / "classifier.json").read_text())
 
 # %% [markdown]
-# The base model is named relative to `build/` when it lives there, so the folder stays valid
-# when the checkout moves; `profile` says how to load that base (4 bits, which dtype).
-# `classifier.json` is written last: a folder that has it is complete.
+# The base model is named by its path from the checkout (`build/...`) when it lives in `build/`, so
+# the folder stays valid when the checkout moves, and by its hub id otherwise; `profile` says how
+# to load that base (4 bits, which dtype). `classifier.json` is written last: a folder that has it
+# is complete.
 #
 # ## 3. A new head must be in `modules_to_save`
 #
 # A linear head replaces the LM head with `Linear(hidden, 1)` (notebook 6). It is a new module,
 # not a LoRA layer, and `get_peft_model` freezes every weight outside the LoRA layers, so the head
-# trains **and is saved** only when it is named in `modules_to_save`. A Mistral-7B ledger-line
-# tutorial (Income / Expense lines, a `Linear(4096, 1)` head) leaves it out; we do the same first.
+# trains **and is saved** only when it is named in `modules_to_save`. Notebook 6's ledger tutorial
+# (Mistral-7B, a `Linear(4096, 1)` head) leaves it out; we do the same first.
 # `strip_adapter` hands back the 4-bit base as loaded, so no reload is needed.
 
 # %%
@@ -296,7 +297,9 @@ print(f"{classifier.class_names}: P(acceptable) of {len(check_sentences)} check 
 
 # %% [markdown]
 # On the CPU the round trip is exact to float rounding; on a GPU expect differences in the last
-# bits of the compute dtype, since kernels may add in another order. Now yours: change the
+# bits of the compute dtype, since kernels may add in another order. Expect wrong answers below:
+# twenty steps on 512 sentences make a weak classifier (section 1's check-set MCC). What this
+# section checks is that the folder answers as the model in memory did. Now yours: change the
 # sentences and run the cell again.
 
 # %%
@@ -387,9 +390,10 @@ cli(broken_dir, "A sentence.")
 
 # %% [markdown]
 # So do an empty text, a missing `--file`, a text longer than the context, and an `LMCLS_MODEL`
-# that names a folder that does not exist: each ends in one line that says what to do.
+# (the environment variable that swaps in another base model) that names a folder that does not
+# exist: each ends in one line that says what to do.
 #
-# The numbers `make run` summarizes and the tests check:
+# The numbers `make run` summarizes:
 
 # %%
 results.record("words_reload_max_prob_diff", words_gap)
@@ -436,8 +440,9 @@ else:
 # %% [markdown]
 # **2. What an adapter weighs.** Section 2 said the label-word adapter for Llama-3-8B is about 80 MiB.
 # Check it: how many bytes do rank-8 LoRA matrices on all seven projections of its 32 layers take
-# in fp32? *Hint:* each adapted `Linear(d_in, d_out)` gets `A` (r, d_in) and `B` (d_out, r); `k_proj`
-# and `v_proj` output `8 × 128` features, `gate_proj` and `up_proj` 14,336, `down_proj` reads 14,336.
+# in fp32? *Hint:* each adapted `Linear(d_in, d_out)` gets `A` (r, d_in) and `B` (d_out, r); the
+# hidden size is 4,096, `k_proj` and `v_proj` output `8 × 128` features, `gate_proj` and `up_proj`
+# 14,336, `down_proj` reads 14,336.
 
 # %%
 adapter_bytes_8b = None  # your answer: an integer
