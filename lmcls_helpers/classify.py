@@ -61,7 +61,10 @@ def save_classifier(folder: str | Path, model, profile: Profile, template: Promp
     if (trained_on := getattr(lm.config, "name_or_path", "")) and not profile.model_config and trained_on != profile.model_id:
         raise ValueError(f"The model was loaded from {trained_on!r}, profile {profile.name!r} names {profile.model_id!r}: "
                          "pass the profile the model was loaded with.")
-    head = any(isinstance(m, LinearHead) for m in lm.get_output_embeddings().modules())  # peft may wrap the head
+    heads = [m for m in lm.get_output_embeddings().modules() if isinstance(m, LinearHead)]  # peft may wrap the head
+    if (head := bool(heads)) and heads[0].out_features != 1:
+        raise ValueError(f"This head has {heads[0].out_features} outputs; a saved classifier holds one logit (sigmoid = "
+                         "P(label 1)) or label words: notebook 8's k-class heads cannot be saved this way yet.")
     if head and (label_words is not None or class_names is None):
         raise ValueError("A linear head reads no label words and its logit has no names: pass class_names=(label 0, label 1).")
     if head:
@@ -161,21 +164,26 @@ def load_classifier(folder: str | Path, profile: Profile | None = None, batch_si
     """The classifier saved in ``folder``, on a freshly loaded base model (by default, :func:`saved_profile`'s).
 
     Refuses a folder made on another base model: an adapter only means something on its own weights.
-    On a GPU expect the notebook's scores up to ``profile.tolerance``; on the CPU (fp32) to about 1e-6.
+    Expect the notebook's scores up to the saved profile's ``tolerance`` (about 1e-6 when both ran in fp32).
     """
     meta = read_metadata(folder)
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
+    if meta["base_model"].startswith("build/") and not (build_dir().parent / meta["base_model"]).is_dir():
+        raise ValueError(f"Its base model {meta['base_model']} is missing: build it first (`make world`, or `make small` "
+                         f"for 'small'; in Python: ensure_world(get_profile({meta['profile']!r}))).")
     profile = saved_profile(meta["profile"]) if profile is None else profile
     if base_model_id(profile) != meta["base_model"]:
         raise ValueError(f"{folder} was trained on {meta['base_model']!r}, but profile {profile.name!r} loads {base_model_id(profile)!r}. "
                          f"Load it with the profile it was made on (get_profile({meta['profile']!r})), or train and save one on this base.")
-    tokenizer = load_tokenizer(profile, padding_side="right")  # as notebooks 4 and 6 score
+    tokenizer, base = load_tokenizer(profile, padding_side="right"), load_model(profile)  # right: as notebooks 4 and 6
     if meta["method"] == "linear_head":
-        model, template = load_linear_head(load_model(profile), folder, seed=profile.seed), PromptTemplate(meta["template"])
+        model, template = load_linear_head(base, folder, seed=profile.seed), PromptTemplate(meta["template"])
     else:
         from peft import PeftModel
 
         template = PromptTemplate(meta["template"], tokenizer=tokenizer, label_words=tuple(meta["label_words"]))
-        model = PeftModel.from_pretrained(load_model(profile), str(folder)).eval()
+        model = PeftModel.from_pretrained(base, str(folder)).eval()
     return Classifier(model, tokenizer, template, meta["method"], tuple(meta["class_names"]), batch_size or profile.eval_batch_size)
 
 
@@ -185,19 +193,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("folder", help="a folder written by save_classifier, e.g. build/classifiers/09_label_words")
     parser.add_argument("texts", nargs="*", help="texts to classify")
     parser.add_argument("--file", type=Path, help="a UTF-8 file with one text a line (blank lines are skipped)")
-    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=None, help="texts per forward pass (at least 1)")
     args = parser.parse_args(argv)
     if args.file is not None and not args.file.is_file():
         parser.error(f"--file {args.file}: no such file.")
-    texts = args.texts + [line for line in (args.file.read_text(encoding="utf-8").splitlines() if args.file else []) if line.strip()]
+    try:
+        lines = args.file.read_text(encoding="utf-8").splitlines() if args.file else []
+    except (OSError, UnicodeDecodeError) as err:
+        parser.error(f"--file {args.file}: cannot read it as UTF-8 text ({err}).")
+    texts = args.texts + [line for line in lines if line.strip()]
     if not texts:
         parser.error("nothing to classify: give texts, or --file PATH with one text a line.")
     try:
         _check_texts(texts)  # before the model loads: a blank line fails in a second, not after a minute
         classifier = load_classifier(args.folder, batch_size=args.batch_size)
         probs = classifier.predict_proba(texts)
-    except (ValueError, RuntimeError) as err:  # bad input, or a profile/hub problem: the message names the fix
-        parser.error(str(err))
+    except (ValueError, RuntimeError, OSError) as err:  # bad input, or a profile/hub problem: the message names the fix
+        parser.error(f"{err}" + ("\nThe base model cannot be loaded: download it, or set LMCLS_MODEL to a local copy of it."
+                                 if isinstance(err, OSError) else ""))
     for row in probs:
         print(f"{classifier.class_names[row.argmax()]}\t{row.max():.4f}")
     return 0

@@ -83,8 +83,9 @@ def head_logits(model, batch, read: str = "last_real", num_labels: int = 1) -> t
         raise ValueError(f"read must be one of {READS}, got {read!r}.")
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (batch, seq, k)
     if logits.dim() != 3 or logits.shape[-1] != num_labels:
-        raise ValueError(f"The model returns {tuple(logits.shape)} logits, not (batch, seq, {num_labels}): it still has "
-                         "its vocabulary head. Call add_linear_head(model, num_labels=...) before wrapping it with LoRA.")
+        raise ValueError(f"The model returns {tuple(logits.shape)} logits, not (batch, seq, {num_labels}): either it still has "
+                         "its vocabulary head (call add_linear_head(model, num_labels=...) before wrapping it with LoRA), "
+                         f"or its head has {logits.shape[-1]} outputs (pass num_labels={logits.shape[-1]}).")
     if read == "minus_one":
         picked = logits[:, -1]
     else:

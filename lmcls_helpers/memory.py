@@ -60,6 +60,17 @@ def fits(peak_gib: float, capacity_gib: float, context_gib: float) -> bool:
     return peak_gib + HEADROOM_GIB <= capacity_gib - context_gib
 
 
+def fits_in_memory(nbytes: int, device: str) -> bool:
+    """Whether a model of ``nbytes`` of weights can be loaded and scored in the GPU's free memory.
+
+    Scoring needs room beyond the weights (activations, a batch's logits: about 1 GiB for Llama 3 at
+    16 prompts of 86 tokens), so the weights may use 80% of the free memory; :func:`memory.fits` adds
+    notebook 5's headroom on top. On the CPU the answer is yes: the tiny model is small.
+    """
+    free_gib = torch.cuda.mem_get_info()[0] / 2**30 if device == "cuda" else 0.0  # free memory: net of the context
+    return device != "cuda" or fits(1.25 * nbytes / 2**30, free_gib, 0.0)
+
+
 def cuda_context_gib(data: Mapping | None = None) -> dict[str, float]:
     """GiB the driver counts beyond the tensors right after loading, per GPU of :data:`GPUS` (notebook 5).
 

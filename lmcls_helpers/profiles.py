@@ -147,7 +147,7 @@ def _full(require_device: bool = True, name: str = "full") -> Profile:
                    ledger_path=build_dir("tiny", "ledger", "ledger.csv"), device="cuda", compute_dtype=dtype,
                    eval_batch_size=16 if dtype == torch.bfloat16 else 8,
                    gradient_checkpointing=not fits(peak, gib, context), eval_every=150,  # 3 validations of 450 steps
-                   max_steps=80,  # notebook 6 trains 3 runs: 640 examples each fits a class hour on a T4
+                   max_steps=80,  # notebook 6 trains 2 grammar heads of 640 examples each within a class hour on a T4
                    sample_sizes=(64,), readout_steps=60, ledger_max_lines=400,  # notebook 7: 6 runs of 480 examples
                    max_train_examples=4000,  # 3,600 to train on, 400 to validate: a class hour on a T4
                    resume_replay_steps=10)  # notebook 4 replays 10 steps after its resume

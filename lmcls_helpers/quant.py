@@ -155,16 +155,6 @@ def total_bytes(table: pd.DataFrame) -> int:
     return int(table["bytes"].sum() + table["state_bytes"].sum())
 
 
-def fits_in_memory(nbytes: int, device: str) -> bool:
-    """Whether ``nbytes`` of weights fit in the GPU's free memory, by notebook 5's rule (:func:`memory.fits`).
-
-    On the CPU the answer is yes: the tiny model is small, and the full profile always has a GPU.
-    """
-    from .memory import fits  # memory imports this module
-
-    return device != "cuda" or fits(nbytes / 2**30, torch.cuda.mem_get_info()[0] / 2**30, 0.0)  # free: net of the context
-
-
 def checkpoint_tensor(model_id: str, name: str) -> torch.Tensor:
     """One tensor straight from a checkpoint's safetensors files, without building the model.
 

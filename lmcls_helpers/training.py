@@ -86,11 +86,13 @@ def train(model, step_loss: StepLoss, texts: Sequence[str], labels: Sequence[int
     plan = [step for epoch in range(-(-num_steps // per_epoch))  # a small training set is cycled
             for step in step_batches(lengths, profile.train_batch_size, profile.micro_batch_size, profile.seed, epoch)]
     trainable = [p for p in model.parameters() if p.requires_grad]
+    scaler = torch.amp.GradScaler(profile.device, enabled=profile.compute_dtype == torch.float16)
+    if scaler.is_enabled() and any(p.dtype != torch.float32 for p in trainable):
+        raise ValueError("fp16 loss scaling needs float32 trainable weights (LoRA's are): cast a new head with .float().")
     optimizer = torch.optim.AdamW(trainable, lr=profile.lr, weight_decay=profile.weight_decay)
     scheduler = get_linear_schedule_with_warmup(optimizer, min(profile.warmup_steps, num_steps // 4), num_steps)
     if profile.gradient_checkpointing:  # notebook 5: non-reentrant, no input gradients needed
         model.get_base_model().activation_checkpointing_enable()
-    scaler = torch.amp.GradScaler(profile.device, enabled=profile.compute_dtype == torch.float16)
     torch.manual_seed(profile.seed)  # LoRA dropout masks
     model.train()
     start = time.perf_counter()
@@ -101,9 +103,11 @@ def train(model, step_loss: StepLoss, texts: Sequence[str], labels: Sequence[int
             scaler.scale(loss / n).backward()  # fp16: times the loss scale, so small gradients survive
         scaler.unscale_(optimizer)  # back to the true gradient before clipping it
         torch.nn.utils.clip_grad_norm_(trainable, profile.max_grad_norm)
+        scale = scaler.get_scale()
         scaler.step(optimizer)  # skips the step if an inf or nan gradient appeared (the scale then shrinks)
         scaler.update()
-        scheduler.step()
+        if scaler.get_scale() >= scale:  # the schedule advances with the steps taken, not the ones skipped
+            scheduler.step()
         optimizer.zero_grad(set_to_none=True)
     model.eval()
     return time.perf_counter() - start

@@ -21,7 +21,7 @@ from importlib import resources
 
 import torch
 
-from lmcls_helpers import quant
+from lmcls_helpers import memory, quant
 from lmcls_helpers.categories import CATEGORY_NAMES, ledger_categories
 from lmcls_helpers.data import load_cola, load_ledger
 from lmcls_helpers.models import llama_config, load_count
@@ -124,7 +124,7 @@ def report(stem: str, profile, plan: Plan | None = None) -> str:
         lines.append(f"about {total / 60:.1f} min on {name}"
                      + (f" ({r.install_s:.0f} s of it the Colab cell's installs)" if r.install_s else "")
                      + (f" (assumed: {', '.join(r.assumed)})" if r.assumed else "")
-                     + (" (measured on an idle 2-core CPU; a busy or slower one takes longer)" if name.startswith("CPU") else ""))
+                     + (" (rates of a slow laptop CPU; a busy one takes longer)" if name.startswith("CPU") else ""))
     return "\n".join(lines + ([f"cut to fit a class hour: {plan.cut}"] if plan.cut else []))
 
 
@@ -168,7 +168,7 @@ def _plan_02(profile, sizes) -> Plan:
 
 def _plan_03(profile, sizes) -> Plan:
     # notebook 3 skips the unquantized baseline where its weights alone do not fit (a T4 at 8B; planned from a laptop)
-    fits = profile.device != "cuda" or (torch.cuda.is_available() and quant.fits_in_memory(quant.total_bytes(
+    fits = profile.device != "cuda" or (torch.cuda.is_available() and memory.fits_in_memory(quant.total_bytes(
         quant.predicted_table(llama_config(profile), dtype=profile.compute_dtype, quantize=False)), profile.device))
     precisions = 4 + fits  # NF4, NF4 + double quant, FP4, FP4 + double quant (+ 16-bit)
     # each precision: scored once with the prompt, once for perplexity; perplexity reads the bare sentence

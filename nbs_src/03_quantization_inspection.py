@@ -57,7 +57,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from lmcls_helpers import plots, quant
+from lmcls_helpers import memory, plots, quant
 from lmcls_helpers.models import free_gpu_memory, llama_config, load_model, require_bitsandbytes
 from lmcls_helpers.profiles import ensure_world
 from lmcls_tools import diagrams
@@ -365,7 +365,7 @@ def perplexity(model, tokenizer, texts, batch_size):
 
 # %% [markdown]
 # One model in memory at a time. On a 16 GB T4 the unquantized 8B model (15 GiB of weights alone) does
-# not fit, which is why we quantize at all; `quant.fits_in_memory` skips it there with a message.
+# not fit, which is why we quantize at all; `memory.fits_in_memory` skips it there with a message.
 
 # %%
 baseline = str(profile.compute_dtype).removeprefix("torch.")  # the unquantized precision of this profile
@@ -381,7 +381,7 @@ runs = {}
 for name, options in precisions.items():
     options = {"quantize": True, **options}
     needed = quant.total_bytes(quant.predicted_table(arch, dtype=profile.compute_dtype, quantize=options["quantize"]))
-    if not quant.fits_in_memory(needed, profile.device):
+    if not memory.fits_in_memory(needed, profile.device):
         print(f"{name}: skipped, its weights alone need {needed / 2**30:.1f} GiB")
         continue
     model = load_model(profile, **options)

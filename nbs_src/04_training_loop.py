@@ -72,7 +72,6 @@ from lmcls_helpers.tokens import last_token_index, load_tokenizer
 from lmcls_tools import diagrams
 
 torch.manual_seed(profile.seed)
-notebook_start = time.perf_counter()
 
 # %% [markdown]
 # ## 1. Training examples: the prompt, then the label word
@@ -426,9 +425,11 @@ def train_step(model, optimizer, scheduler, scaler, micro_batches) -> dict:
     scaler.unscale_(optimizer)  # the true gradient again, before clipping
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), profile.max_grad_norm)  # once, on the full gradient
     lr = optimizer.param_groups[0]["lr"]
+    scale = scaler.get_scale()
     scaler.step(optimizer)  # optimizer.step(), unless the gradient holds inf or nan
-    scaler.update()
-    scheduler.step()
+    scaler.update()  # after a skipped step the scale shrinks ...
+    if scaler.get_scale() >= scale:  # ... and the schedule waits for a step that was taken
+        scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     return {"loss": loss_total / n, "lr": lr, "grad_norm": grad_norm.item()}
 
@@ -608,7 +609,7 @@ test = evaluate(model, tokenizer, list(test_df.sentence), list(test_df.label), t
 this_run = pd.DataFrame({"MCC": [fewshot_test.mcc, test.mcc], "accuracy": [fewshot_test.accuracy, test.accuracy]},
                         index=["few-shot", "fine-tuned"])
 tutorial = pd.DataFrame({"MCC": [0.495, 0.647], "accuracy": [np.nan, 0.8527]}, index=["few-shot", "fine-tuned"])
-print(f"this run ({profile.name} profile, {len(test_df)} test sentences):")
+print(f"{profile.name} profile's model, {len(test_df)} test sentences:")
 print(this_run.round(3).to_string())
 print("\nthe Llama 3 tutorial (Llama-3-8B on real CoLA, 516 sentences, T4), not comparable with a run on another model or data:")
 print(tutorial.round(3).to_string())
@@ -692,8 +693,6 @@ results.record("train_seconds", round(train_seconds, 1))
 results.record("finetuned_gain_mcc", gain)
 results.record("finetuned_gain_sd", gain_sd)
 results.record("resume_matches", resume_matches)
-notebook_seconds = time.perf_counter() - notebook_start
-print(f"notebook ran in {notebook_seconds:.0f} s (training {train_seconds:.0f} s)")
 course.finish("04_training_loop", profile)  # the time taken against the plan; the model loads checked
 
 # %% [markdown]

@@ -550,8 +550,7 @@ results.record("head_bug_margin_sd", margin_sd)
 results.record("layout_mcc", layout_rows)
 results.record("ledger_tutorial_pipeline_accuracy", ledger_accuracy["minus_one"])  # {"padded", "one_at_a_time"}
 results.record("ledger_fixed_pipeline_accuracy", ledger_accuracy["last_real"])
-notebook_seconds = results.record("notebook_seconds", time.perf_counter() - notebook_start)
-print(f"notebook ran in {notebook_seconds:.0f} s")
+results.record("notebook_seconds", time.perf_counter() - notebook_start)
 
 # %%
 course.finish("06_last_token_head", profile)  # the time taken against the plan; the model loads checked

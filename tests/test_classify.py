@@ -123,6 +123,8 @@ def test_command_line_prints_label_tab_probability(saved, tmp_path, capsys):
     (["TEXT", ""], "no sentence to classify"),
     ([], "nothing to classify"),
     (["--file", "no/such/file.txt"], "no such file"),
+    (["TEXT", "--batch-size", "-1"], "batch_size must be at least 1"),
+    (["TEXT", "--batch-size", "0"], "batch_size must be at least 1"),
 ])
 def test_command_line_errors_exit_2_without_loading(saved, capsys, args, message):
     loads = models.load_count()
@@ -276,3 +278,19 @@ def test_a_text_longer_than_the_context_is_refused(saved, capsys):
         main([str(saved["root"] / "words"), long_text])
     assert exit_info.value.code == 2 and "more than the" in capsys.readouterr().err
     models.free_gpu_memory()
+
+
+def test_a_file_that_is_not_utf8_is_named_not_a_traceback(saved, tmp_path, capsys):
+    (tmp_path / "latin1.txt").write_bytes("Caf\xe9 au lait.\n".encode("latin-1"))
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(saved["root"] / "words"), "--file", str(tmp_path / "latin1.txt")])
+    assert exit_info.value.code == 2 and "cannot read it as UTF-8 text" in capsys.readouterr().err
+
+
+def test_a_missing_base_model_folder_says_how_to_build_it(saved, tmp_path):
+    copy = shutil.copytree(saved["root"] / "words", tmp_path / "words")
+    meta = json.loads((copy / METADATA).read_text())
+    meta["base_model"] = "build/tiny/no-such-model"
+    (copy / METADATA).write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="build/tiny/no-such-model is missing: build it first"):
+        load_classifier(copy)

@@ -194,9 +194,9 @@ def test_fits_in_memory_compares_with_the_gpus_free_memory(monkeypatch):
     free, total = 10 * 2**30, 16 * 2**30
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a, **kw: (free, total))
-    assert quant.fits_in_memory(int(9.5 * 2**30), "cuda")  # 9.5 GiB + the suite's 0.5 GiB headroom <= 10 GiB free
-    assert not quant.fits_in_memory(int(9.6 * 2**30), "cuda")  # 10.1 GiB > 10 GiB
-    assert quant.fits_in_memory(10**15, "cpu")  # the CPU answers yes: the tiny model is small
+    assert memory.fits_in_memory(int(7.6 * 2**30), "cuda")  # 1.25 x 7.6 GiB for scoring + 0.5 GiB headroom <= 10 GiB free
+    assert not memory.fits_in_memory(int(7.7 * 2**30), "cuda")  # 9.6 + 0.5 GiB > 10 GiB
+    assert memory.fits_in_memory(10**15, "cpu")  # the CPU answers yes: the tiny model is small
 
 
 def test_missing_bitsandbytes_says_how_to_install_it(monkeypatch):

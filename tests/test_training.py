@@ -139,3 +139,45 @@ def test_require_saved_head_refuses_an_adapter_without_its_head(tmp_path):
     training.train(with_head, training.head_loss(tok, PROFILE), TEXTS, LABELS, tok, PROFILE, num_steps=1)
     with_head.save_pretrained(tmp_path / "with")
     assert require_saved_head(tmp_path / "with")
+
+
+def _trained_weights(profile, step_loss=None, steps: int = 5) -> dict[str, torch.Tensor]:
+    tok = CharTokenizer()
+    model = training.head_model(profile, base=tiny_base())
+    training.train(model, step_loss or training.head_loss(tok, profile), TEXTS, LABELS, tok, profile, num_steps=steps)
+    return {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def test_fp16_loss_scaling_without_overflow_gives_the_unscaled_steps():
+    """With the scaler on (fp16) and no inf, scaling by a power of 2 and back changes no weight."""
+    plain = _trained_weights(PROFILE)
+    scaled = _trained_weights(SimpleNamespace(**{**vars(PROFILE), "compute_dtype": torch.float16}))
+    for name, weight in plain.items():
+        torch.testing.assert_close(scaled[name], weight, rtol=0, atol=0, msg=name)
+
+
+def test_an_overflowing_fp16_step_is_skipped_and_the_schedule_waits(recwarn):
+    """An inf loss: that step changes no weight, the schedule does not advance, and no warning reaches the student."""
+    fp16 = SimpleNamespace(**{**vars(PROFILE), "compute_dtype": torch.float16})
+    tok, calls = CharTokenizer(), []
+    head = training.head_loss(tok, fp16)
+
+    def overflow_once(model, texts, labels):
+        calls.append(len(texts))
+        loss = head(model, texts, labels)
+        return loss * float("inf") if len(calls) == 1 else loss  # the first micro-batch of the first step
+
+    start = _trained_weights(fp16, steps=1, step_loss=lambda m, t, y: head(m, t, y) * 0)  # lr is 0 at step 1
+    after_skip = _trained_weights(fp16, steps=1, step_loss=overflow_once)
+    for name, weight in start.items():
+        torch.testing.assert_close(after_skip[name], weight, rtol=0, atol=0, msg=name)
+    assert not [w for w in recwarn if "lr_scheduler.step()" in str(w.message)], "the scheduler stepped before the optimizer"
+
+
+def test_fp16_loss_scaling_refuses_half_precision_trainable_weights():
+    fp16 = SimpleNamespace(**{**vars(PROFILE), "compute_dtype": torch.float16})
+    tok = CharTokenizer()
+    model = training.head_model(fp16, base=tiny_base())
+    next(p for p in model.parameters() if p.requires_grad).data = torch.zeros(1, dtype=torch.float16)
+    with pytest.raises(ValueError, match="float32 trainable weights"):
+        training.train(model, training.head_loss(tok, fp16), TEXTS, LABELS, tok, fp16, num_steps=1)

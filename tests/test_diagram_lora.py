@@ -26,8 +26,9 @@ def test_lora_diagram_shows_the_given_shapes():
         plt.close(fig)
 
 
-@pytest.mark.parametrize("kwargs", [dict(d_in=64, d_out=64, r=0, alpha=16), dict(d_in=64, d_out=64, r=8, alpha=0),
-                                    dict(d_in=4, d_out=64, r=8, alpha=16)])
-def test_lora_diagram_refuses_bad_sizes(kwargs):
-    with pytest.raises(ValueError, match="r"):
+@pytest.mark.parametrize("kwargs, message", [(dict(d_in=64, d_out=64, r=0, alpha=16), "positive integers"),
+                                             (dict(d_in=64, d_out=64, r=8, alpha=0), "positive integers"),
+                                             (dict(d_in=4, d_out=64, r=8, alpha=16), r"r <= min")])
+def test_lora_diagram_refuses_bad_sizes(kwargs, message):
+    with pytest.raises(ValueError, match=message):
         lora_beside_nf4(**kwargs)
