@@ -62,13 +62,24 @@ def head_model(profile, save_head: bool = True, base=None, num_labels: int = 1):
     return get_peft_model(model, lora_config(profile, [HEAD_MODULE] if save_head else None))
 
 
+def lr_factor(index: int, warmup: int, total: int) -> float:
+    """The share of the peak learning rate for optimizer step ``index + 1`` of ``total`` (``LambdaLR`` counts from 0).
+
+    Notebook 4, section 6: linear warm-up from peak/warmup at step 1 to the peak at step ``warmup``,
+    then linear decay that reaches 0 one step after the last. Every step learns (transformers'
+    ``get_linear_schedule_with_warmup`` runs the first at rate 0).
+    """
+    step, peak = index + 1, max(warmup, 1)  # without warm-up, step 1 runs at the peak
+    return step / warmup if step <= warmup else (total + 1 - step) / (total + 1 - peak)
+
+
 def train(model, step_loss: StepLoss, texts: Sequence[str], labels: Sequence[int], tokenizer, profile,
           num_steps: int | None = None) -> float:
     """Train for ``num_steps`` optimizer steps (default ``profile.max_steps``); returns the seconds it took.
 
     Notebook 4, section 7 teaches this loop: forward, the summed label-only loss over the step's
     example count, accumulate over micro-batches, clip once, AdamW step, warm-up and linear decay
-    (transformers' schedule, whose first step runs at rate 0; notebook 4's own starts above 0).
+    (:func:`lr_factor`, notebook 4's schedule).
 
     Micro-batches come from :func:`batches.step_batches` (length-sorted, seeded); a small training
     set is cycled, so every read-out gets the same number of steps. Warm-up is at most a quarter of
@@ -77,8 +88,6 @@ def train(model, step_loss: StepLoss, texts: Sequence[str], labels: Sequence[int
     In fp16 the loss is scaled (``torch.amp.GradScaler``) so that small gradients do not underflow to 0;
     the gradient is unscaled before it is clipped. Elsewhere the scaler is off and changes nothing.
     """
-    from transformers import get_linear_schedule_with_warmup
-
     num_steps = profile.max_steps if num_steps is None else num_steps
     if not num_steps or num_steps < 1 or not len(texts) or len(texts) != len(labels):
         raise ValueError(f"Need num_steps >= 1 and as many labels as texts (got {num_steps}, {len(texts)}, {len(labels)}).")
@@ -90,7 +99,8 @@ def train(model, step_loss: StepLoss, texts: Sequence[str], labels: Sequence[int
     if scaler.is_enabled() and any(p.dtype != torch.float32 for p in trainable):
         raise ValueError("fp16 loss scaling needs float32 trainable weights (LoRA's are): cast a new head with .float().")
     optimizer = torch.optim.AdamW(trainable, lr=profile.lr, weight_decay=profile.weight_decay)
-    scheduler = get_linear_schedule_with_warmup(optimizer, min(profile.warmup_steps, num_steps // 4), num_steps)
+    warmup = min(profile.warmup_steps, num_steps // 4)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: lr_factor(i, warmup, num_steps))
     if profile.gradient_checkpointing:  # notebook 5: non-reentrant, no input gradients needed
         model.get_base_model().activation_checkpointing_enable()
     torch.manual_seed(profile.seed)  # LoRA dropout masks

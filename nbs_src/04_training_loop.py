@@ -380,6 +380,7 @@ def make_scheduler(optimizer):
 
 
 scheduler = make_scheduler(optimizer)
+assert all(lr_factor(i) == training.lr_factor(i, profile.warmup_steps, total_steps) for i in range(total_steps))  # = train()'s
 lrs = [profile.lr * lr_factor(i) for i in range(total_steps)]  # the rates of steps 1 .. total_steps
 peak = profile.warmup_steps  # the step that first runs at the peak rate
 assert 0 < lrs[0] < profile.lr and lrs[peak - 1] == profile.lr, "the first step learns; step warmup_steps is the peak"

@@ -80,8 +80,6 @@ def test_train_learns_a_separable_toy_task_and_is_deterministic():
 
 def test_a_disabled_grad_scaler_leaves_the_steps_unchanged():
     """Outside fp16 train()'s GradScaler is off: the weights equal those of the same loop written without it."""
-    from transformers import get_linear_schedule_with_warmup
-
     from lmcls_helpers.batches import step_batches
 
     tok, steps = CharTokenizer(), 5
@@ -90,7 +88,8 @@ def test_a_disabled_grad_scaler_leaves_the_steps_unchanged():
     plain = training.head_model(PROFILE, base=tiny_base())  # the same start, trained by a loop without a scaler
     trainable = [p for p in plain.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=PROFILE.lr, weight_decay=PROFILE.weight_decay)
-    scheduler = get_linear_schedule_with_warmup(optimizer, min(PROFILE.warmup_steps, steps // 4), steps)
+    warmup = min(PROFILE.warmup_steps, steps // 4)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: training.lr_factor(i, warmup, steps))
     loss_fn, lengths = training.head_loss(tok, PROFILE), [len(ids) for ids in tok(TEXTS)["input_ids"]]
     plan = [s for epoch in range(3) for s in step_batches(lengths, PROFILE.train_batch_size, PROFILE.micro_batch_size,
                                                           PROFILE.seed, epoch)]  # 2 steps an epoch, cycled
@@ -181,3 +180,13 @@ def test_fp16_loss_scaling_refuses_half_precision_trainable_weights():
     next(p for p in model.parameters() if p.requires_grad).data = torch.zeros(1, dtype=torch.float16)
     with pytest.raises(ValueError, match="float32 trainable weights"):
         training.train(model, training.head_loss(tok, fp16), TEXTS, LABELS, tok, fp16, num_steps=1)
+
+
+@pytest.mark.parametrize(("warmup", "total"), [(0, 3), (1, 5), (10, 57), (100, 450)])
+def test_every_step_learns_and_the_rate_peaks_at_the_end_of_warmup(warmup, total):
+    factors = [training.lr_factor(i, warmup, total) for i in range(total)]
+    assert all(0 < f <= 1 for f in factors), "no step at rate 0, none above the peak"
+    peak = max(warmup, 1)
+    assert factors[peak - 1] == 1 and factors.index(1) == peak - 1, "the peak is step warmup (step 1 without warm-up)"
+    assert factors[:peak] == sorted(factors[:peak]) and all(a > b for a, b in zip(factors[peak - 1:], factors[peak:]))
+    assert training.lr_factor(total, warmup, total) == 0, "0 one step after the last"
