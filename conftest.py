@@ -52,11 +52,11 @@ def pytest_sessionstart(session) -> None:
     def execute_and_check_prose(self):
         result = execute(self)
         if result.error is None:
-            from lmcls_tools.report import unprinted_quotes
+            from lmcls_tools.report import unprinted_quotes, unreadable_outputs
 
-            stale = unprinted_quotes(result.nb.cells)
+            stale = unprinted_quotes(result.nb.cells) + unreadable_outputs(result.nb.cells)
             if stale:
-                summary = f"{len(stale)} number(s) in the prose that the run did not print"
+                summary = f"{len(stale)} number(s) in the prose that the run did not print, or unreadable output(s)"
                 trace = "\n".join(p for _, p in stale) + "\nUpdate the prose in nbs_src/ to the run's numbers."
                 result.error = NotebookError(summary=summary, trace=trace, failing_cell_index=stale[0][0])
         if result.error is None:

@@ -122,6 +122,13 @@ def unprinted_quotes(cells: list[dict], world: str = "tiny") -> list[tuple[int, 
     return problems
 
 
+def unreadable_outputs(cells: list[dict]) -> list[tuple[int, str]]:
+    """(cell index, problem) for each output that shows an object's repr (a Generator, a Figure) instead of a result."""
+    return [(index, f"cell {index} shows {bad!r}: end the cell with a statement, or assign the value to _")
+            for index, cell in enumerate(cells) if cell["cell_type"] == "code" for o in cell.get("outputs", [])
+            for bad in UNREADABLE if bad in "".join(o.get("text", "")) + "".join(o.get("data", {}).get("text/plain", ""))]
+
+
 def check_executed(folder: Path, figures: Path | None = None) -> list[str]:
     """Problems in executed notebooks (``make run``): missing inline figures, machine paths, object reprs,
     progress bars, and tiny-profile numbers in the prose that the run did not print (:func:`unprinted_quotes`).

@@ -71,7 +71,7 @@ from lmcls_helpers.scoring import evaluate, recall_by_kind
 from lmcls_helpers.tokens import last_token_index, load_tokenizer
 from lmcls_tools import diagrams
 
-torch.manual_seed(profile.seed)
+_ = torch.manual_seed(profile.seed)  # every random draw below follows from the seed
 
 # %% [markdown]
 # ## 1. Training examples: the prompt, then the label word

@@ -118,3 +118,10 @@ def test_make_test_fails_a_notebook_whose_prose_quotes_an_unprinted_number(tmp_p
     nb["cells"][1]["source"] = "On the tiny profile this run printed MCC 0.235."
     path.write_text(json.dumps(nb))
     assert NotebookRun(path, 120).execute().error is None
+
+
+def test_an_objects_repr_in_an_output_is_found():
+    cells = [{"cell_type": "code", "source": "torch.manual_seed(0)",
+              "outputs": [{"data": {"text/plain": "<torch._C.Generator at 0x7f0>"}}]},
+             {"cell_type": "code", "source": "print(1)", "outputs": [{"text": "1\n"}]}]
+    assert [index for index, _ in report.unreadable_outputs(cells)] == [0]
