@@ -420,8 +420,9 @@ pd.DataFrame(leads).T.rename_axis("training sentences").astype({k: float for k i
 # A fresh head's logit starts as a random projection, so everything it knows comes from the
 # labels; the label words start at the dashed line. Where that start is above chance, the
 # pretrained LM head is worth most when labels are scarce, and the heads catch up as they see more
-# distinct sentences. Where the few-shot start is at chance there is no head start to keep. Read
-# each lead in paired SDs, and with one seed per point read the curve's shape, not its third decimal.
+# distinct sentences, and may pass the label words (a negative lead). Where the few-shot start is
+# at chance there is no head start to keep. Read each lead in paired SDs, and with one seed per
+# point read the curve's shape, not its third decimal.
 #
 # > **Three worlds.** The head start is whatever pre-training put in the model. The tiny model was
 # > pre-trained on lines in this very prompt format, so its label words start well above chance. The
@@ -453,7 +454,8 @@ course.finish("07_readouts_compared", profile)  # the time taken against the pla
 # - Compare read-outs on one prompt, LoRA and budget, and rank them only by gaps larger than about
 #   two bootstrap SDs of the dev set (paired, for two read-outs scored on the same sentences).
 # - Label words reuse the pretrained LM head: where the model does the task few-shot they start
-#   above chance with no training, and their lead is largest when examples are few.
+#   above chance with no training, and their lead is largest when examples are few; with many, a
+#   head can pass them.
 # - `AutoModelForSequenceClassification` reads the rightmost token that is not `config.pad_token_id`:
 #   set that id, or batches of more than one fail, and keep eos out of the texts.
 #
