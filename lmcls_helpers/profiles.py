@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from .memory import cublas_workspace_mib, cuda_context_gib, estimate_training_memory, fits
+from .memory import GPUS, TUTORIAL_SEQ_LEN, cublas_workspace_mib, cuda_context_gib, estimate_training_memory, fits
 from .paths import build_dir
 
 #: Label 0 is "unacceptable", label 1 is "acceptable", as in CoLA. Leading spaces matter (notebook 1).
@@ -135,13 +135,14 @@ def _full(require_device: bool = True, name: str = "full") -> Profile:
     if gpu:
         _require_gpu_and_bitsandbytes(name)
     dtype = torch.bfloat16 if gpu and torch.cuda.get_device_capability()[0] >= 8 else torch.float16
-    gib = torch.cuda.get_device_properties(0).total_memory / 2**30 if gpu else 14.75
+    t4 = GPUS["T4 16 GB"]
+    gib = torch.cuda.get_device_properties(0).total_memory / 2**30 if gpu else t4["capacity_gib"]
     # micro-batch 8 as the tutorial, which held it on a T4 without checkpointing: we checkpoint only where notebook 5's
     # estimator (86-token prompts, the label-position loss) says the step does not fit, by the suite's one rule
     contexts = cuda_context_gib()
     context = contexts["T4 16 GB"] if gib < 15 else max(contexts.values())  # a T4's assumed context, else the larger
-    peak = estimate_training_memory(LLAMA3_8B_CONFIG, batch_size=8, seq_len=86, logits="label", dtype=dtype,
-                                    workspace_mib=cublas_workspace_mib("cuda") if gpu else 8.125)["total"]
+    peak = estimate_training_memory(LLAMA3_8B_CONFIG, batch_size=8, seq_len=TUTORIAL_SEQ_LEN, logits="label", dtype=dtype,
+                                    workspace_mib=cublas_workspace_mib("cuda") if gpu else t4["workspace_mib"])["total"]
     model_id = _custom_model() or "meta-llama/Meta-Llama-3-8B"
     return Profile(name="full", model_id=model_id, tokenizer_id=model_id, cola_root=_cola_root(),
                    ledger_path=build_dir("tiny", "ledger", "ledger.csv"), device="cuda", compute_dtype=dtype,
